@@ -13,7 +13,7 @@ scores (``-inf`` = blocked), broadcastable to the scores' shape (..., Tq, Tk).
 >>> from attnkit import masks
 >>> m = masks.causal() & masks.sliding_window(2, 0)
 >>> m
-And(Causal(offset=0), SlidingWindow(left=2, right=0))
+And(Causal(offset=0), SlidingWindow(left=2, right=0, offset=0))
 >>> m.materialize((4, 4)).int()
 tensor([[1, 0, 0, 0],
         [1, 1, 0, 0],
