@@ -19,8 +19,8 @@ class AttentionError(ValueError):
 
 
 def shape_str(shape: Sequence[int] | torch.Size) -> str:
-    """``(2, 5, 8)`` for a shape: the form every message uses."""
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    """``(2, 5, 8)`` (or ``(8,)``) for a shape: the form every message uses."""
+    return str(tuple(int(s) for s in shape))
 
 
 def check_rank(name: str, x: Tensor, min_rank: int, expected: str) -> None:
