@@ -80,8 +80,8 @@ def test_k_larger_than_number_of_keys():
     q, k, v = qkv(tk=5)
     with raises("topk: k=9 is larger than the number of keys Tk=5 (scores of shape (2, 3, 5)); expected 1 <= k <= Tk"):
         attnkit.attention(q, k, v, normalize=NORMALIZERS["topk"](k=9))
-    with raises("sample: k=6 is larger than the number of keys Tk=5"):
-        attnkit.attention(q, k, v, normalize=NORMALIZERS["sample"](k=6))
+    with raises("sample: k must be an int >= 1, got -2"):
+        NORMALIZERS["sample"](k=-2)
     with raises("topk: k must be an int >= 1, got 0"):
         NORMALIZERS["topk"](k=0)
 

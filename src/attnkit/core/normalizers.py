@@ -208,7 +208,7 @@ def _flat_probs(scores: Tensor, allowed: Tensor | None) -> tuple[Tensor, Tensor]
 
 @dataclass(frozen=True)
 class Sample:
-    """Draw k keys (with replacement) from softmax(scores); weights = counts / k.
+    """Draw k keys (with replacement, so k may exceed Tk) from softmax(scores); weights = counts / k.
 
     E[weights] = softmax(scores), so the output is an unbiased Monte-Carlo estimate of soft
     attention. The draw has no gradient: ``log_prob`` (..., Tq), the summed log-probability of the
@@ -223,7 +223,6 @@ class Sample:
         _positive_int("sample", self.k)
 
     def __call__(self, scores: Tensor, allowed: Tensor | None = None) -> Normalized:
-        _check_k(self.k, scores, "sample")
         probs, logp = _flat_probs(scores, allowed)
         tk = scores.shape[-1]
         flat = probs.detach().reshape(-1, tk)  # (N, Tk) with N = prod(..., Tq)
