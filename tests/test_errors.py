@@ -116,6 +116,8 @@ def test_module_options_rejected_at_construction():
         attnkit.Attention(8, window=3)
     with raises("score 'dot' needs query_dim == key_dim, got 8 and 4"):
         attnkit.Attention(8, 4, score="dot")
+    with raises("score has 1 entries but expected one per head, num_heads=2"):
+        MultiHeadAttention(8, 2, score=["dot"])
     with raises("dropout must be in [0, 1), got 1.5"):
         MultiHeadAttention(8, 2, dropout=1.5)
 

@@ -96,10 +96,13 @@ def test_mha_fully_masked_row_gives_zero_attention_and_finite_gradients():
     assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("score", ["general", "additive", "cosine", "concat"])
+@pytest.mark.parametrize(
+    "score", ["general", "additive", "cosine", "concat", ["additive", "scaled_dot", "additive"]]
+)
 def test_mha_gives_each_head_its_own_score_parameters(score):
     torch.manual_seed(1)
     mha = MultiHeadAttention(12, 3, score=score).double().eval()
+    per_head = [score] * 3 if isinstance(score, str) else score
     x = torch.randn(2, 4, 12, dtype=F64)
     got = mha(x, need_weights=True, average_weights=False)
     heads = []
@@ -108,8 +111,10 @@ def test_mha_gives_each_head_its_own_score_parameters(score):
         q = x @ mha.q_proj.weight[sl].T + mha.q_proj.bias[sl]
         k = x @ mha.k_proj.weight[sl].T + mha.k_proj.bias[sl]
         v = x @ mha.v_proj.weight[sl].T + mha.v_proj.bias[sl]
-        params = {name: p[h] for name, p in mha.score_params.items()}
-        out, w = attnkit.attention(q, k, v, score=score, score_params=params, need_weights=True)
+        name = per_head[h]
+        g = mha.groups[name].index(h)  # this head's row in its score group's parameters
+        params = {p: t[g] for p, t in mha.score_params[name].items()}
+        out, w = attnkit.attention(q, k, v, score=name, score_params=params, need_weights=True)
         torch.testing.assert_close(got.weights[:, h], w, atol=1e-12, rtol=0)
         heads.append(out)
     want = mha.out_proj(torch.cat(heads, dim=-1))

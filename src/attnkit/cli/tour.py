@@ -136,14 +136,16 @@ def _cross(p: _Printer) -> None:
 def _multihead(p: _Printer) -> None:
     p.section(
         "5. Multi-head self-attention",
-        "Two heads, each with its own projections (freshly initialised), and their average.",
+        "Two heads, each with its own projections (freshly initialised) and its own score function, "
+        "and their average.",
     )
     torch.manual_seed(0)
     x = _embed(SENTENCE, dim=16)
-    mha = MultiHeadAttention(16, 2)
+    scores = ["scaled_dot", "additive"]
+    mha = MultiHeadAttention(16, 2, score=scores)
     _, w = mha(x, need_weights=True, average_weights=False)  # (1, H, T, T)
     for h in range(2):
-        p.weights(f"head {h}", SENTENCE, SENTENCE, w[0, h].detach())
+        p.weights(f"head {h}: score={scores[h]}", SENTENCE, SENTENCE, w[0, h].detach())
     p.weights("average over heads", SENTENCE, SENTENCE, w[0].mean(0).detach())
 
 

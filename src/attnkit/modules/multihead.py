@@ -6,6 +6,8 @@ Batch-first, like ``nn.MultiheadAttention(batch_first=True)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -30,7 +32,8 @@ class MultiHeadAttention(nn.Module):
 
     Args:
         embed_dim: D. num_heads: H, which must divide D.
-        score: a name in ``attnkit.SCORES`` (default ``scaled_dot``, the Transformer's).
+        score: a name in ``attnkit.SCORES`` (default ``scaled_dot``, the Transformer's), or one
+            name per head, e.g. ``["scaled_dot", "additive"]`` for two heads that score differently.
         normalize: a name in ``attnkit.NORMALIZERS`` or a configured normalizer.
         dropout: dropout on the weights, in training mode. bias: biases in the projections.
         kdim, vdim: feature dims of key and value inputs (default D), for cross attention.
@@ -57,7 +60,7 @@ class MultiHeadAttention(nn.Module):
         embed_dim: int,
         num_heads: int,
         *,
-        score: str = "scaled_dot",
+        score: str | Sequence[str] = "scaled_dot",
         normalize: str | object = "softmax",
         dropout: float = 0.0,
         bias: bool = True,
@@ -74,7 +77,14 @@ class MultiHeadAttention(nn.Module):
             raise AttentionError(f"dropout must be in [0, 1), got {dropout!r}")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
-        self.score = _scores.resolve(score)
+        per_head = [score] * num_heads if isinstance(score, (str, _scores.Score)) else list(score)
+        if len(per_head) != num_heads:
+            raise AttentionError(f"score has {len(per_head)} entries but expected one per head, num_heads={num_heads}")
+        self.head_scores = [_scores.resolve(s) for s in per_head]
+        # heads that share a score are computed together: name -> the indices of its heads
+        self.groups: dict[str, list[int]] = {}
+        for h, s in enumerate(self.head_scores):
+            self.groups.setdefault(s.name, []).append(h)
         self.normalize = _normalizers.resolve(normalize)
         self.dropout, self.causal = dropout, causal
         self.region = masks.and_masks(masks.causal() if causal else None, as_window(window))
@@ -82,15 +92,19 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias)
         self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        dh = self.head_dim
-        self.score_params = score_parameters(self.score, dh, dh, score_hidden_dim or dh, heads=num_heads)
+        dh, by_name = self.head_dim, {s.name: s for s in self.head_scores}
+        self.score_params = nn.ModuleDict(
+            {
+                name: score_parameters(by_name[name], dh, dh, score_hidden_dim or dh, heads=len(heads))
+                for name, heads in self.groups.items()
+            }
+        )  # name -> ParameterDict, each parameter (heads with that score, *spec)
 
     def extra_repr(self) -> str:
         region = f", mask={self.region}" if self.region is not None else ""
-        return (
-            f"{self.embed_dim}, num_heads={self.num_heads}, score={self.score.name!r}, "
-            f"normalize={self.normalize}{region}"
-        )
+        names = [s.name for s in self.head_scores]
+        score = names[0] if len(self.groups) == 1 else names
+        return f"{self.embed_dim}, num_heads={self.num_heads}, score={score!r}, normalize={self.normalize}{region}"
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention, **kwargs) -> MultiHeadAttention:
@@ -158,19 +172,39 @@ class MultiHeadAttention(nn.Module):
         q = rearrange(self.q_proj(query), "B Tq (H Dh) -> B H Tq Dh", H=h)
         k = rearrange(self.k_proj(key), "B Tk (H Dh) -> B H Tk Dh", H=h)
         v = rearrange(self.v_proj(value), "B Tk (H Dh) -> B H Tk Dh", H=h)
-        result = attention(
-            q,
-            k,
-            v,
-            score=self.score,
-            normalize=self.normalize,
-            mask=self._heads_mask(mask, key_padding_mask),
-            score_params=dict(self.score_params),
-            dropout=self.dropout if self.training else 0.0,
-            need_weights=need_weights,
-        )
+        region = self._heads_mask(mask, key_padding_mask)
+        parts = []
+        for name, heads in self.groups.items():
+            sel = slice(None) if len(self.groups) == 1 else heads  # (B, H_g, T, Dh) for this score
+            parts.append(
+                attention(
+                    q[:, sel],
+                    k[:, sel],
+                    v[:, sel],
+                    score=_scores.resolve(name),
+                    normalize=self.normalize,
+                    mask=region,
+                    score_params=dict(self.score_params[name]),
+                    dropout=self.dropout if self.training else 0.0,
+                    need_weights=need_weights,
+                )
+            )
+        result = parts[0] if len(parts) == 1 else self._merge(parts)
         out = self.out_proj(rearrange(result.output, "B H Tq Dh -> B Tq (H Dh)"))  # (B, Tq, D)
         weights = result.weights  # (B, H, Tq, Tk) | None
         if weights is not None and average_weights:
             weights = weights.mean(dim=1)  # (B, Tq, Tk)
         return AttentionResult(out, weights, result.log_prob)
+
+    def _merge(self, parts: list[AttentionResult]) -> AttentionResult:
+        """Put the per-score groups' heads back in head order along dim 1."""
+        order = torch.tensor([h for heads in self.groups.values() for h in heads])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+
+        def cat(tensors):
+            return None if tensors[0] is None else torch.cat(tensors, dim=1)[:, inverse.to(tensors[0].device)]
+
+        return AttentionResult(
+            cat([p.output for p in parts]), cat([p.weights for p in parts]), cat([p.log_prob for p in parts])
+        )
