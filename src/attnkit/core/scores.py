@@ -55,7 +55,8 @@ class Score:
     @property
     def formula(self) -> str:
         """The formula, as the first line of the function's docstring."""
-        return (self.fn.__doc__ or "").strip().splitlines()[0]
+        lines = (self.fn.__doc__ or "").strip().splitlines()
+        return lines[0] if lines else ""
 
     def init_params(
         self,
@@ -93,6 +94,12 @@ class Score:
                 f"{shape_str(query.shape)} and key {shape_str(key.shape)}; use score='general', "
                 f"'additive' or 'concat' for different dims"
             )
+        try:
+            lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2])  # (...,) of the scores
+        except RuntimeError:
+            raise AttentionError(
+                f"leading (batch) dims do not broadcast: query {shape_str(query.shape)}, key {shape_str(key.shape)}"
+            ) from None
         hidden = None  # A, bound by the first parameter that has it
         for name, spec in self.params(dq, dk).items():
             if name not in params:
@@ -111,6 +118,17 @@ class Score:
                 raise AttentionError(
                     f"score {self.name!r}: params[{name!r}] has shape {shape_str(got.shape)} but "
                     f"expected ({expected}) for query {shape_str(query.shape)} and key {shape_str(key.shape)}"
+                )
+            got_lead = got.shape[: got.dim() - n]
+            try:
+                fits = torch.broadcast_shapes(got_lead, lead) == lead
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise AttentionError(
+                    f"score {self.name!r}: params[{name!r}] has shape {shape_str(got.shape)} whose leading dims "
+                    f"{shape_str(got_lead)} do not broadcast to the query's and key's leading dims {shape_str(lead)}; "
+                    f"per-head parameters (H, ...) need query (B, H, Tq, Dq) and key (B, H, Tk, Dk)"
                 )
 
 
