@@ -101,17 +101,21 @@ def test_sparsemax_matches_sort_algorithm_and_is_a_projection():
             assert (pi > 0 and abs(pi - (zi - tau)) < 1e-12) or (pi == 0 and zi <= tau + 1e-12)
 
 
+def _assert_rows_match(p, z, allowed, reference, atol):
+    """Each row of p equals ``reference`` applied to its allowed scores alone, 0 elsewhere."""
+    for idx, keys, vals in _rows(z, allowed):
+        want = torch.zeros(z.shape[-1], dtype=F64)
+        if keys:
+            want[keys] = torch.tensor(reference(vals)[1], dtype=F64)
+        torch.testing.assert_close(p[idx], want, rtol=0, atol=atol)
+
+
 def test_sparsemax_masked_equals_sparsemax_of_allowed_keys():
     gen = _gen(1)
     z = torch.randn(3, 5, 6, generator=gen, dtype=F64) * 2
     allowed = torch.rand(3, 5, 6, generator=gen) < 0.6
     allowed[0, 0] = False  # a fully masked row
-    p = Sparsemax()(z, allowed).weights
-    for idx, keys, vals in _rows(z, allowed):
-        want = torch.zeros(6, dtype=F64)
-        if keys:
-            want[keys] = torch.tensor(_sparsemax_sort(vals)[1], dtype=F64)
-        torch.testing.assert_close(p[idx], want, rtol=0, atol=1e-12)
+    _assert_rows_match(Sparsemax()(z, allowed).weights, z, allowed, _sparsemax_sort, atol=1e-12)
 
 
 def test_entmax15_matches_bisection_of_defining_equation():
@@ -121,12 +125,7 @@ def test_entmax15_matches_bisection_of_defining_equation():
     ]
     allowed = torch.rand(5, 4, 8, generator=gen) < 0.7
     allowed[1, 2] = False  # a fully masked row
-    p = Entmax15()(z, allowed).weights
-    for idx, keys, vals in _rows(z, allowed):
-        want = torch.zeros(8, dtype=F64)
-        if keys:
-            want[keys] = torch.tensor(_entmax15_bisect(vals)[1], dtype=F64)
-        torch.testing.assert_close(p[idx], want, rtol=0, atol=1e-10)
+    _assert_rows_match(Entmax15()(z, allowed).weights, z, allowed, _entmax15_bisect, atol=1e-10)
     # without a mask too
     for row, got in zip(z.reshape(-1, 8).tolist(), Entmax15()(z).weights.reshape(-1, 8)):
         torch.testing.assert_close(got, torch.tensor(_entmax15_bisect(row)[1], dtype=F64), rtol=0, atol=1e-10)
