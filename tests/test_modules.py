@@ -215,3 +215,18 @@ def test_hierarchical_attention_composes_two_poolings_over_real_sentences():
     sentence_vectors = han.word_pool(words.reshape(6, 5, 6), mask=mask.reshape(6, 5)).output.reshape(2, 3, 6)
     doc, _ = han.sentence_pool(han.sentence_encoder(sentence_vectors), mask=real)
     torch.testing.assert_close(r.document, doc, atol=1e-12, rtol=0)
+
+
+def test_attention_pooling_with_sampling_returns_log_prob_for_reinforce():
+    torch.manual_seed(0)
+    pool = AttentionPooling(4, normalize=attnkit.NORMALIZERS["sample"](k=1)).double()
+    h = torch.randn(3, 5, 4, dtype=F64)
+    torch.manual_seed(1)
+    out, w = pool(h, need_weights=True)
+    picked = w.argmax(-1)  # (B,): the sampled position, weight 1
+    torch.testing.assert_close(out, h[torch.arange(3), picked], atol=0, rtol=0)
+    torch.manual_seed(1)  # the same draws again
+    log_prob = pool(h).log_prob  # (B,)
+    scores = pool.attend.score(pool.query.expand(3, 1, 4), h, dict(pool.attend.score_params))[:, 0]  # (B, T)
+    want = torch.log_softmax(scores, -1)[torch.arange(3), picked]
+    torch.testing.assert_close(log_prob, want, atol=1e-12, rtol=0)

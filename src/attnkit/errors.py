@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AttentionError", "check_rank", "check_dim", "shape_str"]
+__all__ = ["AttentionError", "check_rank", "shape_str"]
 
 
 class AttentionError(ValueError):
@@ -30,8 +30,3 @@ def check_rank(name: str, x: Tensor, min_rank: int, expected: str) -> None:
     if x.dim() < min_rank:
         raise AttentionError(f"{name} has shape {shape_str(x.shape)} but expected {expected}")
 
-
-def check_dim(name: str, x: Tensor, dim: int, size: int, expected: str) -> None:
-    """Raise unless ``x.shape[dim] == size``."""
-    if x.shape[dim] != size:
-        raise AttentionError(f"{name} has shape {shape_str(x.shape)} but expected {expected}")

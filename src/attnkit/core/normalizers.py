@@ -10,6 +10,9 @@ allowed key, and are all 0 on a row that has none (never NaN, forward or backwar
 ``log_prob`` is set by the stochastic normalizers (``sample``): the log-probability of the drawn
 keys, (..., Tq), for a REINFORCE loss (:func:`reinforce_loss`).
 
+Each class says whether gradients reach the scores through its weights (``differentiable``):
+``hard`` and ``sample`` do not (``sample``'s gradient travels through ``log_prob`` instead).
+
 Registry: ``NORMALIZERS[name]`` is the class; ``NORMALIZERS["topk"](k=4)`` makes one.
 """
 

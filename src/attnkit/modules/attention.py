@@ -45,7 +45,8 @@ class Attention(nn.Module):
             configured normalizer. hidden_dim: A of the additive score and of local-p's predictor.
         region: "global" (all keys), "local-m" (keys within ``window`` of the query's own position)
             or "local-p" (keys within ``window`` D of a predicted centre, Gaussian-weighted).
-        window: D or (left, right); needed by the local regions.
+        window: D or (left, right); needed by the local regions. For local-p, S (the number of
+            real keys) is read from ``key_padding_mask``; without one, S = Tk.
         dropout: dropout on the weights, in training mode.
 
     ``forward(query (B, Tq, Dq) or (B, Dq), key (B, Tk, Dk), value (B, Tk, Dv), mask=...,

@@ -69,11 +69,11 @@ class AttentionPooling(nn.Module):
         if isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.dim() == 2:
             mask = masks.KeyPadding(mask)  # (B, T) True = real position
         query = self.query.expand(x.shape[0], -1, -1)  # (B, Q, D)
-        out, weights = self.attend(query, x, x, mask=mask, key_padding_mask=key_padding_mask, need_weights=need_weights)
-        if self.num_queries == 1:
-            out = out.squeeze(1)  # (B, D)
-            weights = None if weights is None else weights.squeeze(1)  # (B, T)
-        return AttentionResult(out, weights)
+        result = self.attend(query, x, x, mask=mask, key_padding_mask=key_padding_mask, need_weights=need_weights)
+        if self.num_queries > 1:
+            return result
+        squeeze = [None if t is None else t.squeeze(1) for t in (*result, result.log_prob)]
+        return AttentionResult(*squeeze)  # (B, D), (B, T) | None, (B,) | None
 
 
 class HierarchicalResult(NamedTuple):
