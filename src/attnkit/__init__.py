@@ -5,12 +5,15 @@ Attention(Query, Source) = Σ_j normalize(score(q, k_j)) · v_j, in three steps:
 positions, D model dim, Dh head dim. Masks: True = may attend.
 """
 
-from .core import NORMALIZERS, SCORES, attention, masks, reinforce_loss
+from . import backends
+from .backends import attention
+from .core import NORMALIZERS, SCORES, masks, reinforce_loss
 from .errors import AttentionError
 from .modules import Attention, AttentionPooling, HierarchicalAttention, MultiHeadAttention
 
 __all__ = [
     "attention",
+    "backends",
     "SCORES",
     "NORMALIZERS",
     "masks",

@@ -17,7 +17,7 @@ from rich.table import Table
 from torch import Tensor
 
 from .. import NORMALIZERS, SCORES, Attention, AttentionPooling, HierarchicalAttention, MultiHeadAttention, masks
-from ..core.functional import attention
+from ..backends import attention
 
 SENTENCE = ["thinking", "machines", "learn", "to", "attend"]
 SOURCE = ["the", "black", "cat", "."]

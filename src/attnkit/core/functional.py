@@ -1,4 +1,5 @@
-"""``attention()``: score -> normalize -> aggregate, the reference every faster path must match.
+"""The specification of one attention call: validation (:func:`prepare`) and the eager
+:func:`reference` (score -> normalize -> aggregate) that every faster backend must match.
 
 Shape legend: B batch, H heads, Tq query positions, Tk key positions, Dq / Dk / Dv feature dims.
 Leading dims (...) are any batch dims, e.g. (B,) or (B, H); they broadcast between q, k and v.
@@ -7,6 +8,7 @@ Leading dims (...) are any batch dims, e.g. (B,) or (B, H); they broadcast betwe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from . import scores as _scores
 from .local import as_window, local_p_region
 from .masks import Mask, and_masks, as_mask
 
-__all__ = ["attention", "AttentionResult"]
+__all__ = ["AttentionResult", "Call", "prepare", "reference"]
 
 
 class AttentionResult(tuple):
@@ -60,7 +62,38 @@ def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
         ) from None
 
 
-def attention(
+@dataclass(frozen=True, eq=False)
+class Call:
+    """One validated attention call: what every backend receives, and what dispatch decides on.
+
+    ``region`` is the whole mask (user mask, window, local-p's neighbourhood) as one
+    :class:`~attnkit.masks.Mask`; ``gauss`` is local-p's Gaussian factor (..., Tq, Tk) or None.
+    """
+
+    query: Tensor  # (..., Tq, Dq)
+    key: Tensor  # (..., Tk, Dk)
+    value: Tensor  # (..., Tk, Dv)
+    score: _scores.Score
+    normalizer: object
+    region: Mask | None
+    gauss: Tensor | None
+    score_params: Mapping[str, Tensor]
+    dropout: float
+    need_weights: bool
+
+    @property
+    def scores_shape(self) -> tuple[int, ...]:
+        lead = torch.broadcast_shapes(self.query.shape[:-2], self.key.shape[:-2])
+        return (*lead, self.query.shape[-2], self.key.shape[-2])
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether autograd will want gradients from this call."""
+        tensors = [self.query, self.key, self.value, *self.score_params.values()]
+        return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def prepare(
     query: Tensor,
     key: Tensor,
     value: Tensor,
@@ -73,71 +106,46 @@ def attention(
     score_params: Mapping[str, Tensor] | None = None,
     dropout: float = 0.0,
     need_weights: bool = False,
-) -> AttentionResult:
-    """Attention(Q, K, V) = Σ_j normalize(score(q_i, k_j)) · v_j.
-
-    Args:
-        query: (..., Tq, Dq). key: (..., Tk, Dk). value: (..., Tk, Dv).
-        score: a name in ``attnkit.SCORES`` or a :class:`~attnkit.core.scores.Score`.
-        normalize: a name in ``attnkit.NORMALIZERS`` (default options) or a configured normalizer,
-            e.g. ``NORMALIZERS["topk"](k=4)``.
-        mask: True = may attend. A :class:`~attnkit.masks.Mask`, a bool tensor, or a float tensor
-            added to the scores (-inf = blocked), broadcastable to (..., Tq, Tk).
-        window: local region. ``D`` or ``(left, right)``: query i attends keys i-left..i+right
-            (sliding window; Luong's local-m). With ``centre``, a symmetric ``D`` around it.
-        centre: (..., Tq) real-valued centres p_t for Luong's local-p: keys with |s - p_t| <= D,
-            weights multiplied by exp(-(s - p_t)² / (2 (D/2)²)), not renormalized.
-        score_params: the score's parameters, e.g. ``{"W": W}`` for ``general``.
-        dropout: probability of zeroing a weight before aggregation (pass 0 at eval time).
-        need_weights: return the weights (after masking, before dropout); else ``None``.
-
-    Returns:
-        :class:`AttentionResult` ``(output (..., Tq, Dv), weights (..., Tq, Tk) | None)``;
-        ``.log_prob`` (..., Tq) for ``normalize="sample"``.
-
-    A query row with no allowed key gets zero weights and a zero output, never NaN.
-
-    >>> q, k, v = torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 4)
-    >>> out, w = attention(q, k, v, need_weights=True)
-    >>> out.shape, w.shape
-    (torch.Size([2, 3, 4]), torch.Size([2, 3, 5]))
-    >>> bool(torch.allclose(w.sum(-1), torch.ones(2, 3)))
-    True
-    """
+) -> Call:
+    """Validate the arguments of :func:`attnkit.attention` into a :class:`Call` (raises AttentionError)."""
     _check_qkv(query, key, value)
     score_fn = _scores.resolve(score)
+    score_params = dict(score_params or {})
+    score_fn.validate(query, key, score_params)
     normalizer = _normalizers.resolve(normalize)
     if not 0.0 <= dropout < 1.0:
         raise AttentionError(f"dropout must be in [0, 1), got {dropout!r}")
-
-    scores = score_fn(query, key, score_params)  # (..., Tq, Tk)
-    region = as_mask(mask)
-    gauss = None
+    region, gauss = as_mask(mask), None
+    tq, tk = query.shape[-2], key.shape[-2]
     if centre is not None:
         if window is None or not (isinstance(window, int) or window[0] == window[1]):
             raise AttentionError(f"centre (local-p) needs a symmetric window D, got window={window!r}")
         half = window if isinstance(window, int) else window[0]
-        if centre.shape != scores.shape[:-1]:
+        lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2])
+        if centre.shape != (*lead, tq):
             raise AttentionError(
-                f"centre has shape {shape_str(centre.shape)} but expected (..., Tq) = "
-                f"{shape_str(scores.shape[:-1])}"
+                f"centre has shape {shape_str(centre.shape)} but expected (..., Tq) = {shape_str((*lead, tq))}"
             )
-        near, gauss = local_p_region(centre, scores.shape[-1], half)
+        near, gauss = local_p_region(centre, tk, half)
         region = and_masks(region, near)
     else:
         region = and_masks(region, as_window(window))
+    return Call(query, key, value, score_fn, normalizer, region, gauss, score_params, dropout, need_weights)
 
+
+def reference(call: Call) -> AttentionResult:
+    """The eager implementation: the specification every other backend is tested against."""
+    scores = call.score.fn(call.query, call.key, call.score_params)  # (..., Tq, Tk)
     allowed = None
-    if region is not None:
-        allowed = region.materialize(scores.shape, scores.device)
-        bias = region.bias(scores.shape, scores.device, scores.dtype)
+    if call.region is not None:
+        allowed = call.region.materialize(scores.shape, scores.device)
+        bias = call.region.bias(scores.shape, scores.device, scores.dtype)
         if bias is not None:
             scores = scores + bias
-
-    normalized = normalizer(scores, allowed)
+    normalized = call.normalizer(scores, allowed)
     weights = normalized.weights  # (..., Tq, Tk)
-    if gauss is not None:
-        weights = weights * gauss
-    dropped = F.dropout(weights, dropout) if dropout > 0 else weights
-    output = dropped.to(value.dtype) @ value  # (..., Tq, Tk) x (..., Tk, Dv) -> (..., Tq, Dv)
-    return AttentionResult(output, weights if need_weights else None, normalized.log_prob)
+    if call.gauss is not None:
+        weights = weights * call.gauss
+    dropped = F.dropout(weights, call.dropout) if call.dropout > 0 else weights
+    output = dropped.to(call.value.dtype) @ call.value  # (..., Tq, Tk) x (..., Tk, Dv) -> (..., Tq, Dv)
+    return AttentionResult(output, weights if call.need_weights else None, normalized.log_prob)

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from ..core import masks
 from ..core import normalizers as _normalizers
 from ..core import scores as _scores
-from ..core.functional import AttentionResult, attention
+from ..backends import attention
+from ..core.functional import AttentionResult
 from ..core.local import as_window, predict_centre
 from ..errors import AttentionError
 

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from ..core import masks
 from ..core import normalizers as _normalizers
 from ..core import scores as _scores
-from ..core.functional import AttentionResult, attention
+from ..backends import attention
+from ..core.functional import AttentionResult
 from ..core.local import as_window
 from ..errors import AttentionError, shape_str
 from .attention import combine_masks, score_parameters

@@ -1,0 +1,10 @@
+"""Fast paths: registered alternatives to the reference, and the dispatch between them.
+
+``attnkit.attention`` runs the first backend in :data:`BACKENDS` that supports the call;
+:func:`explain` says which one and why. Each backend lives in its own module here and registers
+itself on import; the eager reference in :mod:`attnkit.core.functional` is the specification.
+"""
+
+from .registry import BACKENDS, Backend, Choice, attention, choose, explain, register
+
+__all__ = ["BACKENDS", "Backend", "Choice", "attention", "choose", "explain", "register"]

@@ -1,0 +1,133 @@
+"""Backends: registered implementations of one attention call, and the dispatch between them.
+
+Every backend has one signature, ``run(call: Call) -> AttentionResult``, and says whether it can
+take a call with ``supports(call) -> None`` (yes) or a one-line reason (no). The eager
+:func:`~attnkit.core.functional.reference` is one of them, takes every call, and is the
+specification the others are tested against.
+
+Dispatch (``backend="auto"``) tries the registered backends in order of preference and runs the
+first that supports the call; ``backend="NAME"`` forces one, and raises if it cannot take the call.
+:func:`explain` says which backend a call would use and why each other was passed over; the
+logger ``attnkit.backends`` says the same at DEBUG level on every call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..core.functional import AttentionResult, Call, prepare, reference
+from ..errors import AttentionError
+
+__all__ = ["Backend", "BACKENDS", "register", "choose", "explain", "attention", "Choice"]
+
+log = logging.getLogger("attnkit.backends")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    run: Callable[[Call], AttentionResult]
+    supports: Callable[[Call], str | None]  # None: can run the call; else why not
+    summary: str  # one line: what this backend is for
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}: {self.summary})"
+
+
+BACKENDS: dict[str, Backend] = {}  # in order of preference; "reference" is always last
+
+
+def register(name: str, run: Callable[[Call], AttentionResult], supports: Callable[[Call], str | None], summary: str):
+    """Add a backend, preferred over those already registered except the reference."""
+    ref = BACKENDS.pop("reference", None)
+    BACKENDS[name] = Backend(name, run, supports, summary)
+    if ref is not None:
+        BACKENDS["reference"] = ref
+
+
+register("reference", reference, lambda call: None, "eager score -> normalize -> aggregate; the specification")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which backend a call goes to, and why each preferred one was passed over."""
+
+    backend: str
+    passed_over: dict[str, str]  # backend name -> reason
+
+    def __str__(self) -> str:
+        lines = [f"backend: {self.backend}"]
+        lines += [f"  not {name}: {reason}" for name, reason in self.passed_over.items()]
+        return "\n".join(lines)
+
+
+def choose(call: Call, backend: str = "auto") -> Choice:
+    """The backend that runs ``call``: the first that supports it, or the forced one."""
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise AttentionError(f"backend={backend!r} is unknown; expected 'auto' or one of {list(BACKENDS)}")
+        reason = BACKENDS[backend].supports(call)
+        if reason is not None:
+            raise AttentionError(f"backend={backend!r} cannot run this call: {reason}")
+        return Choice(backend, {})
+    passed = {}
+    for name, candidate in BACKENDS.items():
+        reason = candidate.supports(call)
+        if reason is None:
+            return Choice(name, passed)
+        passed[name] = reason
+    raise AssertionError("the reference backend supports every call")  # unreachable
+
+
+def explain(query, key, value, *, backend: str = "auto", **kwargs) -> Choice:
+    """Which backend ``attnkit.attention(query, key, value, **kwargs)`` would use, and why.
+
+    >>> import torch
+    >>> q = torch.randn(1, 4, 8)
+    >>> print(explain(q, q, q, need_weights=True).backend)
+    reference
+    """
+    return choose(prepare(query, key, value, **kwargs), backend)
+
+
+def attention(query, key, value, *, backend: str = "auto", **kwargs) -> AttentionResult:
+    """Attention(Q, K, V) = Σ_j normalize(score(q_i, k_j)) · v_j, on the fastest backend that can.
+
+    Args:
+        query: (..., Tq, Dq). key: (..., Tk, Dk). value: (..., Tk, Dv).
+        score: a name in ``attnkit.SCORES`` or a :class:`~attnkit.core.scores.Score`.
+        normalize: a name in ``attnkit.NORMALIZERS`` (default options) or a configured normalizer,
+            e.g. ``NORMALIZERS["topk"](k=4)``.
+        mask: True = may attend. A :class:`~attnkit.masks.Mask`, a bool tensor, or a float tensor
+            added to the scores (-inf = blocked), broadcastable to (..., Tq, Tk).
+        window: local region. ``D`` or ``(left, right)``: query i attends keys i-left..i+right
+            (sliding window; Luong's local-m). With ``centre``, a symmetric ``D`` around it.
+        centre: (..., Tq) real-valued centres p_t for Luong's local-p: keys with |s - p_t| <= D,
+            weights multiplied by exp(-(s - p_t)² / (2 (D/2)²)), not renormalized.
+        score_params: the score's parameters, e.g. ``{"W": W}`` for ``general``.
+        dropout: probability of zeroing a weight before aggregation (pass 0 at eval time).
+        need_weights: return the weights (after masking, before dropout); else ``None``.
+        backend: "auto" (the first registered backend that supports the call) or a name in
+            ``attnkit.backends.BACKENDS`` to force one; :func:`explain` says which and why.
+
+    Returns:
+        :class:`~attnkit.core.functional.AttentionResult` ``(output (..., Tq, Dv), weights (..., Tq,
+        Tk) | None)``; ``.log_prob`` (..., Tq) for ``normalize="sample"``.
+
+    A query row with no allowed key gets zero weights and a zero output, never NaN.
+
+    >>> import torch
+    >>> q, k, v = torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 4)
+    >>> out, w = attention(q, k, v, need_weights=True)
+    >>> out.shape, w.shape
+    (torch.Size([2, 3, 4]), torch.Size([2, 3, 5]))
+    >>> bool(torch.allclose(w.sum(-1), torch.ones(2, 3)))
+    True
+    """
+    call = prepare(query, key, value, **kwargs)
+    choice = choose(call, backend)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s", choice)
+    return BACKENDS[choice.backend].run(call)
