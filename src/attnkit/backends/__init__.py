@@ -7,4 +7,8 @@ itself on import; the eager reference in :mod:`attnkit.core.functional` is the s
 
 from .registry import BACKENDS, Backend, Choice, attention, choose, explain, register
 
+# registration order is the order of preference (the reference always comes last)
+from . import topk  # noqa: E402, F401  (isort: skip)
+from . import sdpa  # noqa: E402, F401  (isort: skip)
+
 __all__ = ["BACKENDS", "Backend", "Choice", "attention", "choose", "explain", "register"]

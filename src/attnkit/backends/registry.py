@@ -1,7 +1,8 @@
 """Backends: registered implementations of one attention call, and the dispatch between them.
 
 Every backend has one signature, ``run(call: Call) -> AttentionResult``, and says whether it can
-take a call with ``supports(call) -> None`` (yes) or a one-line reason (no). The eager
+take a call with ``supports(call) -> None`` (yes) or a one-line reason (no), and, for automatic
+dispatch only, whether it pays off with ``worthwhile(call)`` (same convention). The eager
 :func:`~attnkit.core.functional.reference` is one of them, takes every call, and is the
 specification the others are tested against.
 
@@ -25,12 +26,21 @@ __all__ = ["Backend", "BACKENDS", "register", "choose", "explain", "attention", 
 log = logging.getLogger("attnkit.backends")
 
 
+def _always(call: Call) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
     run: Callable[[Call], AttentionResult]
     supports: Callable[[Call], str | None]  # None: can run the call; else why not
     summary: str  # one line: what this backend is for
+    worthwhile: Callable[[Call], str | None] = _always  # auto dispatch only: None, or why not here
+
+    def reason(self, call: Call, forced: bool = False) -> str | None:
+        """Why this backend would not run ``call`` (None: it would)."""
+        return self.supports(call) or (None if forced else self.worthwhile(call))
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}: {self.summary})"
@@ -39,15 +49,21 @@ class Backend:
 BACKENDS: dict[str, Backend] = {}  # in order of preference; "reference" is always last
 
 
-def register(name: str, run: Callable[[Call], AttentionResult], supports: Callable[[Call], str | None], summary: str):
+def register(
+    name: str,
+    run: Callable[[Call], AttentionResult],
+    supports: Callable[[Call], str | None],
+    summary: str,
+    worthwhile: Callable[[Call], str | None] = _always,
+) -> None:
     """Add a backend, preferred over those already registered except the reference."""
     ref = BACKENDS.pop("reference", None)
-    BACKENDS[name] = Backend(name, run, supports, summary)
+    BACKENDS[name] = Backend(name, run, supports, summary, worthwhile)
     if ref is not None:
         BACKENDS["reference"] = ref
 
 
-register("reference", reference, lambda call: None, "eager score -> normalize -> aggregate; the specification")
+register("reference", reference, _always, "eager score -> normalize -> aggregate; the specification")
 
 
 @dataclass(frozen=True)
@@ -68,13 +84,13 @@ def choose(call: Call, backend: str = "auto") -> Choice:
     if backend != "auto":
         if backend not in BACKENDS:
             raise AttentionError(f"backend={backend!r} is unknown; expected 'auto' or one of {list(BACKENDS)}")
-        reason = BACKENDS[backend].supports(call)
+        reason = BACKENDS[backend].reason(call, forced=True)
         if reason is not None:
             raise AttentionError(f"backend={backend!r} cannot run this call: {reason}")
         return Choice(backend, {})
     passed = {}
     for name, candidate in BACKENDS.items():
-        reason = candidate.supports(call)
+        reason = candidate.reason(call)
         if reason is None:
             return Choice(name, passed)
         passed[name] = reason
