@@ -16,6 +16,11 @@ def _parser() -> argparse.ArgumentParser:
     tour = sub.add_parser("tour", help="run every kind of attention on one small example and print its weights")
     tour.add_argument("--section", action="append", help="only these sections (repeatable); default: all")
     tour.add_argument("--list", action="store_true", help="list the sections and exit")
+    bench = sub.add_parser("bench", help="time and memory of each kind of attention against its baselines")
+    bench.add_argument("--quick", action="store_true", help="smaller runs that finish in a few minutes")
+    bench.add_argument("--only", action="append", help="only these cases (repeatable); default: all")
+    bench.add_argument("--out", default="bench-results", help="folder for bench.md and bench.json")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     return parser
 
 
@@ -26,6 +31,18 @@ def main(argv: list[str] | None = None) -> int:
             from .tour import run
 
             return run(sections=args.section, list_only=args.list)
+        if args.command == "bench":
+            from pathlib import Path
+
+            from ..bench import run as bench
+            from ..bench.cases import CASES
+
+            unknown = [c for c in args.only or [] if c not in CASES]
+            if unknown:
+                raise AttentionError(f"--only {unknown[0]!r} is unknown; expected one of {list(CASES)}")
+            bench(only=args.only, quick=args.quick, out=Path(args.out), memory=not args.no_memory)
+            print(f"results: {Path(args.out) / 'bench.md'}, {Path(args.out) / 'bench.json'}")
+            return 0
     except AttentionError as err:  # bad input: one line, no traceback
         print(f"attnkit: error: {err}", file=sys.stderr)
         return 2
