@@ -5,10 +5,11 @@
 itself on import; the eager reference in :mod:`attnkit.core.functional` is the specification.
 """
 
-from .registry import BACKENDS, Backend, Choice, attention, choose, explain, register
+from .registry import BACKENDS, Backend, Choice, attention, choose, explain, prefer, register
 
-# registration order is the order of preference (the reference always comes last)
-from . import topk  # noqa: E402, F401  (isort: skip)
-from . import sdpa  # noqa: E402, F401  (isort: skip)
+from . import flex, sdpa, topk  # noqa: E402, F401  (isort: skip) each registers itself
 
-__all__ = ["BACKENDS", "Backend", "Choice", "attention", "choose", "explain", "register"]
+# the order automatic dispatch tries them in: the most specialised first, the reference last
+prefer("banded", "topk_gather", "flex", "sdpa")
+
+__all__ = ["BACKENDS", "Backend", "Choice", "attention", "choose", "explain", "prefer", "register"]

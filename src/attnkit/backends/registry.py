@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..core.functional import AttentionResult, Call, prepare, reference
 from ..errors import AttentionError
 
-__all__ = ["Backend", "BACKENDS", "register", "choose", "explain", "attention", "Choice"]
+__all__ = ["Backend", "BACKENDS", "register", "prefer", "choose", "explain", "attention", "Choice"]
 
 log = logging.getLogger("attnkit.backends")
 
@@ -61,6 +61,15 @@ def register(
     BACKENDS[name] = Backend(name, run, supports, summary, worthwhile)
     if ref is not None:
         BACKENDS["reference"] = ref
+
+
+def prefer(*names: str) -> None:
+    """Reorder :data:`BACKENDS`: these names first, in this order; the others after; the reference last."""
+    order = [n for n in names if n in BACKENDS] + [n for n in BACKENDS if n not in names]
+    order.remove("reference")
+    reordered = {n: BACKENDS[n] for n in [*order, "reference"]}
+    BACKENDS.clear()
+    BACKENDS.update(reordered)
 
 
 register("reference", reference, _always, "eager score -> normalize -> aggregate; the specification")

@@ -36,12 +36,14 @@ __all__ = [
     "Causal",
     "SlidingWindow",
     "KeyPadding",
+    "BlockSparse",
     "Dense",
     "And",
     "Or",
     "causal",
     "sliding_window",
     "padding",
+    "block_sparse",
     "from_key_padding",
     "from_torch_attn_mask",
     "and_masks",
@@ -132,6 +134,38 @@ class KeyPadding(Mask):
             )
         view = (b,) + (1,) * (len(shape) - 2) + (tk,)  # (B, 1.., 1, Tk)
         return self.valid.to(device).reshape(view)
+
+
+@dataclass(frozen=True, repr=False)
+class BlockSparse(Mask):
+    """A mask given per block: query i may attend key j iff ``layout[i // block, j // block]``.
+
+    ``layout`` (ceil(Tq / block), ceil(Tk / block)) bool, e.g. a BigBird-style pattern.
+    """
+
+    layout: Tensor
+    block: int
+
+    def __post_init__(self):
+        if not isinstance(self.layout, Tensor) or self.layout.dim() != 2 or self.layout.dtype != torch.bool:
+            got = shape_str(self.layout.shape) if isinstance(self.layout, Tensor) else type(self.layout).__name__
+            raise AttentionError(f"block_sparse layout has shape {got} but expected a 2-D bool tensor (Tq/block, Tk/block)")
+        if not isinstance(self.block, int) or self.block < 1:
+            raise AttentionError(f"block_sparse block must be an int >= 1, got {self.block!r}")
+
+    def __repr__(self):
+        return f"BlockSparse(layout={shape_str(self.layout.shape)}, block={self.block})"
+
+    def materialize(self, shape, device=None):
+        tq, tk = shape[-2], shape[-1]
+        need = (-(-tq // self.block), -(-tk // self.block))
+        if tuple(self.layout.shape) != need:
+            raise AttentionError(
+                f"block_sparse layout has shape {shape_str(self.layout.shape)} but expected {shape_str(need)} "
+                f"= (ceil(Tq / {self.block}), ceil(Tk / {self.block})) for scores of shape {shape_str(shape)}"
+            )
+        i, j = _positions(shape, device)
+        return self.layout.to(device)[i // self.block, j // self.block]  # (Tq, Tk)
 
 
 @dataclass(frozen=True, repr=False)
@@ -246,6 +280,11 @@ def padding(lengths: Tensor | Sequence[int], max_len: int | None = None) -> KeyP
         )
     tk = int(max_len if max_len is not None else (lengths.max() if len(lengths) else 0))
     return KeyPadding(torch.arange(tk, device=lengths.device)[None, :] < lengths[:, None])  # (B, Tk)
+
+
+def block_sparse(layout: Tensor, block: int) -> BlockSparse:
+    """Query i may attend key j iff ``layout[i // block, j // block]``."""
+    return BlockSparse(layout, block)
 
 
 def from_key_padding(key_padding_mask: Tensor) -> KeyPadding:
