@@ -134,7 +134,7 @@ def test_contract_with_additive_float_masks(p, normalizer):
     bias = p["mask"].masked_fill(~p["allowed"], 0.0)
     scores = SCORES[p["name"]](p["q"], p["k"], p["params"]) + bias
     want = make(p["k"].shape[-2])(scores, p["allowed"]).weights
-    torch.testing.assert_close(w.detach(), want, rtol=0, atol=0)
+    torch.testing.assert_close(w.detach(), want)  # a fast path may sum in another order
 
 
 @settings(max_examples=250, **SETTINGS)

@@ -21,16 +21,20 @@ TOLERANCES: dict[tuple[str, torch.dtype], tuple[float, float]] = {
     ("banded", torch.float64): (1e-10, 1e-8),
     ("banded", torch.float32): (2e-5, 1e-4),
     ("banded", torch.bfloat16): (3e-2, 3e-2),
+    # additive_fused: online softmax, scores as 2 Σ v r - Σ v with tanh rewritten through exp
+    ("additive_fused", torch.float64): (1e-12, 1e-10),
+    ("additive_fused", torch.float32): (2e-5, 1e-4),
+    ("additive_fused", torch.bfloat16): (2e-2, 2e-2),
     ("topk_gather", torch.float64): (1e-12, 1e-10),
     ("topk_gather", torch.float32): (2e-5, 1e-4),
     ("topk_gather", torch.bfloat16): (2e-2, 2e-2),
+    # additive_triton, run in Triton's interpreter: online softmax, tanh from exp(-2|x|), da by atomics
+    ("additive_triton", torch.float64): (1e-12, 1e-10),
+    ("additive_triton", torch.float32): (2e-5, 1e-4),
+    ("additive_triton", torch.bfloat16): (2e-2, 2e-2),
 }
 
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 LOW_PRECISION_FACTOR = 2.0
 
-
-def tolerance(backend: str, dtype: torch.dtype) -> dict[str, float]:
-    atol, rtol = TOLERANCES[(backend, dtype)]
-    return {"atol": atol, "rtol": rtol}

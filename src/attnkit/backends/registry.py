@@ -56,7 +56,7 @@ def register(
     summary: str,
     worthwhile: Callable[[Call], str | None] = _always,
 ) -> None:
-    """Add a backend, preferred over those already registered except the reference."""
+    """Add a backend, tried after those already registered (the reference stays last); see :func:`prefer`."""
     ref = BACKENDS.pop("reference", None)
     BACKENDS[name] = Backend(name, run, supports, summary, worthwhile)
     if ref is not None:

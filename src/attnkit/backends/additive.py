@@ -1,0 +1,453 @@
+"""``additive_fused``: the additive score vᵀtanh(W_q q + W_k k) with softmax, without its (..., Tq, Tk, A) tensor.
+
+Shape legend: B batch, H heads, Tq query positions, Tk key positions, Dq / Dk / Dv feature dims, A hidden
+dim of the additive score; N the leading dims (...) flattened, e.g. B or B·H.
+
+The reference scores with hidden = tanh(a_i + b_j), a = q W_q (..., Tq, A) and b = k W_k (..., Tk, A):
+a (..., Tq, Tk, A) tensor, A times the size of the scores, which autograd also keeps for the backward.
+Here a and b come from ordinary autograd, and one autograd Function does the rest tile by tile, as
+FlashAttention does: a tile is nb rows of N × ci queries × cj keys; a row's keys are walked with an
+online softmax (a running max and sum), and only a, b, v, the values, the output and each row's
+log-sum-exp are saved. The backward recomputes each tile's hidden units and forms
+
+    dS = P ⊙ (dO Vᵀ − rowsum(dO ⊙ O)),   da_i = v ⊙ Σ_j dS_ij tanh'_ij,   db_j = v ⊙ Σ_i dS_ij tanh'_ij,
+    dv = Σ_ij dS_ij tanh_ij,   tanh'_ij = 1 − tanh²(a_i + b_j).
+
+The cost is one hidden unit per (n, i, j, a), forward and again backward, and on a CPU tanh is the slow
+part of a unit (torch 2.13's CPU tanh: 2.3 ns per element, on one thread only, 15x a multiply). So the
+tiles use
+
+    tanh(a + b) = 2r − 1,   1 − tanh²(a + b) = 4r(1 − r),   r = 1 / (1 + e^(−2a) · e^(−2b)),
+
+with e^(−2a) and e^(−2b) computed once per row instead of once per pair: a multiply, an add and a
+reciprocal per unit. It is exact while neither exponential overflows or underflows (|a|, |b| <= 40 in
+float32, 340 in float64; a product that overflows or underflows just saturates tanh to ∓1, correctly);
+calls outside that range use r = sigmoid(2(a + b)) per unit instead (FACTORED_LIMIT).
+
+Tiles run eagerly (each tile written once, small enough to stay in cache) or compiled: ``torch.compile``
+(inductor) fuses a tile kernel into loops that never write the tile, several times faster on CPU, after
+a one-time compilation of 5 to 15 s per tile shape. Calls of at least ``config.compile_min_work`` units
+compile from the ``config.compile_after``-th call with their tile shape on (a training loop's third
+step: a one-off call never waits for the compiler); smaller and earlier calls, and every call once
+compilation has failed or where it is unavailable, run eagerly. Tile shapes are padded up to fixed
+sizes, so a fixed call shape compiles once and never again. Calls under ``config.min_work`` units are
+left to the reference by automatic dispatch: there its few large ops beat the tile loop's small ones.
+
+Half-precision inputs run in float32 inside and are rounded once at the end. Dropout and local-p's
+Gaussian factor are not fused: such calls go to another backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..core.functional import AttentionResult, Call
+from ..core.normalizers import Softmax
+from ..core.scores import SCORES
+from ..errors import AttentionError
+from .registry import register
+
+__all__ = ["FusedConfig", "config", "run", "supports", "worthwhile"]
+
+log = logging.getLogger("attnkit.backends")
+
+
+@dataclass(slots=True)  # slots: a misspelt knob raises instead of being ignored
+class FusedConfig:
+    """Knobs of ``additive_fused``; change the module's :data:`config` in place (tests do)."""
+
+    min_work: int = 1 << 17  # N·Tq·Tk·A below which auto dispatch keeps the reference (as fast there)
+    compile: str = "auto"  # "auto": see compile_min_work and compile_after; "always"; "never"
+    compile_min_work: int = 1 << 24  # N·Tq·Tk·A: below it eager tiles take ~10 ms, less than compiling
+    compile_after: int = 3  # "auto" compiles a tile shape on its 3rd call: one-off calls never wait ~15 s
+    eager_tile: int = 1 << 20  # units (n, i, j, a) per eager tile: 4 MB in float32, kept in L2/L3
+    compiled_tile: int = 1 << 23  # units per compiled call (never written): amortises ~50 µs per call
+    key_tile: int = 1 << 17  # keys × A per tile at most: b's tile (512 KB in float32) stays in L2
+    max_compiled_shapes: int = 6  # tile shapes compiled per process; then eager (dynamo allows 8)
+
+
+config = FusedConfig()
+
+# |a|, |b| up to which e^(-2a) stays a normal number: e^80 < 3e38 (float32), e^680 < 1e308 (float64)
+FACTORED_LIMIT = {torch.float32: 40.0, torch.float64: 340.0}
+
+
+def supports(call: Call) -> str | None:
+    if call.score is not SCORES["additive"]:
+        return f"fuses the additive score only, not score={call.score.name!r}"
+    if type(call.normalizer) is not Softmax:
+        return f"fuses softmax only, not {call.normalizer}"
+    if call.dropout > 0:
+        return f"dropout={call.dropout} on the weights is not fused; pass dropout=0 (e.g. at eval time)"
+    if call.gauss is not None:
+        return "local-p's Gaussian factor is applied after the softmax, which is not fused"
+    tensors = {"query": call.query, "key": call.key, "value": call.value, **call.score_params}
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+        got = ", ".join(f"{name} {str(t.dtype).removeprefix('torch.')}" for name, t in tensors.items())
+        return f"query, key, value and score_params must share one floating dtype, got {got}"
+    score_lead = call.scores_shape[:-2]
+    if torch.broadcast_shapes(score_lead, call.value.shape[:-2]) != score_lead:
+        return (
+            f"value's leading dims {tuple(call.value.shape[:-2])} broadcast beyond the scores' "
+            f"{tuple(score_lead)}; the fused path flattens the scores' leading dims"
+        )
+    return None
+
+
+def worthwhile(call: Call) -> str | None:
+    """Auto dispatch only: tiny calls stay on the reference, whose few big ops beat the tile loop's many small ones."""
+    units = math.prod(call.scores_shape) * call.score_params["W_q"].shape[-1]  # N·Tq·Tk·A
+    if units < config.min_work:
+        return f"N·Tq·Tk·A = {units} hidden units, under {config.min_work}: the reference is as fast"
+    return None
+
+
+def run(call: Call) -> AttentionResult:
+    params = call.score_params
+    a = call.query @ params["W_q"]  # (..., Tq, Dq) x (..., Dq, A) -> (..., Tq, A)
+    b = call.key @ params["W_k"]  # (..., Tk, Dk) x (..., Dk, A) -> (..., Tk, A)
+    shape = call.scores_shape  # (..., Tq, Tk)
+    *lead, tq, tk = shape
+    hidden, dv = a.shape[-1], call.value.shape[-1]
+    n = math.prod(lead)
+    a = a.expand(*lead, tq, hidden).reshape(n, tq, hidden)  # (N, Tq, A)
+    b = b.expand(*lead, tk, hidden).reshape(n, tk, hidden)  # (N, Tk, A)
+    v = params["v"].expand(*lead, hidden).reshape(n, hidden)  # (N, A)
+    value = call.value.expand(*lead, tk, dv).reshape(n, tk, dv)  # (N, Tk, Dv)
+    allowed = bias = None
+    if call.region is not None:
+        device, dtype = a.device, _compute_dtype(a.dtype)
+        allowed = call.region.materialize(shape, device).expand(shape).reshape(n, tq, tk)  # bool
+        bias = call.region.bias(shape, device, dtype)
+        if bias is not None:
+            bias = bias.expand(shape).reshape(n, tq, tk)
+    out, weights = _AdditiveSoftmax.apply(a, b, v, value, allowed, bias, call.need_weights)
+    out = out.reshape(*lead, tq, dv)
+    return AttentionResult(out, None if weights is None else weights.reshape(shape))
+
+
+register(
+    "additive_fused",
+    run,
+    supports,
+    "additive score + softmax in tiles with an online softmax; never forms the (..., Tq, Tk, A) tensor",
+    worthwhile,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# the autograd Function: walks the tiles, forward and backward
+
+
+class _AdditiveSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, v, value, allowed, bias, need_weights):
+        # a (N, Tq, A), b (N, Tk, A), v (N, A), value (N, Tk, Dv); allowed bool / bias (N, Tq, Tk) or None
+        ctx.set_materialize_grads(False)
+        tiles = _Tiles.build(a, b, v, allowed, bias, new_call=True)
+        n, tq, tk, dv = *tiles.sizes, value.shape[-1]
+        cd = tiles.dtype
+        value_c = value.to(cd)
+        out = a.new_empty(n, tq, dv, dtype=cd)
+        lse = a.new_empty(n, tq, dtype=cd)  # log Σ_j exp(s_ij) over allowed keys; +inf on a row with none
+        scores = a.new_empty(n, tq, tk, dtype=cd) if need_weights else None
+        for rows, queries in tiles.blocks():
+            best = a.new_full((rows.stop - rows.start, queries.stop - queries.start), -math.inf, dtype=cd)
+            total = torch.zeros_like(best)  # Σ_j exp(s_ij - best_i) so far
+            acc = a.new_zeros(*best.shape, dv, dtype=cd)  # Σ_j exp(s_ij - best_i) value_j so far
+            for keys in tiles.key_ranges():
+                s = tiles.scores(rows, queries, keys)  # (nv, iv, jv), -inf where not allowed
+                if scores is not None:
+                    scores[rows, queries, keys] = s
+                new_best = torch.maximum(best, s.amax(-1))  # (nv, iv)
+                shift = new_best.masked_fill(new_best == -math.inf, 0.0)  # no key yet: exp(-inf - 0) = 0
+                p = torch.exp(s - shift[..., None])  # (nv, iv, jv)
+                keep = torch.exp(best - shift)  # rescales what was summed under the old max
+                total = total * keep + p.sum(-1)
+                acc = acc * keep[..., None] + p @ value_c[rows, keys]  # (nv, iv, jv) x (nv, jv, Dv)
+                best = new_best
+            has_key = total > 0
+            out[rows, queries] = acc / torch.where(has_key, total, 1.0)[..., None]
+            lse[rows, queries] = torch.where(has_key, best + total.log(), math.inf)
+        weights = None
+        if scores is not None:
+            weights = scores.sub_(lse[..., None]).exp_()  # exp(-inf - lse) = 0 where not allowed
+        ctx.save_for_backward(a, b, v, value, allowed, bias, out, lse, weights)
+        return out.to(value.dtype), None if weights is None else weights.to(a.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_weights):
+        a, b, v, value, allowed, bias, out, lse, weights = ctx.saved_tensors
+        tiles = _Tiles.build(a, b, v, allowed, bias, new_call=False)
+        n, tq, tk = tiles.sizes
+        cd = tiles.dtype
+        value_c = value.to(cd)
+        d_out = None if d_out is None else d_out.to(cd)
+        d_weights = None if d_weights is None else d_weights.to(cd)
+        # rowsum(dP ⊙ P) per query: dO·O for the output, dW·W for the weights
+        delta = a.new_zeros(n, tq, dtype=cd)
+        if d_out is not None:
+            delta += (d_out * out).sum(-1)
+        if d_weights is not None:
+            delta += (d_weights * weights).sum(-1)
+        hidden_grads = any(ctx.needs_input_grad[:3])  # a, b or v: the tiles' second pass over (i, j, A)
+        da, db, dvec = tiles.grad_buffers() if hidden_grads else (None, None, None)
+        d_value = torch.zeros_like(value_c) if ctx.needs_input_grad[3] else None
+        d_bias = a.new_zeros(n, tq, tk, dtype=cd) if ctx.needs_input_grad[5] else None
+        for rows, queries in tiles.blocks():
+            for keys in tiles.key_ranges():
+                s = tiles.scores(rows, queries, keys)  # (nv, iv, jv)
+                p = torch.exp(s - lse[rows, queries, None])  # 0 where not allowed, and on empty rows
+                dp = torch.zeros_like(p)  # dL/dP
+                if d_out is not None:
+                    dp += d_out[rows, queries] @ value_c[rows, keys].transpose(-2, -1)  # (nv, iv, Dv) x (nv, Dv, jv)
+                    if d_value is not None:
+                        d_value[rows, keys] += p.transpose(-2, -1) @ d_out[rows, queries]  # (nv, jv, iv) x (nv, iv, Dv)
+                if d_weights is not None:
+                    dp += d_weights[rows, queries, keys]
+                ds = p * (dp - delta[rows, queries, None])  # dL/ds, (nv, iv, jv)
+                if d_bias is not None:
+                    d_bias[rows, queries, keys] = ds
+                if hidden_grads:
+                    tiles.accumulate_grads(rows, queries, keys, ds, da, db, dvec)
+        return (
+            None if da is None else da[:n, :tq].to(a.dtype),
+            None if db is None else db[:n, :tk].to(b.dtype),
+            None if dvec is None else dvec[:n].to(v.dtype),
+            None if d_value is None else d_value.to(value.dtype),
+            None,
+            None if d_bias is None else d_bias.to(bias.dtype),
+            None,
+        )
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _split(length: int, most: int, granule: int) -> tuple[int, int]:
+    """(tile, padded length): ``length`` cut into equal tiles of at most ``most``, rounded up to ``granule``."""
+    most = max(most, granule)
+    count = -(-max(length, 1) // most)
+    tile = -(-max(length, 1) // count)
+    tile = -(-tile // granule) * granule
+    return tile, tile * count
+
+
+@dataclass
+class _Tiles:
+    """One call's operands, padded to whole tiles, and the walk over its (rows, queries, keys) tiles."""
+
+    sizes: tuple[int, int, int]  # (N, Tq, Tk), before padding
+    tile: tuple[int, int, int]  # (nb, ci, cj): rows of N, queries, keys per tile
+    dtype: torch.dtype  # the compute dtype
+    x: Tensor  # (N', Tq', A): e^(-2a) when factored, else a; padded with the value for a = 0
+    y: Tensor  # (N', Tk', A): e^(-2b) when factored, else b
+    v: Tensor  # (N', A), zero on padded rows
+    factored: bool
+    kernels: tuple[Callable, Callable]  # (scores, grads), compiled or eager
+    allowed: Tensor | None  # (N, Tq, Tk) bool
+    bias: Tensor | None  # (N, Tq, Tk)
+
+    @classmethod
+    def build(
+        cls, a: Tensor, b: Tensor, v: Tensor, allowed: Tensor | None, bias: Tensor | None, new_call: bool
+    ) -> _Tiles:
+        """The tiles of a call (``new_call``: the forward, which counts towards compiling its tile shape)."""
+        (n, tq, hidden), tk = a.shape, b.shape[1]
+        cd = _compute_dtype(a.dtype)
+        compiled = _compile_wanted(n * tq * tk * hidden)
+        tile, padded = _plan(n, tq, tk, hidden, compiled)
+        a, b, v = (t.detach().to(cd) for t in (a, b, v))
+        # False for NaN too: the per-unit formula propagates it as tanh would
+        factored = all(float(t.abs().max()) <= FACTORED_LIMIT[cd] for t in (a, b) if t.numel())
+        key = (*tile, *padded, hidden, cd, a.device.type, factored)
+        if compiled and not _admit(key, new_call):
+            compiled = False
+            tile, padded = _plan(n, tq, tk, hidden, compiled)
+        x = F.pad(a, (0, 0, 0, padded[1] - tq, 0, padded[0] - n))  # (N', Tq', A)
+        y = F.pad(b, (0, 0, 0, padded[2] - tk, 0, padded[0] - n))  # (N', Tk', A)
+        if factored:
+            x, y = torch.exp(-2 * x), torch.exp(-2 * y)
+        v = F.pad(v, (0, 0, 0, padded[0] - n))  # (N', A)
+        kernels = _compiled_kernels() if compiled else (_scores_eager, _grads_eager)
+        return cls((n, tq, tk), tile, cd, x, y, v, factored, kernels, allowed, bias)
+
+    def blocks(self) -> Iterator[tuple[slice, slice]]:
+        """(rows, queries) of each row block, clipped to the unpadded sizes."""
+        (n, tq, _), (nb, ci, _) = self.sizes, self.tile
+        for n0 in range(0, n, nb):
+            for i0 in range(0, tq, ci):
+                yield slice(n0, min(n0 + nb, n)), slice(i0, min(i0 + ci, tq))
+
+    def key_ranges(self) -> Iterator[slice]:
+        tk, cj = self.sizes[2], self.tile[2]
+        for j0 in range(0, tk, cj):
+            yield slice(j0, min(j0 + cj, tk))
+
+    def _operands(self, rows: slice, queries: slice, keys: slice) -> tuple[Tensor, Tensor, Tensor]:
+        """Whole padded tiles: x (nb, ci, A), y (nb, cj, A), v (nb, A)."""
+        nb, ci, cj = self.tile
+        n0, i0, j0 = rows.start, queries.start, keys.start
+        return self.x[n0 : n0 + nb, i0 : i0 + ci], self.y[n0 : n0 + nb, j0 : j0 + cj], self.v[n0 : n0 + nb]
+
+    def scores(self, rows: slice, queries: slice, keys: slice) -> Tensor:
+        """The scores of one tile plus the bias, -inf where not allowed: (nv, iv, jv)."""
+        s = self.kernels[0](*self._operands(rows, queries, keys), self.factored)  # (nb, ci, cj)
+        s = s[: rows.stop - rows.start, : queries.stop - queries.start, : keys.stop - keys.start]
+        if self.bias is not None:
+            s = s + self.bias[rows, queries, keys]
+        if self.allowed is not None:
+            s = s.masked_fill(~self.allowed[rows, queries, keys], -math.inf)
+        return s
+
+    def grad_buffers(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Zeroed da (N', Tq', A), db (N', Tk', A), dv (N', A)."""
+        return torch.zeros_like(self.x), torch.zeros_like(self.y), torch.zeros_like(self.v)
+
+    def accumulate_grads(self, rows, queries, keys, ds: Tensor, da: Tensor, db: Tensor, dvec: Tensor) -> None:
+        """Add one tile's share of da, db and dv, given its dL/ds (nv, iv, jv)."""
+        nb, ci, cj = self.tile
+        nv, iv, jv = ds.shape
+        ds = F.pad(ds, (0, cj - jv, 0, ci - iv, 0, nb - nv))  # (nb, ci, cj), zero on padding
+        ga, gb, gv = self.kernels[1](*self._operands(rows, queries, keys), ds, self.factored)
+        n0, i0, j0 = rows.start, queries.start, keys.start
+        da[n0 : n0 + nb, i0 : i0 + ci] += ga
+        db[n0 : n0 + nb, j0 : j0 + cj] += gb
+        dvec[n0 : n0 + nb] += gv
+
+
+def _plan(n: int, tq: int, tk: int, hidden: int, compiled: bool) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Tile (nb, ci, cj) and padded sizes (N', Tq', Tk'): whole tiles of at most the configured units."""
+    budget = config.compiled_tile if compiled else config.eager_tile
+    granule = 16 if compiled else 1  # compiled: few distinct tile shapes, so few compilations
+    cj, tkp = _split(tk, config.key_tile // hidden, granule)
+    ci, tqp = _split(tq, budget // (cj * hidden), granule)
+    nb, np_ = _split(n, budget // (ci * cj * hidden), 1)
+    return (nb, ci, cj), (np_, tqp, tkp)
+
+
+# ---------------------------------------------------------------------------------------------
+# tile kernels: x (n, i, A), y (n, j, A), v (n, A) [, ds (n, i, j)], factored: see the module docstring
+
+
+def _half_tanh(x: Tensor, y: Tensor, factored: bool) -> Tensor:
+    """r = (1 + tanh(a_i + b_j)) / 2 for every pair, (n, i, j, A): an expression inductor fuses away."""
+    if factored:
+        return 1 / (1 + x[:, :, None, :] * y[:, None, :, :])  # x = e^(-2a), y = e^(-2b)
+    return torch.sigmoid(2 * (x[:, :, None, :] + y[:, None, :, :]))  # x = a, y = b
+
+
+def _scores_fused(x: Tensor, y: Tensor, v: Tensor, factored: bool) -> Tensor:
+    """s_ij = vᵀ tanh(a_i + b_j): (n, i, j)."""
+    t = 2 * _half_tanh(x, y, factored) - 1  # (n, i, j, A) tanh, never written once compiled
+    return (t * v[:, None, None, :]).sum(-1)
+
+
+def _grads_fused(x: Tensor, y: Tensor, v: Tensor, ds: Tensor, factored: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """da (n, i, A), db (n, j, A), dv (n, A) of Σ_ij ds_ij s_ij."""
+    r = _half_tanh(x, y, factored)  # (n, i, j, A)
+    g = ds[..., None] * (r - r * r)  # ds ⊙ tanh' / 4
+    t = ds[..., None] * (2 * r - 1)  # ds ⊙ tanh
+    da = 4 * v[:, None, :] * g.sum(2)  # (n, i, A)
+    db = 4 * v[:, None, :] * g.sum(1)  # (n, j, A)
+    return da, db, t.sum(2).sum(1)  # reduced over j with da's loop, then over i
+
+
+def _half_tanh_eager(x: Tensor, y: Tensor, factored: bool) -> Tensor:
+    """:func:`_half_tanh`, written once and updated in place: (n, i, j, A)."""
+    if factored:
+        r = torch.addcmul(x.new_ones(()), x[:, :, None, :], y[:, None, :, :])  # 1 + e^(-2a) e^(-2b)
+        return r.reciprocal_()
+    r = torch.add(x[:, :, None, :], y[:, None, :, :])
+    return r.mul_(2).sigmoid_()
+
+
+def _scores_eager(x: Tensor, y: Tensor, v: Tensor, factored: bool) -> Tensor:
+    r = _half_tanh_eager(x, y, factored)  # (n, i, j, A)
+    n, i, j, hidden = r.shape
+    s = torch.bmm(r.view(n, i * j, hidden), v[:, :, None]).view(n, i, j)  # (n, i·j, A) x (n, A, 1): Σ_a v r
+    return 2 * s - v.sum(-1)[:, None, None]  # Σ_a v (2r - 1)
+
+
+def _grads_eager(x: Tensor, y: Tensor, v: Tensor, ds: Tensor, factored: bool) -> tuple[Tensor, Tensor, Tensor]:
+    r = _half_tanh_eager(x, y, factored)  # (n, i, j, A)
+    n, i, j, hidden = r.shape
+    dv = torch.bmm(ds.reshape(n, 1, i * j), r.view(n, i * j, hidden)).view(n, hidden)  # (n, 1, i·j) x (n, i·j, A)
+    dv = 2 * dv - ds.sum((1, 2))[:, None]  # Σ_ij ds (2r - 1)
+    g = r.addcmul_(r, r, value=-1)  # r - r² = tanh' / 4, in place
+    da = torch.bmm(ds.reshape(n * i, 1, j), g.view(n * i, j, hidden)).view(n, i, hidden)  # Σ_j ds g
+    db = g.mul_(ds[..., None]).sum(1)  # Σ_i ds g, (n, j, A)
+    return 4 * v[:, None, :] * da, 4 * v[:, None, :] * db, dv
+
+
+# ---------------------------------------------------------------------------------------------
+# compilation: when, and what happens when it fails
+
+_compiled: tuple[Callable, Callable] | None = None
+_compiled_shapes: set[tuple] = set()  # tile keys compiled (or being compiled) in this process
+_calls: dict[tuple, int] = {}  # tile key -> calls seen, for compile_after
+_compile_failed = False
+
+
+def _compile_wanted(units: int) -> bool:
+    if config.compile not in ("auto", "always", "never"):
+        raise AttentionError(f"additive config.compile must be 'auto', 'always' or 'never', got {config.compile!r}")
+    if config.compile == "never" or _compile_failed:
+        return False
+    if torch.compiler.is_compiling():  # inside the caller's own torch.compile: it compiles us
+        return False
+    return config.compile == "always" or units >= config.compile_min_work
+
+
+def _admit(key: tuple, new_call: bool) -> bool:
+    """Whether a tile shape runs compiled: seen often enough ("auto"), and known or one more below the cap."""
+    if config.compile == "auto":
+        _calls[key] = _calls.get(key, 0) + new_call
+        if _calls[key] < config.compile_after:
+            return False
+    if key in _compiled_shapes or len(_compiled_shapes) < config.max_compiled_shapes:
+        _compiled_shapes.add(key)
+        return True
+    log.debug("additive_fused: %d tile shapes compiled already; running %s eagerly", len(_compiled_shapes), key)
+    return False
+
+
+def _compiled_kernels() -> tuple[Callable, Callable]:
+    global _compiled
+    if _compiled is None:
+        # dynamic=False: tiles have fixed shapes. fullgraph: a graph break is a failure, not a slow path
+        scores = torch.compile(_scores_fused, dynamic=False, fullgraph=True)
+        grads = torch.compile(_grads_fused, dynamic=False, fullgraph=True)
+        _compiled = (_guarded(scores, _scores_eager), _guarded(grads, _grads_eager))
+    return _compiled
+
+
+def _guarded(compiled: Callable, eager: Callable) -> Callable:
+    """``compiled``, falling back to ``eager`` for good if it raises (no C++ compiler, an unsupported platform).
+
+    The tile that failed runs eagerly at the compiled tile size (``config.compiled_tile`` units, 32 MB in
+    float32, a few copies); later calls plan eager tiles.
+    """
+
+    def call(*args):
+        global _compile_failed
+        if not _compile_failed:
+            try:
+                return compiled(*args)
+            except Exception as err:  # noqa: BLE001  whatever torch.compile raises; eager is the same maths
+                _compile_failed = True
+                log.warning("additive_fused: torch.compile failed, tiles run eagerly from now on: %s", err)
+        return eager(*args)
+
+    return call
