@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..core.functional import AttentionResult, Call
 from ..core.masks import And, Causal, KeyPadding, SlidingWindow
-from ..core.normalizers import TopK
+from ..core.normalizers import Normalized, Softmax, TopK
 from ..errors import AttentionError
 from .registry import register
 from .sdpa import supports as sdpa_supports
@@ -128,6 +128,21 @@ def _unblock(x: Tensor, t: int) -> Tensor:
     return x.movedim(0, -3).flatten(-3, -2)[..., :t, :]
 
 
+def _softmax(scores: Tensor, allowed: Tensor) -> Normalized:
+    """Softmax over the allowed band keys: an additive -inf bias (small: no head dim) and one softmax.
+
+    A row with no allowed key (the padded queries of the last block, a fully padded example) gets a
+    zero bias instead, a finite softmax, and is zeroed after: 0, never NaN, as the reference.
+    """
+    has_key = allowed.any(-1, keepdim=True)  # (nb, 1.., Bq, 1)
+    bias = torch.zeros(allowed.shape, dtype=scores.dtype, device=scores.device)
+    bias.masked_fill_(~(allowed | ~has_key), float("-inf"))  # (nb, 1.., Bq, W)
+    weights = torch.softmax(scores + bias, dim=-1)
+    if not bool(has_key.all()):
+        weights = weights * has_key
+    return Normalized(weights)
+
+
 def run(call: Call) -> AttentionResult:
     """The call on the band; agrees with :func:`~attnkit.core.functional.reference`."""
     band = plan(call)
@@ -165,7 +180,10 @@ def run(call: Call) -> AttentionResult:
         allowed = allowed & valid.reshape(nb, *(1,) * (n - len(lead)), b, *(1,) * (len(lead) - 1), 1, w)
 
     scores = call.score.fn(q, k, call.score_params)  # (nb, ..., Bq, W)
-    normalized = call.normalizer(scores, allowed)
+    if type(call.normalizer) is Softmax:  # two passes over the band instead of the reference's three
+        normalized = _softmax(scores, allowed)
+    else:
+        normalized = call.normalizer(scores, allowed)
     weights = normalized.weights  # (nb, ..., Bq, W)
     dropped = F.dropout(weights, call.dropout) if call.dropout > 0 else weights
     out = dropped.to(v.dtype) @ v  # (nb, ..., Bq, W) x (nb, ..., W, Dv) -> (nb, ..., Bq, Dv)
