@@ -55,7 +55,7 @@ from ..core.scores import SCORES
 from ..errors import AttentionError
 from .registry import register
 
-__all__ = ["FusedConfig", "config", "run", "supports", "worthwhile"]
+__all__ = ["FusedConfig", "config", "run", "supports", "worthwhile", "additive_softmax_problem", "flatten"]
 
 log = logging.getLogger("attnkit.backends")
 
@@ -80,20 +80,49 @@ config = FusedConfig()
 FACTORED_LIMIT = {torch.float32: 40.0, torch.float64: 340.0}
 
 
-def supports(call: Call) -> str | None:
+def additive_softmax_problem(call: Call) -> str | None:
+    """Why ``call`` is not additive + softmax without dropout or local-p, in one dtype (None: it is).
+
+    The checks every backend of the additive score shares (this one and ``additive_triton``).
+    """
     if call.score is not SCORES["additive"]:
-        return f"fuses the additive score only, not score={call.score.name!r}"
+        return f"takes the additive score only, not score={call.score.name!r}"
     if type(call.normalizer) is not Softmax:
-        return f"fuses softmax only, not {call.normalizer}"
+        return f"takes softmax only, not {call.normalizer}"
     if call.dropout > 0:
-        return f"dropout={call.dropout} on the weights is not fused; pass dropout=0 (e.g. at eval time)"
+        return f"dropout={call.dropout} on the weights is not supported; pass dropout=0 (e.g. at eval time)"
     if call.gauss is not None:
-        return "local-p's Gaussian factor is applied after the softmax, which is not fused"
+        return "local-p's Gaussian factor is applied after the softmax, which this backend does not do"
     tensors = {"query": call.query, "key": call.key, "value": call.value, **call.score_params}
     dtypes = {t.dtype for t in tensors.values()}
     if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
         got = ", ".join(f"{name} {str(t.dtype).removeprefix('torch.')}" for name, t in tensors.items())
         return f"query, key, value and score_params must share one floating dtype, got {got}"
+    return None
+
+
+def flatten(call: Call) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """a = q W_q (N, Tq, A), b = k W_k (N, Tk, A), v (N, A), value (N, Tk, Dv): leading dims as N rows.
+
+    Views where the broadcast allows (stride 0 over shared rows), copies otherwise.
+    """
+    params = call.score_params
+    a = call.query @ params["W_q"]  # (..., Tq, Dq) x (..., Dq, A) -> (..., Tq, A)
+    b = call.key @ params["W_k"]  # (..., Tk, Dk) x (..., Dk, A) -> (..., Tk, A)
+    *lead, tq, tk = call.scores_shape
+    hidden, dv = a.shape[-1], call.value.shape[-1]
+    n = math.prod(lead)
+    a = a.expand(*lead, tq, hidden).reshape(n, tq, hidden)  # (N, Tq, A)
+    b = b.expand(*lead, tk, hidden).reshape(n, tk, hidden)  # (N, Tk, A)
+    v = params["v"].expand(*lead, hidden).reshape(n, hidden)  # (N, A)
+    value = call.value.expand(*lead, tk, dv).reshape(n, tk, dv)  # (N, Tk, Dv)
+    return a, b, v, value
+
+
+def supports(call: Call) -> str | None:
+    reason = additive_softmax_problem(call)
+    if reason is not None:
+        return reason
     score_lead = call.scores_shape[:-2]
     if torch.broadcast_shapes(score_lead, call.value.shape[:-2]) != score_lead:
         return (
@@ -112,17 +141,10 @@ def worthwhile(call: Call) -> str | None:
 
 
 def run(call: Call) -> AttentionResult:
-    params = call.score_params
-    a = call.query @ params["W_q"]  # (..., Tq, Dq) x (..., Dq, A) -> (..., Tq, A)
-    b = call.key @ params["W_k"]  # (..., Tk, Dk) x (..., Dk, A) -> (..., Tk, A)
+    a, b, v, value = flatten(call)
     shape = call.scores_shape  # (..., Tq, Tk)
     *lead, tq, tk = shape
-    hidden, dv = a.shape[-1], call.value.shape[-1]
-    n = math.prod(lead)
-    a = a.expand(*lead, tq, hidden).reshape(n, tq, hidden)  # (N, Tq, A)
-    b = b.expand(*lead, tk, hidden).reshape(n, tk, hidden)  # (N, Tk, A)
-    v = params["v"].expand(*lead, hidden).reshape(n, hidden)  # (N, A)
-    value = call.value.expand(*lead, tk, dv).reshape(n, tk, dv)  # (N, Tk, Dv)
+    n = a.shape[0]
     allowed = bias = None
     if call.region is not None:
         device, dtype = a.device, _compute_dtype(a.dtype)
@@ -131,7 +153,7 @@ def run(call: Call) -> AttentionResult:
         if bias is not None:
             bias = bias.expand(shape).reshape(n, tq, tk)
     out, weights = _AdditiveSoftmax.apply(a, b, v, value, allowed, bias, call.need_weights)
-    out = out.reshape(*lead, tq, dv)
+    out = out.reshape(*lead, tq, value.shape[-1])
     return AttentionResult(out, None if weights is None else weights.reshape(shape))
 
 

@@ -66,8 +66,7 @@ from torch.autograd.function import once_differentiable
 
 from ..core.functional import AttentionResult, Call
 from ..core.masks import And, Causal, Dense, KeyPadding, Mask, SlidingWindow, and_masks
-from ..core.normalizers import Softmax
-from ..core.scores import SCORES
+from .additive import additive_softmax_problem, flatten
 from .registry import register
 
 __all__ = ["TritonConfig", "config", "interpreting", "run", "supports", "triton_problem", "worthwhile"]
@@ -126,21 +125,12 @@ def _float_mask(mask: Mask | None) -> bool:
 
 
 def supports(call: Call) -> str | None:
-    if call.score is not SCORES["additive"]:
-        return f"runs the additive score only, not score={call.score.name!r}"
-    if type(call.normalizer) is not Softmax:
-        return f"normalizes with softmax only, not {call.normalizer}"
-    if call.dropout > 0:
-        return f"dropout={call.dropout} on the weights is not in the kernels; pass dropout=0 (e.g. at eval time)"
-    if call.gauss is not None:
-        return "local-p's Gaussian factor is applied after the softmax, which the kernels do not do"
+    reason = additive_softmax_problem(call)
+    if reason is not None:
+        return reason
     if _float_mask(call.region):
         return "additive float masks (biases) are not in the kernels; pass a bool mask (True = may attend)"
     tensors = {"query": call.query, "key": call.key, "value": call.value, **call.score_params}
-    dtypes = {t.dtype for t in tensors.values()}
-    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
-        got = ", ".join(f"{name} {str(t.dtype).removeprefix('torch.')}" for name, t in tensors.items())
-        return f"query, key, value and score_params must share one floating dtype, got {got}"
     devices = {t.device for t in tensors.values()}
     if len(devices) != 1:
         got = ", ".join(f"{name} on {t.device}" for name, t in tensors.items())
@@ -178,21 +168,11 @@ def worthwhile(call: Call) -> str | None:
 
 
 def run(call: Call) -> AttentionResult:
-    params = call.score_params
-    a = call.query @ params["W_q"]  # (..., Tq, Dq) x (..., Dq, A) -> (..., Tq, A)
-    b = call.key @ params["W_k"]  # (..., Tk, Dk) x (..., Dk, A) -> (..., Tk, A)
+    a, b, v, value = flatten(call)
     shape = call.scores_shape  # (..., Tq, Tk)
-    *lead, tq, tk = shape
-    hidden, dv = a.shape[-1], call.value.shape[-1]
-    n = math.prod(lead)
-    # views where the broadcast allows (stride 0 over shared rows), copies otherwise
-    a = a.expand(*lead, tq, hidden).reshape(n, tq, hidden)  # (N, Tq, A)
-    b = b.expand(*lead, tk, hidden).reshape(n, tk, hidden)  # (N, Tk, A)
-    v = params["v"].expand(*lead, hidden).reshape(n, hidden)  # (N, A)
-    value = call.value.expand(*lead, tk, dv).reshape(n, tk, dv)  # (N, Tk, Dv)
     masks = _KernelMasks.build(call.region, shape, a.device)
     out, weights = _AdditiveSoftmax.apply(a, b, v, value, masks, call.need_weights)
-    out = out.reshape(*lead, tq, dv)
+    out = out.reshape(*shape[:-1], value.shape[-1])
     return AttentionResult(out, None if weights is None else weights.reshape(shape))
 
 
