@@ -81,9 +81,11 @@ FACTORED_LIMIT = {torch.float32: 40.0, torch.float64: 340.0}
 
 
 def additive_softmax_problem(call: Call) -> str | None:
-    """Why ``call`` is not additive + softmax without dropout or local-p, in one dtype (None: it is).
+    """Why ``call`` is not additive + softmax without dropout or local-p, in one dtype, with a value
+    that does not broadcast beyond the scores' leading dims (None: it is).
 
-    The checks every backend of the additive score shares (this one and ``additive_triton``).
+    The checks every backend of the additive score shares (this one, as its ``supports``, and
+    ``additive_triton``); both flatten the scores' leading dims into rows (:func:`flatten`).
     """
     if call.score is not SCORES["additive"]:
         return f"takes the additive score only, not score={call.score.name!r}"
@@ -98,6 +100,12 @@ def additive_softmax_problem(call: Call) -> str | None:
     if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
         got = ", ".join(f"{name} {str(t.dtype).removeprefix('torch.')}" for name, t in tensors.items())
         return f"query, key, value and score_params must share one floating dtype, got {got}"
+    score_lead = call.scores_shape[:-2]
+    if torch.broadcast_shapes(score_lead, call.value.shape[:-2]) != score_lead:
+        return (
+            f"value's leading dims {tuple(call.value.shape[:-2])} broadcast beyond the scores' "
+            f"{tuple(score_lead)}; the scores' leading dims are flattened into rows"
+        )
     return None
 
 
@@ -119,17 +127,7 @@ def flatten(call: Call) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return a, b, v, value
 
 
-def supports(call: Call) -> str | None:
-    reason = additive_softmax_problem(call)
-    if reason is not None:
-        return reason
-    score_lead = call.scores_shape[:-2]
-    if torch.broadcast_shapes(score_lead, call.value.shape[:-2]) != score_lead:
-        return (
-            f"value's leading dims {tuple(call.value.shape[:-2])} broadcast beyond the scores' "
-            f"{tuple(score_lead)}; the fused path flattens the scores' leading dims"
-        )
-    return None
+supports = additive_softmax_problem
 
 
 def worthwhile(call: Call) -> str | None:

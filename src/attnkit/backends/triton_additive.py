@@ -143,16 +143,7 @@ def supports(call: Call) -> str | None:
         )
     if device.type not in ("cpu", "cuda"):
         return f"runs Triton kernels on CUDA tensors, and these are on {device.type}"
-    reason = triton_problem(interpreter=device.type == "cpu")
-    if reason is not None:
-        return reason
-    score_lead = call.scores_shape[:-2]
-    if torch.broadcast_shapes(score_lead, call.value.shape[:-2]) != score_lead:
-        return (
-            f"value's leading dims {tuple(call.value.shape[:-2])} broadcast beyond the scores' "
-            f"{tuple(score_lead)}; the kernels flatten the scores' leading dims"
-        )
-    return None
+    return triton_problem(interpreter=device.type == "cpu")
 
 
 def worthwhile(call: Call) -> str | None:
