@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..errors import AttentionError
+from . import g2p
 
 __all__ = ["main"]
 
@@ -21,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", action="append", help="only these cases (repeatable); default: all")
     bench.add_argument("--out", default="bench-results", help="folder for bench.md and bench.json")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    train = sub.add_parser("train", help="train a model on a real dataset").add_subparsers(dest="task", required=True)
+    g2p.add_train_parser(train)
+    g2p.add_eval_parser(sub)
+    g2p.add_pronounce_parser(sub)
     return parser
 
 
@@ -43,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
             bench(only=args.only, quick=args.quick, out=Path(args.out), memory=not args.no_memory)
             print(f"results: {Path(args.out) / 'bench.md'}, {Path(args.out) / 'bench.json'}")
             return 0
+        if args.command == "train":
+            return g2p.train(args)
+        if args.command == "eval":
+            return g2p.evaluate(args)
+        if args.command == "pronounce":
+            return g2p.pronounce(args)
     except AttentionError as err:  # bad input: one line, no traceback
         print(f"attnkit: error: {err}", file=sys.stderr)
         return 2

@@ -121,8 +121,13 @@ class Attention(nn.Module):
         key_padding_mask: Tensor | None = None,
         need_weights: bool = False,
         query_start: int = 0,
+        normalize: str | object | None = None,
     ) -> AttentionResult:
-        """``query_start``: absolute position of the first query, for local-m one step at a time."""
+        """``query_start``: absolute position of the first query, for local-m one step at a time.
+
+        ``normalize``: a normalizer for this call only, in place of the module's; e.g. ``"hard"``
+        (argmax) at inference for a model trained with sampled hard attention.
+        """
         key = query if key is None else key
         value = key if value is None else value
         step = query.dim() == 2
@@ -143,7 +148,7 @@ class Attention(nn.Module):
             key,
             value,
             score=self.score,
-            normalize=self.normalize,
+            normalize=self.normalize if normalize is None else _normalizers.resolve(normalize),
             mask=region,
             window=window,
             centre=centre,

@@ -1,0 +1,78 @@
+"""Train and test the G2P models side by side in one harness, and write the results table.
+
+    python benchmarks/g2p/compare.py [--epochs 3] [--out runs/compare] [--only NAME ...]
+
+Every model sees the same data, batches, seed, schedule and number of epochs; each is then
+evaluated on the whole test split with beam 5. Results: ``benchmarks/g2p/results.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+MODELS = {
+    "rnn, no attention": ["--attention", "none"],
+    "rnn, Bahdanau": ["--attention", "bahdanau"],
+    "rnn, Luong general": ["--attention", "luong-general"],
+    "rnn, Luong local-p": ["--attention", "local-p"],
+    "transformer": ["--model", "transformer", "--ff-dim", "512", "--lr", "1e-3"],
+}
+
+
+def attnkit(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "attnkit", *args], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--out", default="runs/compare")
+    parser.add_argument("--only", action="append")
+    args = parser.parse_args()
+    here = Path(__file__).parent
+    results_path = here / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for name, flags in MODELS.items():
+        if args.only and name not in args.only:
+            continue
+        run = Path(args.out) / name.replace(", ", "-").replace(" ", "-").lower()
+        if not (run / "best.safetensors").exists():
+            attnkit("train", "g2p", *flags, "--epochs", str(args.epochs), "--out", str(run), "--no-progress")
+        attnkit("eval", str(run), "--beam", "5", "--json", str(run / "test.json"))
+        figures = json.loads((run / "test.json").read_text())
+        history = json.loads((run / "history.json").read_text())
+        results[name] = {
+            **figures,
+            "command": "attnkit train g2p " + " ".join(flags + ["--epochs", str(args.epochs)]),
+            "epochs": len(history),
+            "train_seconds": history[-1]["elapsed_s"],
+            "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        }
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+    (here / "results.md").write_text(table(results))
+    print((here / "results.md").read_text())
+
+
+def table(results: dict) -> str:
+    rows = [
+        "| model | parameters | WER % | PER % | WER % (no stress) | PER % (no stress) | training | words/s (beam 5) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, r in results.items():
+        rows.append(
+            f"| {name} | {r['parameters']:,} | {r['wer']:.2f} | {r['per']:.2f} | {r['wer_nostress']:.2f} | "
+            f"{r['per_nostress']:.2f} | {r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min, {r['hardware']} | "
+            f"{r['words_per_s']:.0f} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""``attnkit train g2p``, ``attnkit eval`` and ``attnkit pronounce``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from ..errors import AttentionError
+
+__all__ = ["add_eval_parser", "add_pronounce_parser", "add_train_parser", "evaluate", "pronounce", "train"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _model_fields() -> dict[str, set[str]]:
+    from ..tasks.g2p import MODELS
+
+    return {
+        kind: {f.name for f in dataclasses.fields(cls)} - {"src_vocab", "tgt_vocab"}
+        for kind, (cls, _) in MODELS.items()
+    }
+
+
+def _add_fields(parser, cls, skip=()) -> None:
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name in {a.dest for a in parser._actions}:
+            continue
+        kind = type(f.default)
+        if kind is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(
+                _flag(f.name), type=kind, default=None, metavar=f.name.upper(), help=f"default {f.default}"
+            )
+
+
+def add_train_parser(sub) -> None:
+    from ..models import ATTENTIONS, RNNConfig, TransformerConfig
+    from ..train import TrainConfig
+
+    p = sub.add_parser(
+        "g2p",
+        help="train a grapheme-to-phoneme model on cmudict",
+        description=f"Train a G2P model. --attention (rnn only): {', '.join(ATTENTIONS)}.",
+    )
+    p.add_argument("--model", default="rnn", help="rnn (default) or transformer")
+    p.add_argument("--out", help="run folder (default runs/g2p-MODEL[-ATTENTION])")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--limit", type=int, help="train on the first N training words only")
+    p.add_argument("--valid-limit", type=int, help="validate on the first N validation words only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+    model = p.add_argument_group("model (fields of RNNConfig / TransformerConfig)")
+    _add_fields(model, RNNConfig, skip=("src_vocab", "tgt_vocab"))
+    _add_fields(model, TransformerConfig, skip=("src_vocab", "tgt_vocab"))
+    _add_fields(p.add_argument_group("training (fields of TrainConfig)"), TrainConfig)
+
+
+def _given(args, names) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def train(args) -> int:
+    from ..tasks.g2p import G2PTask
+    from ..train import TrainConfig, Trainer, checkpoint
+
+    fields = _model_fields()
+    train_names = [f.name for f in dataclasses.fields(TrainConfig)]
+    model_given = _given(args, set().union(*fields.values()))
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        if out is None:
+            raise AttentionError("--resume needs --out, the folder of the run to continue")
+        given = {**model_given, **_given(args, train_names + ["limit", "valid_limit"])}
+        if given:
+            flags = ", ".join(_flag(n) for n in given)
+            raise AttentionError(f"--resume continues with the run's own configuration; drop {flags}")
+        _, meta = checkpoint.load(out / "last.safetensors")
+        doc = meta["task"]
+        task = G2PTask(doc["model"], doc["model_config"], limit=doc["limit"], valid_limit=doc["valid_limit"])
+        config = TrainConfig(**meta["train"])
+    else:
+        if args.model not in fields:
+            raise AttentionError(f"--model {args.model!r} is unknown; expected one of {sorted(fields)}")
+        foreign = sorted(set(model_given) - fields[args.model])
+        if foreign:
+            raise AttentionError(f"{_flag(foreign[0])} does not apply to --model {args.model}")
+        task = G2PTask(args.model, model_given, limit=args.limit, valid_limit=args.valid_limit)
+        config = TrainConfig(**_given(args, train_names))
+        if out is None:
+            attention = model_given.get("attention", "luong-general") if args.model == "rnn" else None
+            out = Path("runs") / "-".join(x for x in ("g2p", args.model, attention) if x)
+        if (out / "last.safetensors").exists():
+            raise AttentionError(
+                f"{str(out)!r} already holds a run; add --resume to continue it or choose another --out"
+            )
+    trainer = Trainer(task, config, out, progress=not args.no_progress)
+    params = sum(p.numel() for p in trainer.model.parameters())
+    print(
+        f"g2p {task.model} {json.dumps(task.model_config)}: {params:,} parameters, {len(task.pairs):,} training pairs -> {out}"
+    )
+    state = trainer.fit(resume=args.resume)
+    print(
+        f"done after {state['epoch']} epochs, {state['elapsed']:.0f} s; best validation {task.metric} {state['best']:.2f}"
+    )
+    print(f"best model: {out / 'best.safetensors'}   (attnkit eval {out / 'best.safetensors'})")
+    return 0
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="WER/PER of a G2P checkpoint on the cmudict test split")
+    p.add_argument("checkpoint", nargs="?", help="best.safetensors or a run folder (default: the shipped model)")
+    p.add_argument("--split", default="test", help="test (default), valid or train")
+    p.add_argument("--beam", type=int, default=5, help="beam width; 1 = greedy (default 5)")
+    p.add_argument("--limit", type=int, help="only the first N words of the split")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+
+
+def evaluate(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..tasks.g2p import G2P
+
+    g2p = G2P.load(args.checkpoint)
+    m = g2p.evaluate(args.split, beam=args.beam, limit=args.limit)
+    table = Table(title=f"{g2p.path}: {m['words']:,} {args.split} words, beam {args.beam}")
+    for col in ("", "WER %", "PER %"):
+        table.add_column(col, justify="right")
+    table.add_row("stress kept", f"{m['wer']:.2f}", f"{m['per']:.2f}")
+    table.add_row("stress removed", f"{m['wer_nostress']:.2f}", f"{m['per_nostress']:.2f}")
+    Console().print(table)
+    print(f"{g2p.parameters():,} parameters; {m['words_per_s']:.0f} words/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({**m, "parameters": g2p.parameters(), "beam": args.beam}, indent=2))
+    return 0
+
+
+def add_pronounce_parser(sub) -> None:
+    p = sub.add_parser("pronounce", help="phonemes of English words, from the shipped model or a checkpoint")
+    p.add_argument("words", nargs="+", metavar="WORD")
+    p.add_argument("--model", help="a G2P checkpoint (default: the shipped model)")
+    p.add_argument("--beam", type=int, default=5, help="beam width; 1 = greedy (default 5)")
+    p.add_argument(
+        "--plot", help="save the letter-to-phoneme alignment to this PNG/SVG (one file per word: FILE-WORD.png)"
+    )
+
+
+def pronounce(args) -> int:
+    from ..tasks.g2p import G2P
+
+    g2p = G2P.load(args.model)
+    results = g2p.pronounce(args.words, beam=args.beam)
+    width = max(len(r.word) for r in results)
+    for r in results:
+        print(f"{r.word:<{width}}  {' '.join(r.phones)}")
+    if args.plot:
+        from ..viz import alignment
+
+        plot = Path(args.plot)
+        for r in results:
+            if r.weights is None:
+                raise AttentionError("this model has no attention (attention=none): there is no alignment to plot")
+            path = plot if len(results) == 1 else plot.with_name(f"{plot.stem}-{r.word}{plot.suffix}")
+            rows = list(r.phones) + ["</s>"][: r.weights.shape[0] - len(r.phones)]  # no end row if cut at max length
+            alignment(r.weights, list(r.word), rows, path, title=f"{r.word} -> {' '.join(r.phones)}")
+            print(f"alignment: {path}")
+    return 0

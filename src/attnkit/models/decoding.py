@@ -1,0 +1,133 @@
+"""Batched greedy and beam-search decoding for any attnkit encoder-decoder.
+
+Shape legend: B batch, K beam, S source positions, V target vocabulary.
+
+A model offers ``encode(src) -> Memory``, ``start(memory) -> state`` and
+``step(memory, state, token, t, need_weights) -> (logits (B, V), state, weights (B, S) | None, _)``;
+both decoders return, for every source, a :class:`Hypothesis` that carries the cross-attention
+weights of each of its steps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..data.vocab import BOS, EOS, PAD
+from ..errors import AttentionError
+from .base import select
+
+__all__ = ["Hypothesis", "beam_search", "greedy", "length_penalty"]
+
+
+class Hypothesis(NamedTuple):
+    """One decoded output: ``tokens`` (ids, without BOS and EOS), ``score`` (summed log-probability,
+    EOS included) and ``weights`` (len(tokens) + 1, S) over the real source positions, the last row
+    being the step that emitted EOS; None for a model without attention."""
+
+    tokens: list[int]
+    score: float
+    weights: Tensor | None
+
+
+def length_penalty(length: Tensor, alpha: float) -> Tensor:
+    """GNMT's lp(Y) = ((5 + |Y|) / 6)^alpha; beam search ranks finished outputs by score / lp."""
+    return ((5.0 + length.to(torch.float32)) / 6.0) ** alpha
+
+
+def _score_dtype(memory) -> torch.dtype:
+    """Log-probabilities are summed in the model's dtype, and never below float32."""
+    return torch.promote_types(memory.states.dtype, torch.float32)
+
+
+def _max_len(src: Tensor, max_len: int | None) -> int:
+    return 2 * src.shape[1] + 10 if max_len is None else max_len
+
+
+def _hypotheses(tokens: Tensor, scores: Tensor, weights: Tensor | None, src: Tensor) -> list[Hypothesis]:
+    out = []
+    src_len = src.ne(PAD).sum(-1).tolist()
+    for i, row in enumerate(tokens.tolist()):
+        n = row.index(EOS) if EOS in row else len(row)
+        w = None if weights is None else weights[i, : n + 1, : src_len[i]].clone()
+        out.append(Hypothesis(row[:n], float(scores[i]), w))
+    return out
+
+
+@torch.no_grad()
+def greedy(model, src: Tensor, *, max_len: int | None = None) -> list[Hypothesis]:
+    """Take the most likely token at every step; ``src`` (B, S) padded with 0. Stops when every row
+    has emitted EOS or after ``max_len`` steps (default 2S + 10)."""
+    memory = model.encode(src)
+    state = model.start(memory)
+    b = src.shape[0]
+    token = torch.full((b,), BOS, dtype=torch.long, device=src.device)
+    done = torch.zeros(b, dtype=torch.bool, device=src.device)
+    dtype = _score_dtype(memory)
+    scores = torch.zeros(b, device=src.device, dtype=dtype)
+    tokens, weights = [], []
+    for t in range(_max_len(src, max_len)):
+        logits, state, w, _ = model.step(memory, state, token, t, True)
+        logp = logits.to(dtype).log_softmax(-1)  # (B, V)
+        token = logp.argmax(-1).masked_fill(done, PAD)  # (B,)
+        scores += logp.gather(-1, token[:, None]).squeeze(-1).masked_fill(done, 0.0)
+        tokens.append(token)
+        weights.append(w)
+        done |= token == EOS
+        if done.all():
+            break
+    w = None if weights[0] is None else torch.stack(weights, 1)  # (B, T, S)
+    return _hypotheses(torch.stack(tokens, 1), scores, w, src)
+
+
+@torch.no_grad()
+def beam_search(
+    model, src: Tensor, *, beam: int = 5, alpha: float = 0.6, max_len: int | None = None
+) -> list[Hypothesis]:
+    """Keep the ``beam`` best prefixes of every source at each step; return each source's best
+    finished output ranked by score / :func:`length_penalty` (``alpha=0``: raw score). A finished
+    prefix stays in the beam with its score, extended by padding at no cost, so ``beam=1`` is
+    exactly :func:`greedy`."""
+    if not (isinstance(beam, int) and beam >= 1):
+        raise AttentionError(f"beam must be an int >= 1, got {beam!r}")
+    b, k = src.shape[0], beam
+    device = src.device
+    memory = select(model.encode(src), torch.arange(b, device=device).repeat_interleave(k))  # (B K, ...)
+    state = model.start(memory)
+    dtype = _score_dtype(memory)
+    scores = torch.full((b, k), float("-inf"), device=device, dtype=dtype)
+    scores[:, 0] = 0.0  # the K copies of the start are one prefix, not K
+    scores = scores.view(-1)  # (B K,)
+    token = torch.full((b * k,), BOS, dtype=torch.long, device=device)
+    done = torch.zeros(b * k, dtype=torch.bool, device=device)
+    lengths = torch.zeros(b * k, dtype=torch.long, device=device)
+    tokens = torch.zeros(b * k, 0, dtype=torch.long, device=device)
+    weights = None
+    for t in range(_max_len(src, max_len)):
+        logits, state, w, _ = model.step(memory, state, token, t, True)
+        logp = logits.to(dtype).log_softmax(-1)  # (B K, V)
+        v = logp.shape[-1]
+        finished = torch.full_like(logp[0], float("-inf"))
+        finished[PAD] = 0.0  # a finished prefix continues with padding, at no cost
+        logp = torch.where(done[:, None], finished, logp)
+        cand = (scores[:, None] + logp).view(b, k * v)  # (B, K V)
+        top, idx = cand.topk(k, dim=-1)  # (B, K)
+        origin = (torch.arange(b, device=device)[:, None] * k + idx // v).view(-1)  # (B K,) parent rows
+        token = (idx % v).view(-1)
+        state = select(state, origin)
+        tokens = torch.cat([tokens[origin], token[:, None]], 1)
+        if w is not None:
+            step_w = w[origin][:, None]  # (B K, 1, S)
+            weights = step_w if weights is None else torch.cat([weights[origin], step_w], 1)
+        lengths = lengths[origin] + (~done[origin]).long()
+        done = done[origin] | (token == EOS)
+        scores = top.view(-1)
+        if done.all():
+            break
+    ranked = (scores / length_penalty(lengths, alpha)).masked_fill(~done, float("-inf")).view(b, k)
+    # no finished prefix after max_len steps: fall back to the best raw score
+    ranked = torch.where(done.view(b, k).any(-1, keepdim=True), ranked, scores.view(b, k))
+    best = torch.arange(b, device=device) * k + ranked.argmax(-1)  # (B,)
+    return _hypotheses(tokens[best], scores[best], None if weights is None else weights[best], src)

@@ -1,0 +1,198 @@
+"""RNN encoder-decoder with a choice of attention: none (one fixed context), Bahdanau, Luong.
+
+Shape legend: B batch, S source positions, T target positions, E embedding dim, H encoder hidden
+dim per direction, M = H x directions (memory and decoder dim), V target vocabulary.
+
+The decoder step for each ``attention`` (y the previous target token, s the decoder state):
+- ``none`` (Cho et al. 2014): c = [h_S(fwd); h_1(bwd)], one vector for the whole source;
+  s_t = RNN([emb(y); c], s_{t-1}); o_t = tanh(W_o [s_t; c]).
+- ``bahdanau`` (Bahdanau et al. 2015): c_t = Σ_j a_tj h_j with a_t from the additive score of the
+  *previous* state s_{t-1}; c_t is fed into the step: s_t = RNN([emb(y); c_t], s_{t-1});
+  o_t = tanh(W_o [s_t; c_t]).
+- Luong et al. 2015 (``luong-dot``, ``luong-general``, ``luong-concat``, ``local-m``, ``local-p``,
+  ``hard``): the step comes first, s_t = RNN([emb(y); õ_{t-1}], s_{t-1}) with input feeding of the
+  previous attentional state; then a_t from score(s_t, h_j), c_t = Σ_j a_tj h_j and
+  õ_t = tanh(W_c [c_t; s_t]). ``local-m`` attends h_{t-D}..h_{t+D}; ``local-p`` predicts a centre
+  p_t and weights a Gaussian around it; ``hard`` samples one position from a_t in training (trained
+  with REINFORCE, :attr:`Decoded.log_prob`) and takes the argmax at inference (Xu et al. 2015).
+logits_t = W_out o_t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..core.normalizers import Sample
+from ..errors import AttentionError
+from ..modules import Attention
+from .base import Decoded, Memory, source_padding
+
+__all__ = ["ATTENTIONS", "RNNConfig", "RNNSeq2Seq"]
+
+# name -> (score, region, normalize) of the decoder's Attention; None: no attention
+ATTENTIONS: dict[str, tuple[str, str, str] | None] = {
+    "none": None,
+    "bahdanau": ("additive", "global", "softmax"),
+    "luong-dot": ("dot", "global", "softmax"),
+    "luong-general": ("general", "global", "softmax"),
+    "luong-concat": ("concat", "global", "softmax"),
+    "local-m": ("general", "local-m", "softmax"),
+    "local-p": ("general", "local-p", "softmax"),
+    "hard": ("general", "global", "sample"),
+}
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+@dataclass
+class RNNConfig:
+    src_vocab: int  # input symbols, specials included
+    tgt_vocab: int  # output symbols, specials included
+    attention: str = "luong-general"  # a name in ATTENTIONS
+    cell: str = "lstm"  # "lstm" or "gru"
+    embed_dim: int = 64  # E, for letters and phonemes alike
+    hidden_dim: int = 256  # H per encoder direction; the decoder has M = H x directions
+    layers: int = 1  # stacked RNN layers, encoder and decoder alike
+    bidirectional: bool = True  # Bahdanau's encoder reads both ways
+    window: int = 3  # D of local-m and local-p: the region is 2D + 1 source positions
+    dropout: float = 0.2  # on embeddings, between layers and before the output layer
+
+    def __post_init__(self):
+        if self.attention not in ATTENTIONS:
+            raise AttentionError(f"attention={self.attention!r} is unknown; expected one of {sorted(ATTENTIONS)}")
+        if self.cell not in CELLS:
+            raise AttentionError(f"cell={self.cell!r} is unknown; expected one of {sorted(CELLS)}")
+        for name in ("src_vocab", "tgt_vocab", "embed_dim", "hidden_dim", "layers", "window"):
+            if getattr(self, name) < 1:
+                raise AttentionError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AttentionError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class RNNState(NamedTuple):
+    """Decoder state, batch first: ``h`` (B, L, M); ``c`` (B, L, M) for LSTM, else None; ``feed``
+    (B, M) the previous attentional state õ (Luong's input feeding), else None."""
+
+    h: Tensor
+    c: Tensor | None
+    feed: Tensor | None
+
+
+class RNNSeq2Seq(nn.Module):
+    """Encoder-decoder over RNNs with the attention named in ``config.attention``.
+
+    >>> model = RNNSeq2Seq(RNNConfig(src_vocab=10, tgt_vocab=12, hidden_dim=16, embed_dim=8)).eval()
+    >>> src = torch.tensor([[4, 5, 6], [7, 8, 0]])
+    >>> out = model.decode(model.encode(src), torch.tensor([[1, 3], [1, 4]]))
+    >>> out.logits.shape, out.weights.shape, out.weights.sum(-1)[1].tolist()
+    (torch.Size([2, 2, 12]), torch.Size([2, 2, 3]), [1.0, 1.0])
+    """
+
+    def __init__(self, config: RNNConfig):
+        super().__init__()
+        self.config = cfg = config
+        dirs = 2 if cfg.bidirectional else 1
+        m = cfg.hidden_dim * dirs
+        self.memory_dim = m
+        rnn = CELLS[cfg.cell]
+        between = cfg.dropout if cfg.layers > 1 else 0.0
+        self.src_embed = nn.Embedding(cfg.src_vocab, cfg.embed_dim, padding_idx=0)
+        self.tgt_embed = nn.Embedding(cfg.tgt_vocab, cfg.embed_dim, padding_idx=0)
+        self.encoder = rnn(
+            cfg.embed_dim,
+            cfg.hidden_dim,
+            cfg.layers,
+            batch_first=True,
+            bidirectional=cfg.bidirectional,
+            dropout=between,
+        )
+        self.bridge = nn.Linear(m, m)  # encoder's final states -> decoder's initial states
+        self.decoder = rnn(cfg.embed_dim + m, m, cfg.layers, batch_first=True, dropout=between)
+        self.kind = ATTENTIONS[cfg.attention]
+        self.attention = None
+        if self.kind is not None:
+            score, region, normalize = self.kind
+            window = cfg.window if region != "global" else None
+            self.attention = Attention(
+                m, m, score=score, region=region, window=window, normalize=normalize, hidden_dim=m
+            )
+        self.combine = nn.Linear(2 * m, m)  # W_o / W_c over [s; c] or [c; s]
+        self.out = nn.Linear(m, cfg.tgt_vocab)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    @property
+    def luong(self) -> bool:
+        return self.config.attention not in ("none", "bahdanau")
+
+    def encode(self, src: Tensor) -> Memory:
+        """``src`` (B, S) padded with 0 -> Memory with states (B, S, M)."""
+        padding = source_padding(src)
+        lengths = (~padding).sum(-1).clamp(min=1).cpu()
+        x = self.drop(self.src_embed(src))  # (B, S, E)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, final = self.encoder(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])  # (B, S, M)
+        h = final[0] if isinstance(final, tuple) else final  # (L x dirs, B, H)
+        dirs = 2 if self.config.bidirectional else 1
+        last = h.view(self.config.layers, dirs, *h.shape[1:])[-1]  # (dirs, B, H): top layer
+        context = torch.cat(list(last), dim=-1)  # (B, M)
+        return Memory(states, padding, context)
+
+    def start(self, memory: Memory) -> RNNState:
+        """The decoder's initial state: every layer starts from tanh(W_b c), c the source summary."""
+        b, m = memory.context.shape
+        h0 = torch.tanh(self.bridge(memory.context)).unsqueeze(1).expand(b, self.config.layers, m).contiguous()
+        c0 = torch.zeros_like(h0) if self.config.cell == "lstm" else None
+        feed = memory.context.new_zeros(b, m) if self.luong else None
+        return RNNState(h0, c0, feed)
+
+    def step(self, memory: Memory, state: RNNState, token: Tensor, t: int, need_weights: bool = True):
+        """One decoder step at target position ``t`` from the previous tokens (B,) ->
+        (logits (B, V), next state, weights (B, S) or None, log_prob (B,) or None)."""
+        e = self.drop(self.tgt_embed(token))  # (B, E)
+        att_kwargs = {"key_padding_mask": memory.padding, "need_weights": need_weights}
+        if not self.training and isinstance(getattr(self.attention, "normalize", None), Sample):
+            att_kwargs["normalize"] = "hard"  # sampled in training, argmax at inference
+        weights = log_prob = None
+        if self.kind is None:
+            c = memory.context  # (B, M): the same fixed context at every step
+            s, state = self._rnn(torch.cat([e, c], -1), state)
+            o = torch.tanh(self.combine(torch.cat([s, c], -1)))
+        elif not self.luong:  # Bahdanau: attend from the previous state, feed c_t into the step
+            r = self.attention(state.h[:, -1], memory.states, **att_kwargs)
+            c, weights, log_prob = r.output, r.weights, r.log_prob
+            s, state = self._rnn(torch.cat([e, c], -1), state)
+            o = torch.tanh(self.combine(torch.cat([s, c], -1)))
+        else:  # Luong: step, then attend from the new state; õ_t is fed to the next step
+            s, state = self._rnn(torch.cat([e, state.feed], -1), state)
+            r = self.attention(s, memory.states, query_start=t, **att_kwargs)
+            c, weights, log_prob = r.output, r.weights, r.log_prob
+            o = torch.tanh(self.combine(torch.cat([c, s], -1)))  # (B, M)
+            state = state._replace(feed=o)
+        return self.out(self.drop(o)), state, weights, log_prob
+
+    def _rnn(self, x: Tensor, state: RNNState) -> tuple[Tensor, RNNState]:
+        h = state.h.transpose(0, 1).contiguous()  # (B, L, M) -> (L, B, M)
+        if state.c is None:
+            out, h = self.decoder(x.unsqueeze(1), h)
+            return out.squeeze(1), state._replace(h=h.transpose(0, 1))
+        out, (h, c) = self.decoder(x.unsqueeze(1), (h, state.c.transpose(0, 1).contiguous()))
+        return out.squeeze(1), state._replace(h=h.transpose(0, 1), c=c.transpose(0, 1))
+
+    def decode(self, memory: Memory, tgt_in: Tensor, need_weights: bool = True) -> Decoded:
+        """Teacher forcing: ``tgt_in`` (B, T) starts with BOS -> logits (B, T, V) and alignment (B, T, S)."""
+        state = self.start(memory)
+        logits, weights, log_probs = [], [], []
+        for t in range(tgt_in.shape[1]):
+            lg, state, w, lp = self.step(memory, state, tgt_in[:, t], t, need_weights)
+            logits.append(lg)
+            weights.append(w)
+            log_probs.append(lp)
+        stack = lambda xs: None if not xs or xs[0] is None else torch.stack(xs, 1)
+        return Decoded(torch.stack(logits, 1), stack(weights), stack(log_probs))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Decoded:
+        return self.decode(self.encode(src), tgt_in, need_weights=False)

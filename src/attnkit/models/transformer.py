@@ -1,0 +1,163 @@
+"""Transformer encoder-decoder (Vaswani et al. 2017) from attnkit's ``MultiHeadAttention``.
+
+Shape legend: B batch, S source positions, T target positions, D model dim, V target vocabulary.
+
+Encoder layer: x += SelfAttention(LN(x)); x += FF(LN(x)). Decoder layer: y += CausalSelfAttention(LN(y));
+y += CrossAttention(LN(y), memory); y += FF(LN(y)). Layer norm comes first in each block (pre-LN,
+which trains without a long warm-up); sinusoidal positions are added to scaled embeddings.
+The alignment a model reports is the last decoder layer's cross-attention, averaged over heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import AttentionError
+from ..modules import MultiHeadAttention
+from .base import Decoded, Memory, source_padding
+
+__all__ = ["TransformerConfig", "TransformerSeq2Seq"]
+
+
+@dataclass
+class TransformerConfig:
+    src_vocab: int  # input symbols, specials included
+    tgt_vocab: int  # output symbols, specials included
+    d_model: int = 256  # D
+    heads: int = 4  # H, dividing D
+    ff_dim: int = 1024  # inner dim of the position-wise feed-forward block
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    dropout: float = 0.1  # on sublayer outputs, attention weights and the feed-forward block
+    max_len: int = 128  # longest source or target the positional table covers
+
+    def __post_init__(self):
+        for name in (
+            "src_vocab",
+            "tgt_vocab",
+            "d_model",
+            "heads",
+            "ff_dim",
+            "encoder_layers",
+            "decoder_layers",
+            "max_len",
+        ):
+            if getattr(self, name) < 1:
+                raise AttentionError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.heads:
+            raise AttentionError(f"heads={self.heads} must divide d_model={self.d_model}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AttentionError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+def sinusoids(length: int, dim: int) -> Tensor:
+    """(length, dim) table: PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(...)."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]  # (T, 1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))  # (D/2,)
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d: int, inner: int, dropout: float):
+        super().__init__(nn.Linear(d, inner), nn.ReLU(), nn.Dropout(dropout), nn.Linear(inner, d))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = MultiHeadAttention(cfg.d_model, cfg.heads, dropout=cfg.dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+        h = self.norm1(x)
+        x = x + self.drop(self.attn(h, key_padding_mask=padding).output)  # (B, S, D)
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, dropout=cfg.dropout, causal=True)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, dropout=cfg.dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, y: Tensor, memory: Memory, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        h = self.norm1(y)
+        y = y + self.drop(self.self_attn(h, key_padding_mask=None).output)  # (B, T, D), causal
+        h = self.norm2(y)
+        cross, weights = self.cross_attn(h, memory.states, key_padding_mask=memory.padding, need_weights=need_weights)
+        y = y + self.drop(cross)
+        return y + self.drop(self.ff(self.norm3(y))), weights  # weights (B, T, S) averaged over heads
+
+
+class TransformerSeq2Seq(nn.Module):
+    """Transformer encoder-decoder; ``decode`` is parallel over target positions.
+
+    >>> model = TransformerSeq2Seq(TransformerConfig(10, 12, d_model=16, heads=2, ff_dim=32)).eval()
+    >>> src = torch.tensor([[4, 5, 6], [7, 8, 0]])
+    >>> out = model.decode(model.encode(src), torch.tensor([[1, 3], [1, 4]]))
+    >>> out.logits.shape, out.weights.shape, out.weights[1, :, 2].tolist()
+    (torch.Size([2, 2, 12]), torch.Size([2, 2, 3]), [0.0, 0.0])
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.memory_dim = cfg.d_model
+        self.src_embed = nn.Embedding(cfg.src_vocab, cfg.d_model, padding_idx=0)
+        self.tgt_embed = nn.Embedding(cfg.tgt_vocab, cfg.d_model, padding_idx=0)
+        self.register_buffer("positions", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.tgt_vocab)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def _embed(self, table: nn.Embedding, ids: Tensor, name: str) -> Tensor:
+        if ids.shape[1] > self.config.max_len:
+            raise AttentionError(
+                f"{name} has shape {tuple(ids.shape)} but the model's positions end at max_len={self.config.max_len}"
+            )
+        x = table(ids) * math.sqrt(self.config.d_model) + self.positions[: ids.shape[1]]  # (B, T, D)
+        return self.drop(x)
+
+    def encode(self, src: Tensor) -> Memory:
+        """``src`` (B, S) padded with 0 -> Memory with states (B, S, D)."""
+        padding = source_padding(src)
+        x = self._embed(self.src_embed, src, "src")
+        for layer in self.encoder:
+            x = layer(x, padding)
+        return Memory(self.enc_norm(x), padding)
+
+    def decode(self, memory: Memory, tgt_in: Tensor, need_weights: bool = True) -> Decoded:
+        """Teacher forcing: ``tgt_in`` (B, T) starts with BOS -> logits (B, T, V) and alignment (B, T, S)."""
+        y = self._embed(self.tgt_embed, tgt_in, "tgt_in")
+        weights = None
+        for i, layer in enumerate(self.decoder):
+            y, weights = layer(y, memory, need_weights and i == len(self.decoder) - 1)
+        return Decoded(self.out(self.dec_norm(y)), weights)
+
+    def start(self, memory: Memory) -> Tensor:
+        """The decoder state is the prefix decoded so far: (B, 0) at the start."""
+        return memory.states.new_zeros(memory.states.shape[0], 0, dtype=torch.long)
+
+    def step(self, memory: Memory, state: Tensor, token: Tensor, t: int, need_weights: bool = True):
+        """Extend the prefix by ``token`` (B,) and decode it -> (logits (B, V), prefix, weights (B, S), None)."""
+        prefix = torch.cat([state, token[:, None]], 1)  # (B, t + 1)
+        out = self.decode(memory, prefix, need_weights)
+        weights = None if out.weights is None else out.weights[:, -1]
+        return out.logits[:, -1], prefix, weights, None
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Decoded:
+        return self.decode(self.encode(src), tgt_in, need_weights=False)

