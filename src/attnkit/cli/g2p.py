@@ -152,6 +152,8 @@ def add_pronounce_parser(sub) -> None:
 def pronounce(args) -> int:
     from ..tasks.g2p import G2P
 
+    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg"):
+        raise AttentionError(f"--plot {args.plot!r} must end in .png or .svg")
     g2p = G2P.load(args.model)
     results = g2p.pronounce(args.words, beam=args.beam)
     width = max(len(r.word) for r in results)

@@ -123,6 +123,9 @@ class TransformerSeq2Seq(nn.Module):
         self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.tgt_vocab)
         self.drop = nn.Dropout(cfg.dropout)
+        for table in (self.src_embed, self.tgt_embed):  # std D^-1/2: unit scale after the sqrt(D) factor
+            nn.init.normal_(table.weight, std=cfg.d_model**-0.5)
+            nn.init.zeros_(table.weight[0])  # padding
 
     def _embed(self, table: nn.Embedding, ids: Tensor, name: str) -> Tensor:
         if ids.shape[1] > self.config.max_len:
