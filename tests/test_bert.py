@@ -117,5 +117,5 @@ def test_long_text_is_cut_to_512_tokens_with_a_warning(ours):
     with pytest.warns(
         UserWarning, match=r"the text has 602 tokens but the model reads at most 512: the last 90 are cut"
     ):
-        pieces, ids, mask = ours.tokenize(["word " * 600])
+        pieces, ids, _ = ours.tokenize(["word " * 600])
     assert ids.shape == (1, 512) and pieces[0][-1] == "[SEP]"

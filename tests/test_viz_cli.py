@@ -29,7 +29,7 @@ def test_viz_bert_writes_the_page_and_the_grid_of_6_layers_by_12_heads(tmp_path)
     assert main(["viz", "bert", TEXT, "--out", str(tmp_path)]) == 0
     assert (tmp_path / "bert-heads.png").read_bytes()[:4] == b"\x89PNG"
     data = page_data(tmp_path / "bert.html")
-    (view,) = data["views"] if "views" in data else data
+    (view,) = data["views"]
     from attnkit.models.bert import load_minilm
 
     model = load_minilm()
