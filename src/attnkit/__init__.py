@@ -9,7 +9,7 @@ from . import backends
 from .backends import attention
 from .core import NORMALIZERS, SCORES, masks, reinforce_loss
 from .errors import AttentionError
-from .modules import Attention, AttentionPooling, HierarchicalAttention, MultiHeadAttention
+from .modules import Attention, AttentionPooling, HierarchicalAttention, MultiHeadAttention, capture
 
 __all__ = [
     "attention",
@@ -23,5 +23,6 @@ __all__ = [
     "MultiHeadAttention",
     "AttentionPooling",
     "HierarchicalAttention",
+    "capture",
 ]
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import AttentionError
-from . import g2p
+from . import g2p, viz
 
 __all__ = ["main"]
 
@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     tour = sub.add_parser("tour", help="run every kind of attention on one small example and print its weights")
     tour.add_argument("--section", action="append", help="only these sections (repeatable); default: all")
     tour.add_argument("--list", action="store_true", help="list the sections and exit")
+    tour.add_argument("--plot", metavar="DIR", help="also save every weight table as a heatmap PNG in DIR")
     bench = sub.add_parser("bench", help="time and memory of each kind of attention against its baselines")
     bench.add_argument("--quick", action="store_true", help="smaller runs that finish in a few minutes")
     bench.add_argument("--only", action="append", help="only these cases (repeatable); default: all")
@@ -26,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     g2p.add_train_parser(train)
     g2p.add_eval_parser(sub)
     g2p.add_pronounce_parser(sub)
+    viz.add_viz_parser(sub)
     return parser
 
 
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tour":
             from .tour import run
 
-            return run(sections=args.section, list_only=args.list)
+            return run(sections=args.section, list_only=args.list, plot_dir=args.plot)
         if args.command == "bench":
             from pathlib import Path
 
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             return g2p.evaluate(args)
         if args.command == "pronounce":
             return g2p.pronounce(args)
+        if args.command == "viz":
+            return viz.viz(args)
     except AttentionError as err:  # bad input: one line, no traceback
         print(f"attnkit: error: {err}", file=sys.stderr)
         return 2

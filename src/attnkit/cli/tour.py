@@ -8,7 +8,9 @@ each kind computes and where it may look, not what a trained model learns.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -35,8 +37,9 @@ def _embed(words: Sequence[str], dim: int = DIM, seed: int = 0) -> Tensor:
 
 
 class _Printer:
-    def __init__(self, console: Console):
-        self.console = console
+    def __init__(self, console: Console, plot_dir: Path | None = None):
+        self.console, self.plot_dir = console, plot_dir
+        self.plots: list[Path] = []
 
     def section(self, title: str, text: str) -> None:
         self.console.rule(f"[bold]{escape(title)}")
@@ -55,6 +58,12 @@ class _Printer:
             table.add_row(name, *cells)
         self.console.print(table)
         self.console.print()
+        if self.plot_dir is not None:  # the same matrix as a heatmap
+            from ..viz import heatmap
+
+            slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:60]
+            path = self.plot_dir / f"{len(self.plots) + 1:02d}-{slug}.png"
+            self.plots.append(heatmap(w, list(rows), list(cols), path, title=title))
 
 
 def _scores(p: _Printer) -> None:
@@ -136,8 +145,7 @@ def _cross(p: _Printer) -> None:
 def _multihead(p: _Printer) -> None:
     p.section(
         "5. Multi-head self-attention",
-        "Two heads, each with its own projections (freshly initialised) and its own score function, "
-        "and their average.",
+        "Two heads, each with its own projections (freshly initialised) and its own score function, and their average.",
     )
     torch.manual_seed(0)
     x = _embed(SENTENCE, dim=16)
@@ -179,7 +187,12 @@ SECTIONS: dict[str, Callable[[_Printer], None]] = {
 }
 
 
-def run(sections: Sequence[str] | None = None, list_only: bool = False, console: Console | None = None) -> int:
+def run(
+    sections: Sequence[str] | None = None,
+    list_only: bool = False,
+    console: Console | None = None,
+    plot_dir: str | Path | None = None,
+) -> int:
     console = console or Console()
     if list_only:
         console.print("\n".join(SECTIONS))
@@ -189,8 +202,10 @@ def run(sections: Sequence[str] | None = None, list_only: bool = False, console:
         from ..errors import AttentionError
 
         raise AttentionError(f"--section {unknown[0]!r} is unknown; expected one of {list(SECTIONS)}")
-    printer = _Printer(console)
+    printer = _Printer(console, None if plot_dir is None else Path(plot_dir))
     with torch.no_grad():
         for name in sections or SECTIONS:
             SECTIONS[name](printer)
+    if printer.plots:
+        console.print(f"{len(printer.plots)} heatmaps in {plot_dir}")
     return 0

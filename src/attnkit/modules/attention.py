@@ -8,15 +8,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..backends import attention
 from ..core import masks
 from ..core import normalizers as _normalizers
 from ..core import scores as _scores
-from ..backends import attention
 from ..core.functional import AttentionResult
 from ..core.local import as_window, predict_centre
 from ..errors import AttentionError
+from .capture import is_random, record, recording
 
-__all__ = ["Attention", "REGIONS", "combine_masks", "score_parameters"]
+__all__ = ["REGIONS", "Attention", "combine_masks", "score_parameters"]
 
 REGIONS = ("global", "local-m", "local-p")
 
@@ -27,10 +28,16 @@ def combine_masks(mask, key_padding_mask: Tensor | None) -> masks.Mask | None:
     return masks.and_masks(mask, padding)
 
 
-def score_parameters(score: _scores.Score, query_dim: int, key_dim: int, hidden_dim: int, heads=None) -> nn.ParameterDict:
+def score_parameters(
+    score: _scores.Score, query_dim: int, key_dim: int, hidden_dim: int, heads=None
+) -> nn.ParameterDict:
     """A score's parameters, freshly initialised, as learnable ``nn.Parameter``s."""
     tensors = score.init_params(query_dim, key_dim, hidden_dim, heads=heads)
     return nn.ParameterDict({name: nn.Parameter(t) for name, t in tensors.items()})
+
+
+def _squeeze(weights: Tensor, step: bool) -> Tensor:
+    return weights.squeeze(-2) if step else weights  # a one-step query: (B, 1, Tk) -> (B, Tk)
 
 
 class Attention(nn.Module):
@@ -92,6 +99,7 @@ class Attention(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise AttentionError(f"dropout must be in [0, 1), got {dropout!r}")
         self.query_dim, self.key_dim, self.region, self.dropout = query_dim, key_dim, region, dropout
+        self._capture_inputs = True  # capture() records this module
         if region == "local-m":
             as_window(window)  # raises for a malformed or negative window
         self.window = window
@@ -106,6 +114,20 @@ class Attention(nn.Module):
                     "v_p": nn.Parameter(torch.empty(hidden).uniform_(-(hidden**-0.5), hidden**-0.5)),
                 }
             )
+
+    def _recompute(self, query: Tensor, key: Tensor, value: Tensor, call: dict, step: bool):
+        """A function that recomputes this call's weights on the reference path, from detached
+        inputs and a snapshot of the score parameters."""
+        query, key, value = query.detach(), key.detach(), value.detach()
+        params = {name: p.detach().clone() for name, p in self.score_params.items()}
+        if call["centre"] is not None:
+            call = {**call, "centre": call["centre"].detach()}
+
+        def weights() -> Tensor:
+            out = attention(query, key, value, **call, score_params=params, need_weights=True, backend="reference")
+            return _squeeze(out.weights, step)
+
+        return weights
 
     def extra_repr(self) -> str:
         region = "" if self.region == "global" else f", region={self.region!r}, window={self.window}"
@@ -143,19 +165,31 @@ class Attention(nn.Module):
             if key_padding_mask is not None:
                 lengths = (~key_padding_mask).sum(-1)
             centre = predict_centre(query, self.centre_params, lengths)  # (B, Tq)
+        call = {
+            "score": self.score,
+            "normalize": self.normalize if normalize is None else _normalizers.resolve(normalize),
+            "mask": region,
+            "window": window,
+            "centre": centre,
+        }
+        watched = recording(self)
+        random = is_random(call["normalize"])
         result = attention(
             query,
             key,
             value,
-            score=self.score,
-            normalize=self.normalize if normalize is None else _normalizers.resolve(normalize),
-            mask=region,
-            window=window,
-            centre=centre,
+            **call,
             score_params=dict(self.score_params),
             dropout=self.dropout if self.training else 0.0,
-            need_weights=need_weights,
+            need_weights=need_weights or (watched and random),
         )
+        if watched:
+            record(
+                self,
+                _squeeze(result.weights.detach(), step) if random else self._recompute(query, key, value, call, step),
+            )
+        if watched and random and not need_weights:
+            result = AttentionResult(result.output, None, result.log_prob)  # asked for by the recorder only
         if not step:
             return result
         weights = None if result.weights is None else result.weights.squeeze(-2)

@@ -12,14 +12,15 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..backends import BACKENDS, attention
 from ..core import masks
 from ..core import normalizers as _normalizers
 from ..core import scores as _scores
-from ..backends import attention
 from ..core.functional import AttentionResult
 from ..core.local import as_window
 from ..errors import AttentionError, shape_str
 from .attention import combine_masks, score_parameters
+from .capture import is_random, record, recording
 
 __all__ = ["MultiHeadAttention"]
 
@@ -41,6 +42,8 @@ class MultiHeadAttention(nn.Module):
         causal: query i attends keys j <= i only (decoder self-attention).
         window: D or (left, right): a sliding window of local self-attention.
         score_hidden_dim: A of the additive score (default Dh).
+        backend: "auto" (the fastest backend that takes each call) or a backend's name to force it;
+            an attribute, so it can be changed on a built or loaded model.
 
     ``forward(query (B, Tq, D), key (B, Tk, kdim), value (B, Tk, vdim), *, key_padding_mask,
     mask, need_weights, average_weights)``. ``key_padding_mask`` (B, Tk) has PyTorch's meaning:
@@ -70,6 +73,7 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         window: int | tuple[int, int] | None = None,
         score_hidden_dim: int | None = None,
+        backend: str = "auto",
     ):
         super().__init__()
         if num_heads < 1 or embed_dim % num_heads:
@@ -89,6 +93,10 @@ class MultiHeadAttention(nn.Module):
         self.normalize = _normalizers.resolve(normalize)
         self.dropout, self.causal = dropout, causal
         self.region = masks.and_masks(masks.causal() if causal else None, as_window(window))
+        if backend != "auto" and backend not in BACKENDS:
+            raise AttentionError(f"backend={backend!r} is unknown; expected 'auto' or one of {sorted(BACKENDS)}")
+        self.backend = backend  # "auto", or a name in attnkit.backends.BACKENDS to force one
+        self._capture_inputs = True  # capture() records this module
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias)
         self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias)
@@ -174,6 +182,42 @@ class MultiHeadAttention(nn.Module):
         k = rearrange(self.k_proj(key), "B Tk (H Dh) -> B H Tk Dh", H=h)
         v = rearrange(self.v_proj(value), "B Tk (H Dh) -> B H Tk Dh", H=h)
         region = self._heads_mask(mask, key_padding_mask)
+        watched = recording(self)
+        random = is_random(self.normalize)
+        dropout = self.dropout if self.training else 0.0
+        result = self._attend(
+            q, k, v, region, need_weights=need_weights or (watched and random), dropout=dropout, backend=self.backend
+        )
+        if watched:
+            record(self, result.weights.detach() if random else self._recompute(q, k, v, region))
+        out = self.out_proj(rearrange(result.output, "B H Tq Dh -> B Tq (H Dh)"))  # (B, Tq, D)
+        weights = result.weights if need_weights else None  # (B, H, Tq, Tk) | None
+        if weights is not None and average_weights:
+            weights = weights.mean(dim=1)  # (B, Tq, Tk)
+        return AttentionResult(out, weights, result.log_prob)
+
+    def _recompute(self, q: Tensor, k: Tensor, v: Tensor, region):
+        """A function that recomputes this call's weights (B, H, Tq, Tk) on the reference path,
+        from detached inputs and a snapshot of the score parameters."""
+        q, k, v = q.detach(), k.detach(), v.detach()
+        params = {name: {p: t.detach().clone() for p, t in d.items()} for name, d in self.score_params.items()}
+        return lambda: (
+            self._attend(q, k, v, region, need_weights=True, dropout=0.0, params=params, backend="reference").weights
+        )
+
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        region,
+        *,
+        need_weights: bool,
+        dropout: float,
+        params=None,
+        backend="auto",
+    ) -> AttentionResult:
+        """Every score group's heads on (B, H, T, Dh) projections, merged back in head order."""
         parts = []
         for name, heads in self.groups.items():
             sel = slice(None) if len(self.groups) == 1 else heads  # (B, H_g, T, Dh) for this score
@@ -185,17 +229,13 @@ class MultiHeadAttention(nn.Module):
                     score=_scores.resolve(name),
                     normalize=self.normalize,
                     mask=region,
-                    score_params=dict(self.score_params[name]),
-                    dropout=self.dropout if self.training else 0.0,
+                    score_params=dict(self.score_params[name] if params is None else params[name]),
+                    dropout=dropout,
                     need_weights=need_weights,
+                    backend=backend,
                 )
             )
-        result = parts[0] if len(parts) == 1 else self._merge(parts)
-        out = self.out_proj(rearrange(result.output, "B H Tq Dh -> B Tq (H Dh)"))  # (B, Tq, D)
-        weights = result.weights  # (B, H, Tq, Tk) | None
-        if weights is not None and average_weights:
-            weights = weights.mean(dim=1)  # (B, Tq, Tk)
-        return AttentionResult(out, weights, result.log_prob)
+        return parts[0] if len(parts) == 1 else self._merge(parts)
 
     def _merge(self, parts: list[AttentionResult]) -> AttentionResult:
         """Put the per-score groups' heads back in head order along dim 1."""

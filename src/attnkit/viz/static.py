@@ -1,0 +1,156 @@
+"""Static pictures of attention with matplotlib (the ``viz`` extra): PNG or SVG by file suffix.
+
+- :func:`heatmap`: one weight matrix (Tq, Tk), tokens on both axes.
+- :func:`grid`: every head of every layer (L, H, Tq, Tk), one small heatmap each.
+- :func:`alignment`: a decoded output against its input (a heatmap with seq2seq labels).
+
+Long inputs stay readable: at most ``max_tokens`` rows and columns are drawn (the rest is cut,
+and the title says so), tick labels are thinned to about 60 per axis, and the figure size is capped.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from torch import Tensor
+
+from ..errors import AttentionError, shape_str
+
+__all__ = ["alignment", "grid", "heatmap"]
+
+MAX_LABELS = 60  # tick labels per axis, at most
+MAX_INCHES = 24.0
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise AttentionError("pictures need matplotlib: pip install 'attnkit[viz]'") from None
+    return plt
+
+
+def _check_path(path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg"):
+        raise AttentionError(f"plot file {str(path)!r} must end in .png or .svg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _cut(weights: Tensor, queries: list[str], keys: list[str], max_tokens: int):
+    """The top-left max_tokens x max_tokens block and a note saying what was cut ('' if nothing)."""
+    tq, tk = len(queries), len(keys)
+    note = ""
+    if tq > max_tokens or tk > max_tokens:
+        note = f" (first {min(tq, max_tokens)} of {tq} x first {min(tk, max_tokens)} of {tk} tokens shown)"
+    return weights[..., :max_tokens, :max_tokens], queries[:max_tokens], keys[:max_tokens], note
+
+
+def _ticks(ax, queries: list[str], keys: list[str], fontsize: float) -> None:
+    for labels, set_ticks, rotation in ((keys, ax.set_xticks, 90), (queries, ax.set_yticks, 0)):
+        step = max(1, math.ceil(len(labels) / MAX_LABELS))  # thin: every step-th label
+        idx = list(range(0, len(labels), step))
+        set_ticks(idx, [labels[i] for i in idx], fontsize=fontsize, rotation=rotation)
+
+
+def _check(weights: Tensor, dims: int, queries: list[str], keys: list[str], what: str) -> None:
+    if weights.dim() != dims or weights.shape[-2:] != (len(queries), len(keys)):
+        raise AttentionError(
+            f"weights has shape {shape_str(weights.shape)} but expected {what} with "
+            f"(Tq, Tk) = (len(queries), len(keys)) = ({len(queries)}, {len(keys)})"
+        )
+
+
+def heatmap(
+    weights: Tensor,
+    queries: list[str],
+    keys: list[str],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    xlabel: str = "key",
+    ylabel: str = "query",
+    max_tokens: int = 200,
+) -> Path:
+    """Save the heatmap of ``weights`` (Tq, Tk): row i is what query token i attends to."""
+    _check(weights, 2, queries, keys, "(Tq, Tk)")
+    path = _check_path(path)
+    weights, queries, keys, note = _cut(weights, queries, keys, max_tokens)
+    plt = _pyplot()
+    cell = 0.32 if max(len(queries), len(keys)) <= 40 else 0.12
+    size = (min(MAX_INCHES, 2.0 + cell * len(keys)), min(MAX_INCHES, 1.5 + cell * len(queries)))
+    fig, ax = plt.subplots(figsize=size)
+    im = ax.imshow(weights.detach().float().cpu().numpy(), cmap="viridis", vmin=0.0, aspect="auto")
+    _ticks(ax, queries, keys, fontsize=9 if len(keys) <= 40 else 6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title or note:
+        ax.set_title((title or "") + note, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def alignment(
+    weights: Tensor, source: list[str], target: list[str], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Save the seq2seq alignment ``weights`` (len(target), len(source)): one row per output
+    token, one column per input token."""
+    if tuple(weights.shape) != (len(target), len(source)):
+        raise AttentionError(
+            f"weights has shape {shape_str(weights.shape)} but expected (len(target), len(source)) = "
+            f"({len(target)}, {len(source)})"
+        )
+    return heatmap(weights, target, source, path, title=title, xlabel="input", ylabel="output")
+
+
+def grid(
+    weights: Tensor,
+    tokens: list[str],
+    path: str | Path,
+    *,
+    keys: list[str] | None = None,
+    layers: list[str] | None = None,
+    title: str | None = None,
+    max_tokens: int = 64,
+) -> Path:
+    """Save every head of every layer: ``weights`` (L, H, Tq, Tk), one heatmap per (layer, head),
+    layers as rows and heads as columns; tokens label the first column and the last row."""
+    keys = tokens if keys is None else keys
+    _check(weights, 4, tokens, keys, "(L, H, Tq, Tk)")
+    n_layers, n_heads = weights.shape[:2]
+    layers = layers or [f"layer {i}" for i in range(n_layers)]
+    if len(layers) != n_layers:
+        raise AttentionError(f"layers has {len(layers)} names but weights has L = {n_layers}")
+    path = _check_path(path)
+    weights, tokens, keys, note = _cut(weights, tokens, keys, max_tokens)
+    plt = _pyplot()
+    side = min(2.2, MAX_INCHES / max(n_heads, n_layers))
+    fig, axes = plt.subplots(n_layers, n_heads, figsize=(side * n_heads + 1, side * n_layers + 1), squeeze=False)
+    labelled = len(tokens) <= 24  # token labels only where they can be read
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            ax = axes[layer][head]
+            ax.imshow(weights[layer, head].detach().float().cpu().numpy(), cmap="viridis", vmin=0.0, aspect="auto")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if layer == 0:
+                ax.set_title(f"head {head}", fontsize=8)
+            if head == 0:
+                ax.set_ylabel(layers[layer], fontsize=8)
+                if labelled:
+                    ax.set_yticks(range(len(tokens)), tokens, fontsize=4)
+            if layer == n_layers - 1 and labelled:
+                ax.set_xticks(range(len(keys)), keys, fontsize=4, rotation=90)
+    fig.suptitle((title or "attention: layers x heads") + note, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
