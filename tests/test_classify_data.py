@@ -13,7 +13,7 @@ NOUN = """  1 This software and database is being provided to you, the LICENSEE,
 00000200 17 n 01 bank 1 000 | sloping land beside a body of water; "they pulled the canoe up on the bank"
 00000300 05 n 01 cat 0 000 | feline mammal (usually "a cat") with thick soft fur: "the cat purred"--Anon.
 """
-VERB = "00000400 40 v 01 bank 0 000 01 + 02 00 | do business with a bank; \"Where do you bank?\"\n"
+VERB = '00000400 40 v 01 bank 0 000 01 + 02 00 | do business with a bank; "Where do you bank?"\n'
 ADJ = "00000500 00 s 01 on_hand(p) 0 000 | readily available\n"
 
 
@@ -28,7 +28,11 @@ def tiny_wordnet(tmp_path, monkeypatch):
 def test_parse_line_splits_definition_from_examples():
     cat = wordnet.parse_line(NOUN.splitlines()[3])
     assert cat == wordnet.Synset(
-        "00000300-n", "noun.animal", ("cat",), 'feline mammal (usually "a cat") with thick soft fur', ("the cat purred",)
+        "00000300-n",
+        "noun.animal",
+        ("cat",),
+        'feline mammal (usually "a cat") with thick soft fur',
+        ("the cat purred",),
     )
     assert wordnet.parse_line(ADJ).words == ("on_hand",)  # the (p) marker is dropped
     assert wordnet.parse_line(ADJ).lexname == "adj.all" and wordnet.parse_line(VERB).lexname == "verb.possession"
@@ -48,8 +52,14 @@ def test_lexnames_are_the_45_lexicographer_files():
 
 def test_tokenize_lowercases_words_and_keeps_inner_apostrophes_and_hyphens():
     assert wordnet.tokenize("Don't re-read THE well-known 2 books, ok?") == [
-        "don't", "re-read", "the", "well-known", "2", "books", "ok",
-    ]  # fmt: skip
+        "don't",
+        "re-read",
+        "the",
+        "well-known",
+        "2",
+        "books",
+        "ok",
+    ]
     assert wordnet.tokenize("  ;!? ") == []
 
 
@@ -77,10 +87,20 @@ def test_unknown_split_is_named(tiny_wordnet):
 
 def test_the_env_var_points_at_another_folder(tiny_wordnet):
     assert [s.id for s in wordnet.synsets()] == ["00000100-n", "00000200-n", "00000300-n", "00000400-v", "00000500-s"]
-    assert [g.label for g in wordnet.glosses()] == ["noun.artifact", "noun.object", "noun.animal", "verb.possession", "adj.all"]
+    assert [g.label for g in wordnet.glosses()] == [
+        "noun.artifact",
+        "noun.object",
+        "noun.animal",
+        "verb.possession",
+        "adj.all",
+    ]
     docs = wordnet.documents()
     assert [d.synset for d in docs] == ["00000100-n", "00000200-n", "00000300-n", "00000400-v"]  # not the adjective
-    assert docs[0].sentences == ("a financial institution", "he cashed a check at the bank", "that bank holds the mortgage")
+    assert docs[0].sentences == (
+        "a financial institution",
+        "he cashed a check at the bank",
+        "that bank holds the mortgage",
+    )
 
 
 def test_pairs_are_a_positive_and_a_hard_negative_per_example(tiny_wordnet, monkeypatch):

@@ -63,6 +63,8 @@ ENV = "ATTNKIT_WORDNET_DIR"
 DEFAULT_DIR = "/usr/share/wordnet"
 FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 SPLITS = ("train", "valid", "test")
+# the 45 lexicographer files in lex_filenum order (man 5 lexnames)
+# fmt: off
 LEXNAMES = (
     "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
     "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling",
@@ -72,7 +74,8 @@ LEXNAMES = (
     "verb.communication", "verb.competition", "verb.consumption", "verb.contact", "verb.creation",
     "verb.emotion", "verb.motion", "verb.perception", "verb.possession", "verb.social", "verb.stative",
     "verb.weather", "adj.ppl",
-)  # fmt: skip  (the 45 lexicographer files in lex_filenum order, man 5 lexnames)
+)
+# fmt: on
 
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 _EXAMPLES_START = re.compile(r'[;:]\s*"')
