@@ -2,6 +2,13 @@
 
 from .attention import Attention
 from .multihead import MultiHeadAttention
-from .pooling import AttentionPooling, HierarchicalAttention, HierarchicalResult
+from .pooling import AttentionPooling, HierarchicalAttention, HierarchicalResult, MaskedEncoder
 
-__all__ = ["Attention", "MultiHeadAttention", "AttentionPooling", "HierarchicalAttention", "HierarchicalResult"]
+__all__ = [
+    "Attention",
+    "AttentionPooling",
+    "HierarchicalAttention",
+    "HierarchicalResult",
+    "MaskedEncoder",
+    "MultiHeadAttention",
+]
