@@ -221,7 +221,12 @@ def pairs(split: str | None = None) -> list[Pair]:
     _check_split(split)
     if split is None:
         return [p for s in SPLITS for p in pairs(s)]
-    with_examples = [s for s in synsets(split) if s.examples]
+    return list(_pairs(wordnet_dir(), split))
+
+
+@cache
+def _pairs(folder: Path, split: str) -> tuple[Pair, ...]:
+    with_examples = [s for s in _synsets(folder) if s.definition and s.examples and split_of(s.id) == split]
     by_word: dict[str, list[Synset]] = {}
     for s in with_examples:
         for w in s.words:
@@ -236,4 +241,4 @@ def pairs(split: str | None = None) -> list[Pair]:
             source, negative = candidates[pick(f"{s.id}/{k}", len(candidates))]
             out.append(Pair(s.id, s.definition, example, True, s.id))
             out.append(Pair(s.id, s.definition, negative, False, source))
-    return out
+    return tuple(out)
