@@ -255,6 +255,10 @@ def test_pair_models_predict_the_same_with_or_without_padding(attention):
             "pooling='last' is unknown; expected one of ['attention', 'max']",
         ),
         (lambda: CNNClassifierConfig(10, 3, width=4), "width must be odd (the window centres on a word), got 4"),
+        (
+            lambda: CNNClassifierConfig(10, 3, pool_score="scaled_dot", hidden_dim=8, channels=32),
+            "pool_score='scaled_dot' needs the query's 2 * hidden_dim = 16 to equal channels=32",
+        ),
         (lambda: TransformerClassifierConfig(10, 3, d_model=10, heads=4), "heads=4 must divide d_model=10"),
         (lambda: HANConfig(10, 3, dropout=1.0), "dropout must be in [0, 1), got 1.0"),
         (lambda: ABCNNConfig(10, attention="inside"), "attention='inside' is unknown; expected one of"),

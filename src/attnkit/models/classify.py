@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..core.scores import SCORES
 from ..errors import AttentionError, shape_str
 from ..modules import Attention
 from .abcnn import ABCNN, ABCNNConfig
@@ -118,6 +119,11 @@ class CNNClassifierConfig:
         if self.width % 2 == 0:
             raise AttentionError(f"width must be odd (the window centres on a word), got {self.width}")
         check_pooling(self.pooling, self.pool_score, 1, self.channels, allowed=("attention", "max"))
+        if SCORES[self.pool_score].same_dim and 2 * self.hidden_dim != self.channels:
+            raise AttentionError(
+                f"pool_score={self.pool_score!r} needs the query's 2 * hidden_dim = {2 * self.hidden_dim} to equal "
+                f"channels={self.channels}; use pool_score='additive' or 'general', or change one of them"
+            )
 
 
 class CNNClassifier(nn.Module):
