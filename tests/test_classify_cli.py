@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from attnkit.cli import main
 from attnkit.tasks.classify import Classifier
@@ -197,3 +198,21 @@ def test_training_into_a_used_folder_needs_resume(runs, capsys):
     )
     one_line_error(capsys, ["train", "classify", "--out", run, "--resume", "--epochs", "3"], "drop --epochs")
     one_line_error(capsys, ["train", "classify", "--out", run, "--resume", "--model", "cnn"], "drop --model")
+
+
+def test_a_killed_run_resumes_exactly(tmp_path):
+    from attnkit.tasks.classify import ClassifyTask
+    from attnkit.train import TrainConfig, Trainer
+
+    def task():
+        return ClassifyTask("gloss", "cnn", {"embed_dim": 8, "channels": 8, "hidden_dim": 4}, limit=48, valid_limit=8)
+
+    config = TrainConfig(epochs=2, batch_size=16, checkpoint_every=1, warmup_steps=2)
+    whole = Trainer(task(), config, tmp_path / "whole", progress=False)
+    whole.fit()
+    Trainer(task(), config, tmp_path / "killed", progress=False).fit(max_steps=4)  # stopped inside epoch 2
+    resumed = Trainer(task(), config, tmp_path / "killed", progress=False)
+    resumed.fit(resume=True)
+    assert resumed.losses == whole.losses[4:]
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
