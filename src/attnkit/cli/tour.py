@@ -136,7 +136,8 @@ def _cross(p: _Printer) -> None:
 def _multihead(p: _Printer) -> None:
     p.section(
         "5. Multi-head self-attention",
-        "Two heads, each with its own projections (freshly initialised) and its own score function, and their average.",
+        "Two heads, each with its own projections (freshly initialised) and its own score function, "
+        "and their average.",
     )
     torch.manual_seed(0)
     x = _embed(SENTENCE, dim=16)
