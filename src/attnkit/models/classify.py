@@ -29,7 +29,7 @@ from ..core.scores import SCORES
 from ..errors import AttentionError, shape_str
 from ..modules import Attention
 from .abcnn import ABCNN, ABCNNConfig
-from .encoders import Classified, Pooling, RNNEncoder, check_fields, check_pooling, real_positions
+from .encoders import Classified, Pooling, RNNEncoder, check_cell, check_fields, check_pooling, real_positions
 from .han import HAN, HANConfig
 from .transformer import EncoderLayer, sinusoids
 
@@ -61,6 +61,7 @@ class RNNClassifierConfig:
 
     def __post_init__(self):
         check_fields(self, ("vocab", "classes", "embed_dim", "hidden_dim", "layers"))
+        check_cell(self.cell)
         check_pooling(
             self.pooling, self.pool_score, self.pool_heads, self.hidden_dim * (2 if self.bidirectional else 1)
         )

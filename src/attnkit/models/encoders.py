@@ -25,7 +25,16 @@ from ..errors import AttentionError, shape_str
 from ..modules import AttentionPooling, MaskedEncoder, MultiHeadAttention
 from .rnn import CELLS
 
-__all__ = ["POOLINGS", "Classified", "Pooling", "RNNEncoder", "check_fields", "check_pooling", "real_positions"]
+__all__ = [
+    "POOLINGS",
+    "Classified",
+    "Pooling",
+    "RNNEncoder",
+    "check_cell",
+    "check_fields",
+    "check_pooling",
+    "real_positions",
+]
 
 POOLINGS = ("last", "mean", "max", "attention")
 
@@ -56,8 +65,11 @@ def check_fields(config, positive: tuple[str, ...]) -> None:
             raise AttentionError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not 0.0 <= config.dropout < 1.0:
         raise AttentionError(f"dropout must be in [0, 1), got {config.dropout!r}")
-    if getattr(config, "cell", "lstm") not in CELLS:
-        raise AttentionError(f"cell={config.cell!r} is unknown; expected one of {sorted(CELLS)}")
+
+
+def check_cell(cell: str) -> None:
+    if cell not in CELLS:
+        raise AttentionError(f"cell={cell!r} is unknown; expected one of {sorted(CELLS)}")
 
 
 def check_pooling(pooling: str, score: str, heads: int, dim: int, allowed=POOLINGS) -> None:
@@ -100,8 +112,7 @@ class RNNEncoder(MaskedEncoder):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if cell not in CELLS:
-            raise AttentionError(f"cell={cell!r} is unknown; expected one of {sorted(CELLS)}")
+        check_cell(cell)
         self.directions = 2 if bidirectional else 1
         self.output_dim = hidden_dim * self.directions
         self.rnn = CELLS[cell](

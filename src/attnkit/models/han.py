@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import AttentionError, shape_str
 from ..modules import HierarchicalAttention
-from .encoders import Classified, RNNEncoder, check_fields, check_pooling
+from .encoders import Classified, RNNEncoder, check_cell, check_fields, check_pooling
 
 __all__ = ["HAN", "HANConfig"]
 
@@ -34,6 +34,7 @@ class HANConfig:
 
     def __post_init__(self):
         check_fields(self, ("vocab", "classes", "embed_dim", "hidden_dim"))
+        check_cell(self.cell)
         check_pooling("attention", self.pool_score, 1, 2 * self.hidden_dim)
 
 
