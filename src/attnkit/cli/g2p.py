@@ -1,19 +1,15 @@
-"""``attnkit train g2p``, ``attnkit eval`` and ``attnkit pronounce``."""
+"""``attnkit train g2p``, ``attnkit eval`` of a G2P checkpoint, and ``attnkit pronounce``."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
 
 from ..errors import AttentionError
+from .options import add_fields, flag, given
 
-__all__ = ["add_eval_parser", "add_pronounce_parser", "add_train_parser", "evaluate", "pronounce", "train"]
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+__all__ = ["add_pronounce_parser", "add_train_parser", "evaluate", "pronounce", "train"]
 
 
 def _model_fields() -> dict[str, set[str]]:
@@ -23,19 +19,6 @@ def _model_fields() -> dict[str, set[str]]:
         kind: {f.name for f in dataclasses.fields(cls)} - {"src_vocab", "tgt_vocab"}
         for kind, (cls, _) in MODELS.items()
     }
-
-
-def _add_fields(parser, cls, skip=()) -> None:
-    for f in dataclasses.fields(cls):
-        if f.name in skip or f.name in {a.dest for a in parser._actions}:
-            continue
-        kind = type(f.default)
-        if kind is bool:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None)
-        else:
-            parser.add_argument(
-                _flag(f.name), type=kind, default=None, metavar=f.name.upper(), help=f"default {f.default}"
-            )
 
 
 def add_train_parser(sub) -> None:
@@ -54,13 +37,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--valid-limit", type=int, help="validate on the first N validation words only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     model = p.add_argument_group("model (fields of RNNConfig / TransformerConfig)")
-    _add_fields(model, RNNConfig, skip=("src_vocab", "tgt_vocab"))
-    _add_fields(model, TransformerConfig, skip=("src_vocab", "tgt_vocab"))
-    _add_fields(p.add_argument_group("training (fields of TrainConfig)"), TrainConfig)
-
-
-def _given(args, names) -> dict:
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    add_fields(model, RNNConfig, skip=("src_vocab", "tgt_vocab"))
+    add_fields(model, TransformerConfig, skip=("src_vocab", "tgt_vocab"))
+    add_fields(p.add_argument_group("training (fields of TrainConfig)"), TrainConfig)
 
 
 def train(args) -> int:
@@ -69,14 +48,14 @@ def train(args) -> int:
 
     fields = _model_fields()
     train_names = [f.name for f in dataclasses.fields(TrainConfig)]
-    model_given = _given(args, set().union(*fields.values()))
+    model_given = given(args, set().union(*fields.values()))
     out = Path(args.out) if args.out else None
     if args.resume:
         if out is None:
             raise AttentionError("--resume needs --out, the folder of the run to continue")
-        given = {**model_given, **_given(args, train_names + ["limit", "valid_limit"])}
-        if given:
-            flags = ", ".join(_flag(n) for n in given)
+        changed = {**model_given, **given(args, train_names + ["limit", "valid_limit"])}
+        if changed:
+            flags = ", ".join(flag(n) for n in changed)
             raise AttentionError(f"--resume continues with the run's own configuration; drop {flags}")
         _, meta = checkpoint.load(out / "last.safetensors")
         doc = meta["task"]
@@ -87,9 +66,9 @@ def train(args) -> int:
             raise AttentionError(f"--model {args.model!r} is unknown; expected one of {sorted(fields)}")
         foreign = sorted(set(model_given) - fields[args.model])
         if foreign:
-            raise AttentionError(f"{_flag(foreign[0])} does not apply to --model {args.model}")
+            raise AttentionError(f"{flag(foreign[0])} does not apply to --model {args.model}")
         task = G2PTask(args.model, model_given, limit=args.limit, valid_limit=args.valid_limit)
-        config = TrainConfig(**_given(args, train_names))
+        config = TrainConfig(**given(args, train_names))
         if out is None:
             attention = model_given.get("attention", "luong-general") if args.model == "rnn" else None
             out = Path("runs") / "-".join(x for x in ("g2p", args.model, attention) if x)
@@ -110,24 +89,16 @@ def train(args) -> int:
     return 0
 
 
-def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="WER/PER of a G2P checkpoint on the cmudict test split")
-    p.add_argument("checkpoint", nargs="?", help="best.safetensors or a run folder (default: the shipped model)")
-    p.add_argument("--split", default="test", help="test (default), valid or train")
-    p.add_argument("--beam", type=int, default=5, help="beam width; 1 = greedy (default 5)")
-    p.add_argument("--limit", type=int, help="only the first N words of the split")
-    p.add_argument("--json", help="also write the figures to this JSON file")
-
-
 def evaluate(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from ..tasks.g2p import G2P
 
+    beam = 5 if args.beam is None else args.beam
     g2p = G2P.load(args.checkpoint)
-    m = g2p.evaluate(args.split, beam=args.beam, limit=args.limit)
-    table = Table(title=f"{g2p.path}: {m['words']:,} {args.split} words, beam {args.beam}")
+    m = g2p.evaluate(args.split, beam=beam, limit=args.limit)
+    table = Table(title=f"{g2p.path}: {m['words']:,} {args.split} words, beam {beam}")
     for col in ("", "WER %", "PER %"):
         table.add_column(col, justify="right")
     table.add_row("stress kept", f"{m['wer']:.2f}", f"{m['per']:.2f}")
@@ -135,7 +106,7 @@ def evaluate(args) -> int:
     Console().print(table)
     print(f"{g2p.parameters():,} parameters; {m['words_per_s']:.0f} words/s")
     if args.json:
-        Path(args.json).write_text(json.dumps({**m, "parameters": g2p.parameters(), "beam": args.beam}, indent=2))
+        Path(args.json).write_text(json.dumps({**m, "parameters": g2p.parameters(), "beam": beam}, indent=2))
     return 0
 
 

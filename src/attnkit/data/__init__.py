@@ -1,6 +1,6 @@
 """Data: vocabularies and the datasets the models train on, each read from an installed package."""
 
-from . import cmudict
-from .vocab import BOS, EOS, PAD, Vocab
+from . import cmudict, wordnet
+from .vocab import BOS, EOS, PAD, UNK, Vocab
 
-__all__ = ["BOS", "EOS", "PAD", "Vocab", "cmudict"]
+__all__ = ["BOS", "EOS", "PAD", "UNK", "Vocab", "cmudict", "wordnet"]

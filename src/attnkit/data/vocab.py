@@ -1,7 +1,9 @@
-"""``Vocab``: symbols <-> ids, with the three specials every seq2seq model needs."""
+"""``Vocab``: symbols <-> ids, with the three specials every seq2seq model needs, and optionally a
+symbol that stands for every unknown one (word vocabularies built from a training split)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -9,10 +11,11 @@ from torch import Tensor
 
 from ..errors import AttentionError
 
-__all__ = ["BOS", "EOS", "PAD", "Vocab"]
+__all__ = ["BOS", "EOS", "PAD", "UNK", "Vocab"]
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ("<pad>", "<s>", "</s>")
+UNK = "<unk>"  # the unknown-word symbol of vocabularies built by Vocab.build
 
 
 class Vocab:
@@ -21,23 +24,46 @@ class Vocab:
     >>> v = Vocab("abc", name="letters")
     >>> v.encode("cab"), v.decode([5, 3, 4, 2, 0])
     ([5, 3, 4], ['c', 'a', 'b'])
+
+    With ``unk``, a symbol outside the vocabulary encodes as ``unk`` instead of raising:
+
+    >>> words = Vocab.build([["a", "cat"], ["a", "dog"]], min_count=2)
+    >>> words.symbols[3:], words.encode(["a", "bird"])
+    (['<unk>', 'a'], [4, 3])
     """
 
-    def __init__(self, symbols: Iterable[str], *, name: str = "symbols"):
+    def __init__(self, symbols: Iterable[str], *, name: str = "symbols", unk: str | None = None):
         self.symbols = list(SPECIALS) + list(symbols)
         self.name = name
         self.index = {s: i for i, s in enumerate(self.symbols)}
         if len(self.index) != len(self.symbols):
             raise AttentionError(f"{name} vocabulary has repeated symbols")
+        if unk is not None and self.index.get(unk, 0) < len(SPECIALS):
+            raise AttentionError(f"unk={unk!r} is not one of the {name} symbols; put it in symbols")
+        self.unk = unk
+
+    @classmethod
+    def build(cls, sequences: Iterable[Sequence[str]], *, min_count: int = 1, name: str = "words") -> Vocab:
+        """The symbols seen at least ``min_count`` times in ``sequences``, most frequent first (ties
+        in alphabetical order), after :data:`UNK`, which stands for all the others."""
+        if min_count < 1:
+            raise AttentionError(f"min_count must be >= 1, got {min_count}")
+        counts = Counter(s for seq in sequences for s in seq)
+        kept = sorted((s for s, n in counts.items() if n >= min_count and s != UNK), key=lambda s: (-counts[s], s))
+        return cls([UNK, *kept], name=name, unk=UNK)
 
     def __len__(self) -> int:
         return len(self.symbols)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Vocab) and self.symbols == other.symbols
+        return isinstance(other, Vocab) and self.symbols == other.symbols and self.unk == other.unk
 
     def encode(self, seq: Sequence[str]) -> list[int]:
-        """Ids of ``seq``'s symbols; a symbol outside the vocabulary is an error that names it."""
+        """Ids of ``seq``'s symbols; a symbol outside the vocabulary (or a special) is an error that
+        names it, or the id of ``unk`` when the vocabulary has one."""
+        if self.unk is not None:
+            unk = self.index[self.unk]
+            return [i if (i := self.index.get(s, unk)) >= len(SPECIALS) else unk for s in seq]
         unknown = sorted({s for s in seq if s not in self.index or self.index[s] < len(SPECIALS)})
         if unknown:
             allowed = "".join(self.symbols[len(SPECIALS) :]) if all(len(s) == 1 for s in self.symbols[3:]) else None

@@ -70,14 +70,18 @@ class FeedForward(nn.Sequential):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig):
+    """x += SelfAttention(LN(x)); x += FF(LN(x)): one pre-LN encoder layer (also the layer of the
+    Transformer classifier)."""
+
+    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float):
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = MultiHeadAttention(cfg.d_model, cfg.heads, dropout=cfg.dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.attn = MultiHeadAttention(d_model, heads, dropout=dropout)
+        self.ff = FeedForward(d_model, ff_dim, dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+        """``x`` (B, S, D), ``padding`` (B, S) True at padded positions -> (B, S, D)."""
         h = self.norm1(x)
         x = x + self.drop(self.attn(h, key_padding_mask=padding).output)  # (B, S, D)
         return x + self.drop(self.ff(self.norm2(x)))
@@ -118,7 +122,9 @@ class TransformerSeq2Seq(nn.Module):
         self.src_embed = nn.Embedding(cfg.src_vocab, cfg.d_model, padding_idx=0)
         self.tgt_embed = nn.Embedding(cfg.tgt_vocab, cfg.d_model, padding_idx=0)
         self.register_buffer("positions", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
-        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.encoder = nn.ModuleList(
+            EncoderLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout) for _ in range(cfg.encoder_layers)
+        )
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.tgt_vocab)

@@ -3,6 +3,15 @@
 from .attention import Attention
 from .capture import Recorder, capture
 from .multihead import MultiHeadAttention
-from .pooling import AttentionPooling, HierarchicalAttention, HierarchicalResult
+from .pooling import AttentionPooling, HierarchicalAttention, HierarchicalResult, MaskedEncoder
 
-__all__ = ["capture", "Recorder", "Attention", "MultiHeadAttention", "AttentionPooling", "HierarchicalAttention", "HierarchicalResult"]
+__all__ = [
+    "Attention",
+    "AttentionPooling",
+    "HierarchicalAttention",
+    "HierarchicalResult",
+    "MaskedEncoder",
+    "MultiHeadAttention",
+    "Recorder",
+    "capture",
+]

@@ -16,7 +16,7 @@ from ..core.functional import AttentionResult
 from ..errors import AttentionError, shape_str
 from .attention import Attention
 
-__all__ = ["AttentionPooling", "HierarchicalAttention", "HierarchicalResult"]
+__all__ = ["AttentionPooling", "HierarchicalAttention", "HierarchicalResult", "MaskedEncoder"]
 
 
 class AttentionPooling(nn.Module):
@@ -76,6 +76,20 @@ class AttentionPooling(nn.Module):
         return AttentionResult(*squeeze)  # (B, D), (B, T) | None, (B,) | None
 
 
+class MaskedEncoder(nn.Module):
+    """Base class of encoders that must know which positions are real, e.g. an RNN that packs its
+    input so that it never reads padding: ``forward(x (N, T, D_in), mask (N, T) True = real)
+    -> (N, T, D_out)``. :class:`HierarchicalAttention` passes the mask to encoders of this type and
+    calls any other module as ``module(x)``."""
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def _encode(encoder: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
+    return encoder(x, mask) if isinstance(encoder, MaskedEncoder) else encoder(x)
+
+
 class HierarchicalResult(NamedTuple):
     document: Tensor  # (B, Ds), the document vector
     sentences: Tensor  # (B, S, Dw), the sentence vectors
@@ -87,7 +101,8 @@ class HierarchicalAttention(nn.Module):
     """Words -> sentence vectors -> document vector: attention pooling at two levels (HAN).
 
     ``word_encoder`` maps (B·S, T, D_in) -> (B·S, T, word_dim) (e.g. a bidirectional GRU wrapper;
-    identity when None) and ``sentence_encoder`` maps (B, S, word_dim) -> (B, S, sentence_dim).
+    identity when None) and ``sentence_encoder`` maps (B, S, word_dim) -> (B, S, sentence_dim); a
+    :class:`MaskedEncoder` also gets the (B·S, T) word mask, resp. the (B, S) sentence mask.
     ``word_dim`` and ``sentence_dim`` are the dims the two attention levels see.
 
     ``forward(words (B, S, T, D_in), mask (B, S, T) True = real word)`` returns a
@@ -128,12 +143,12 @@ class HierarchicalAttention(nn.Module):
                 f"mask has shape {shape_str(mask.shape)} and dtype {mask.dtype} but expected ({b}, {s}, {t}) "
                 f"torch.bool, True = real word"
             )
-        encoded = self.word_encoder(words.reshape(b * s, t, -1))  # (B·S, T, Dw)
         flat_mask = mask.reshape(b * s, t)
+        encoded = _encode(self.word_encoder, words.reshape(b * s, t, -1), flat_mask)  # (B·S, T, Dw)
         sentences, word_weights = self.word_pool(encoded, mask=flat_mask, need_weights=True)  # (B·S, Dw), (B·S, T)
         sentences = sentences.reshape(b, s, -1)  # (B, S, Dw)
         real = mask.any(-1)  # (B, S): a sentence with a real word
         document, sentence_weights = self.sentence_pool(
-            self.sentence_encoder(sentences), mask=real, need_weights=True
+            _encode(self.sentence_encoder, sentences, real), mask=real, need_weights=True
         )  # (B, Ds), (B, S)
         return HierarchicalResult(document, sentences, word_weights.reshape(b, s, t), sentence_weights)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import AttentionError
 
-__all__ = ["FORMAT", "load", "load_optimizer", "optimizer_tensors", "save", "write_json"]
+__all__ = ["FORMAT", "load", "load_optimizer", "optimizer_tensors", "read_meta", "save", "write_json"]
 
 FORMAT = "attnkit/1"
 
@@ -59,9 +59,7 @@ def save(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict) -> Non
     _atomic_write(Path(path), to_bytes(flat, metadata={"attnkit": json.dumps({"format": FORMAT, **meta})}))
 
 
-def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
-    """(tensors, meta) of a checkpoint written by :func:`save`; a missing, corrupt or foreign file
-    raises an AttentionError that names it."""
+def _read(path: str | os.PathLike, tensors: bool) -> tuple[dict[str, Tensor], dict]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -70,12 +68,23 @@ def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("attnkit", "null"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a method, not a dict)
+            found = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 (a method, not a dict)
     except (SafetensorError, OSError, ValueError) as e:
         raise AttentionError(f"checkpoint {str(path)!r} is corrupt or not a safetensors file ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise AttentionError(f"checkpoint {str(path)!r} was not written by attnkit (no {FORMAT!r} metadata)")
-    return tensors, meta
+    return found, meta
+
+
+def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
+    """(tensors, meta) of a checkpoint written by :func:`save`; a missing, corrupt or foreign file
+    raises an AttentionError that names it."""
+    return _read(path, tensors=True)
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The JSON of a checkpoint without its tensors (only the header is read); errors as :func:`load`."""
+    return _read(path, tensors=False)[1]
 
 
 def load_model(model: nn.Module, tensors: dict[str, Tensor], path: str | os.PathLike, prefix: str = "model.") -> None:

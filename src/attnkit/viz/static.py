@@ -99,7 +99,14 @@ def heatmap(
 
 
 def alignment(
-    weights: Tensor, source: list[str], target: list[str], path: str | Path, *, title: str | None = None
+    weights: Tensor,
+    source: list[str],
+    target: list[str],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    xlabel: str = "input",
+    ylabel: str = "output",
 ) -> Path:
     """Save the seq2seq alignment ``weights`` (len(target), len(source)): one row per output
     token, one column per input token."""
@@ -108,7 +115,7 @@ def alignment(
             f"weights has shape {shape_str(weights.shape)} but expected (len(target), len(source)) = "
             f"({len(target)}, {len(source)})"
         )
-    return heatmap(weights, target, source, path, title=title, xlabel="input", ylabel="output")
+    return heatmap(weights, target, source, path, title=title, xlabel=xlabel, ylabel=ylabel)
 
 
 def grid(
@@ -152,5 +159,54 @@ def grid(
     fig.suptitle((title or "attention: layers x heads") + note, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def document(
+    word_weights: Tensor,
+    sentence_weights: Tensor,
+    sentences: list[list[str]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Save a hierarchical model's attention: one row per sentence, its words written in cells
+    shaded by their word weight (``word_weights`` (S, T), each row over that sentence's words), and
+    a first column shaded by the sentence's weight (``sentence_weights`` (S,)). PNG or SVG."""
+    s = len(sentences)
+    t = max(map(len, sentences), default=0)
+    if word_weights.shape[0] != s or word_weights.shape[-1] < t or tuple(sentence_weights.shape) != (s,):
+        raise AttentionError(
+            f"word_weights has shape {shape_str(word_weights.shape)} and sentence_weights "
+            f"{shape_str(sentence_weights.shape)} but expected ({s}, >= {t}) and ({s},) for {s} sentences"
+        )
+    path = _check_path(path)
+    plt = _pyplot()
+    import numpy as np  # comes with matplotlib
+
+    grid = np.full((s, t), np.nan)
+    for i, words in enumerate(sentences):
+        grid[i, : len(words)] = word_weights[i, : len(words)].detach().float().cpu().numpy()
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(2.0 + 1.0 * t, 1.2 + 0.5 * s), gridspec_kw={"width_ratios": [1, max(t, 1)]}
+    )
+    left.imshow(sentence_weights.detach().float().cpu().numpy()[:, None], cmap="Oranges", vmin=0, vmax=1)
+    for i, w in enumerate(sentence_weights.tolist()):
+        left.text(0, i, f"{w:.2f}", ha="center", va="center", color="white" if w > 0.6 else "black")
+    left.set_xticks([0], ["sentence"])
+    left.set_yticks(range(s), [f"{i + 1}" for i in range(s)])
+    im = right.imshow(grid, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for i, words in enumerate(sentences):
+        for j, word in enumerate(words):
+            right.text(j, i, word, ha="center", va="center", fontsize=8, color="white" if grid[i, j] > 0.6 else "black")
+    right.set_xticks([])
+    right.set_yticks([])
+    right.set_xlabel("word weights within each sentence")
+    fig.colorbar(im, ax=right, fraction=0.05)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -1,0 +1,205 @@
+"""``attnkit train classify``, ``attnkit explain``, and ``attnkit eval`` of a classifier checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ..errors import AttentionError
+from .options import add_fields, add_shared_fields, flag, given
+
+__all__ = ["add_explain_parser", "add_train_parser", "evaluate", "explain", "train"]
+
+SIZES = ("vocab", "classes")  # set by the task, not by flags
+RUN_FIELDS = ("limit", "valid_limit", "min_count")
+
+
+def _model_fields() -> dict[str, set[str]]:
+    """Model name -> the config fields its flags may set."""
+    from ..models import CLASSIFIERS
+
+    return {
+        name: {f.name for f in dataclasses.fields(spec.config)} - set(SIZES) - set(spec.fixed)
+        for name, spec in CLASSIFIERS.items()
+    }
+
+
+def add_train_parser(sub) -> None:
+    from ..models import CLASSIFIERS
+    from ..tasks.classify import DEFAULT_MODEL
+    from ..train import TrainConfig
+
+    p = sub.add_parser(
+        "classify",
+        help="train a text classifier with attention on WordNet glosses",
+        description=(
+            "Train a classifier on WordNet (apt-get install wordnet-base). --task gloss: a definition -> its "
+            "supersense (models rnn, cnn, transformer); document: definition and examples -> supersense (han, or "
+            "rnn/cnn/transformer on the joined text); pair: (definition, example) -> match (bcnn, abcnn1, abcnn2, "
+            "abcnn3). --pooling: last, mean, max or attention (rnn, transformer); attention or max (cnn)."
+        ),
+    )
+    p.add_argument("--task", default="gloss", help="gloss (default), document or pair")
+    defaults = ", ".join(f"{model} for {task}" for task, model in DEFAULT_MODEL.items())
+    p.add_argument("--model", help=f"one of {', '.join(CLASSIFIERS)} (default {defaults})")
+    p.add_argument("--out", help="run folder (default runs/classify-TASK-MODEL[-POOLING])")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--limit", type=int, help="train on the first N training examples only")
+    p.add_argument("--valid-limit", type=int, help="validate on the first N validation examples only")
+    p.add_argument("--min-count", type=int, help="occurrences a word needs for its own id (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+    configs = {}
+    for name, spec in CLASSIFIERS.items():
+        configs.setdefault(spec.config, []).append(name)
+    add_shared_fields(
+        p.add_argument_group("model (fields of the model's config; the help names the models and their defaults)"),
+        {", ".join(names): cls for cls, names in configs.items()},
+        skip=SIZES + ("attention",),  # ABCNN's attention place is the model name
+    )
+    add_fields(p.add_argument_group("training (fields of TrainConfig)"), TrainConfig)
+
+
+def train(args) -> int:
+    from ..tasks.classify import DEFAULT_MODEL, TASKS, ClassifyTask
+    from ..train import TrainConfig, Trainer, checkpoint
+
+    fields = _model_fields()
+    train_names = [f.name for f in dataclasses.fields(TrainConfig)]
+    model_given = given(args, set().union(*fields.values()))
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        if out is None:
+            raise AttentionError("--resume needs --out, the folder of the run to continue")
+        changed = {**model_given, **given(args, train_names + list(RUN_FIELDS))}
+        if args.model is not None or args.task != "gloss":
+            changed.update(model=args.model, task=args.task)
+        if changed:
+            raise AttentionError(
+                f"--resume continues with the run's own configuration; drop {', '.join(flag(n) for n in changed)}"
+            )
+        path = out / "last.safetensors"
+        doc = checkpoint.read_meta(path)
+        task_doc = doc.get("task") or {}
+        if task_doc.get("name") != "classify":
+            raise AttentionError(f"{str(path)!r} is not a classify run (task {task_doc.get('name')!r})")
+        task = ClassifyTask(
+            task_doc["task"], task_doc["model"], task_doc["model_config"], **{k: task_doc[k] for k in RUN_FIELDS}
+        )
+        config = TrainConfig(**doc["train"])
+    else:
+        if args.task not in TASKS:
+            raise AttentionError(f"--task {args.task!r} is unknown; expected one of {list(TASKS)}")
+        model = args.model or DEFAULT_MODEL[args.task]
+        if model not in fields:
+            raise AttentionError(f"--model {model!r} is unknown; expected one of {list(fields)}")
+        foreign = sorted(set(model_given) - fields[model])
+        if foreign:
+            raise AttentionError(f"{flag(foreign[0])} does not apply to --model {model}")
+        run = given(args, RUN_FIELDS)
+        task = ClassifyTask(args.task, model, model_given, **run)
+        config = TrainConfig(**given(args, train_names))
+        if out is None:
+            out = Path("runs") / "-".join(x for x in ("classify", args.task, model, model_given.get("pooling")) if x)
+        if (out / "last.safetensors").exists():
+            raise AttentionError(
+                f"{str(out)!r} already holds a run; add --resume to continue it or choose another --out"
+            )
+    trainer = Trainer(task, config, out, progress=not args.no_progress)
+    params = sum(p.numel() for p in trainer.model.parameters())
+    print(
+        f"classify {task.task} {task.model} {json.dumps(task.model_config)}: {params:,} parameters, "
+        f"{len(task.train):,} training examples, {len(task.words):,} words -> {out}"
+    )
+    state = trainer.fit(resume=args.resume)
+    print(
+        f"done after {state['epoch']} epochs, {state['elapsed']:.0f} s; best validation {task.metric} {state['best']:.2f}"
+    )
+    best = out / "best.safetensors"
+    print(f"best model: {best}   (attnkit eval {best}; attnkit explain {best} TEXT)")
+    return 0
+
+
+def evaluate(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..tasks.classify import Classifier
+
+    if args.beam is not None:
+        raise AttentionError("--beam applies to G2P checkpoints only; drop it for a classifier")
+    clf = Classifier.load(args.checkpoint)
+    m = clf.evaluate(args.split, limit=args.limit)
+    print(f"{clf.path}: {clf.name} on the {clf.task} task, {m['examples']:,} {args.split} examples")
+    table = Table()
+    table.add_column("metric")
+    table.add_column("%", justify="right")
+    for name in ("accuracy", "f1", "map"):
+        if name in m:
+            table.add_row(name, f"{m[name]:.2f}")
+    Console().print(table)
+    print(f"{clf.parameters():,} parameters; {m['examples_per_s']:.0f} examples/s")
+    if args.json:
+        doc = {**m, "parameters": clf.parameters(), "task": clf.task, "model": clf.name, "split": args.split}
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+    return 0
+
+
+def add_explain_parser(sub) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="the label a trained classifier gives a text, and a picture of the attention behind it",
+        description=(
+            "Print the predicted label and save the attention weights as a picture (needs matplotlib: "
+            "pip install 'attnkit[viz]'). Gloss task: one text. Document task: one text, split into sentences "
+            "at . ; ! ? and line ends. Pair task: two texts, the definition and the example."
+        ),
+    )
+    p.add_argument("checkpoint", help="best.safetensors of attnkit train classify, or its run folder")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--plot", default="explain.png", help="the picture, .png or .svg (default explain.png)")
+
+
+def _windows(words: list[str], count: int, width: int) -> list[str]:
+    """Labels of the wide convolution's ``count`` windows: window k covers words k - w + 1 .. k."""
+    return [" ".join(words[max(0, k - width + 1) : k + 1]) for k in range(count)]
+
+
+def explain(args) -> int:
+    from .. import viz
+    from ..tasks.classify import Classifier
+
+    clf = Classifier.load(args.checkpoint)
+    e = clf.explain(*args.texts)
+    plot = Path(args.plot)
+    title = f"{clf.name}: {e.label} (p = {e.probability:.2f})"
+    saved = []
+    if e.sentences is not None:
+        saved.append(viz.document(e.words, e.sentences, e.tokens, plot, title=title))
+    elif e.words is not None:
+        saved.append(viz.alignment(e.words[None], e.tokens, ["weight"], plot, title=title, xlabel="word", ylabel=""))
+    elif e.matrix is not None or e.conv_matrix is not None:
+        first, second = e.tokens
+        if e.matrix is not None:
+            saved.append(viz.alignment(e.matrix, second, first, plot, title=title, xlabel="second", ylabel="first"))
+        if e.conv_matrix is not None:
+            w = clf.model.config.width
+            rows, cols = (_windows(t, n, w) for t, n in zip(e.tokens, e.conv_matrix.shape))
+            path = plot if e.matrix is None else plot.with_name(f"{plot.stem}-conv{plot.suffix}")
+            saved.append(
+                viz.alignment(
+                    e.conv_matrix,
+                    cols,
+                    rows,
+                    path,
+                    title=f"{clf.name}: after convolution",
+                    xlabel="second",
+                    ylabel="first",
+                )
+            )
+    print(f"{e.label}  (p = {e.probability:.3f})")
+    for path in saved:
+        print(f"attention: {path}")
+    if not saved:
+        print(f"(model {clf.name} has no attention weights here: no picture)")
+    return 0

@@ -1,0 +1,395 @@
+"""Text classification on WordNet: the three tasks the trainer runs, their metrics, and the
+inference wrapper behind ``attnkit eval`` and ``attnkit explain``.
+
+Tasks (:data:`TASKS`) and the models that read their input (:data:`attnkit.models.CLASSIFIERS`):
+
+- ``gloss``: a synset's definition -> its supersense (45 classes). Models ``rnn``, ``cnn``,
+  ``transformer``.
+- ``document``: the definition and every example, sentence by sentence -> the supersense. Model
+  ``han``; ``rnn``, ``cnn`` and ``transformer`` read the sentences joined into one text (the
+  baseline the hierarchy is compared with).
+- ``pair``: (definition, example) -> match (2 classes: ``other``, ``match``). Models ``bcnn``,
+  ``abcnn1``, ``abcnn2``, ``abcnn3``.
+
+Text becomes ids by :func:`attnkit.data.wordnet.tokenize`; each sentence keeps its first
+:data:`MAX_WORDS` words, a document its first :data:`MAX_SENTENCES` sentences (joined into one
+text for a text model), and no sequence is longer than the model's ``max_len`` where it has one; a
+sentence without a word is dropped. A split's examples are ordered by crc32 of their synset id (a
+fixed shuffle), so that the first N (``limit``) are a sample of every supersense rather than the
+first lexicographer files. The word vocabulary is the
+training examples' words seen at least ``min_count`` times, after ``<unk>``, which stands for the
+others.
+
+Metrics (:func:`score`), in %: ``accuracy`` for every task (what early stopping follows); for
+``pair`` also ``f1`` of the match class and ``map``: the mean, over definitions with a positive and a
+negative example, of the average precision of their examples ranked by P(match).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import wordnet
+from ..data.vocab import PAD, SPECIALS, UNK, Vocab
+from ..errors import AttentionError
+from ..models import CLASSIFIERS, Classified
+from ..train import checkpoint, config_from_dict
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MAX_SENTENCES",
+    "MAX_WORDS",
+    "TASKS",
+    "Classifier",
+    "ClassifyTask",
+    "Explanation",
+    "build_model",
+    "score",
+]
+
+MAX_WORDS = 64  # words kept per sentence (the longest definition has 82; 99% have <= 31)
+MAX_SENTENCES = 8  # sentences kept per document (the longest has 14; 99% have <= 6)
+# task -> the kinds of model input that can read it ("text" models read a document as one text)
+TASKS: dict[str, tuple[str, ...]] = {"gloss": ("text",), "document": ("document", "text"), "pair": ("pair",)}
+DEFAULT_MODEL = {"gloss": "rnn", "document": "han", "pair": "abcnn1"}
+PAIR_LABELS = ("other", "match")
+
+
+def _check_names(task: str, model: str) -> None:
+    if task not in TASKS:
+        raise AttentionError(f"task={task!r} is unknown; expected one of {list(TASKS)}")
+    if model not in CLASSIFIERS:
+        raise AttentionError(f"model={model!r} is unknown; expected one of {list(CLASSIFIERS)}")
+    if CLASSIFIERS[model].inputs not in TASKS[task]:
+        fits = [m for m, spec in CLASSIFIERS.items() if spec.inputs in TASKS[task]]
+        raise AttentionError(f"model={model!r} does not read the {task} task's input; use one of {fits}")
+
+
+def _config(model: str, fields: dict, vocab: int, classes: int):
+    spec = CLASSIFIERS[model]
+    fixed = sorted(set(fields) & set(spec.fixed))
+    if fixed:
+        raise AttentionError(f"{fixed[0]} is fixed by model={model!r}; drop it")
+    return config_from_dict(
+        spec.config, {**fields, **spec.fixed, "vocab": vocab, "classes": classes}, f"{model} config"
+    )
+
+
+def build_model(model: str, fields: dict, vocab: int, classes: int) -> nn.Module:
+    """The classifier named ``model`` with config ``fields`` (vocab and class counts aside)."""
+    if model not in CLASSIFIERS:
+        raise AttentionError(f"model={model!r} is unknown; expected one of {list(CLASSIFIERS)}")
+    return CLASSIFIERS[model].model(_config(model, fields, vocab, classes))
+
+
+def labels_of(task: str) -> tuple[str, ...]:
+    return PAIR_LABELS if task == "pair" else wordnet.LEXNAMES
+
+
+# -- examples: raw records -> (input, label) ------------------------------------------------------
+
+
+class Encoder:
+    """Text -> ids for one model input ``kind``: :meth:`tokens` gives the words the model reads
+    (one list; one per sentence; two lists), :meth:`ids` their ids. Each sentence keeps its first
+    :data:`MAX_WORDS` words, and every sequence the model reads at most ``max_len`` (the model's
+    positions, when it has a limit)."""
+
+    def __init__(self, words: Vocab, kind: str, max_len: int | None = None):
+        self.words, self.kind, self.max_len = words, kind, max_len
+
+    def tokens(self, texts: list[str]) -> list:
+        sentences = [t[:MAX_WORDS][: self.max_len] for t in map(wordnet.tokenize, texts) if t]
+        if self.kind == "pair":
+            return sentences
+        sentences = sentences[:MAX_SENTENCES]
+        if self.kind == "document":
+            return sentences
+        return [w for s in sentences for w in s][: self.max_len]  # a document's sentences joined
+
+    def ids(self, tokens: list):
+        if self.kind == "text":
+            return self.words.encode(tokens)
+        encoded = [self.words.encode(s) for s in tokens]
+        return tuple(encoded) if self.kind == "pair" else encoded
+
+    def input(self, texts: list[str]):
+        return self.ids(self.tokens(texts))
+
+
+def _texts(record) -> list[str]:
+    if isinstance(record, wordnet.Gloss):
+        return [record.text]
+    if isinstance(record, wordnet.Document):
+        return list(record.sentences)
+    return [record.first, record.second]
+
+
+def _label(record, labels: tuple[str, ...]) -> int:
+    return int(record.match) if isinstance(record, wordnet.Pair) else labels.index(record.label)
+
+
+def _records(task: str, split: str) -> list:
+    """The split's records in a fixed shuffled order: by crc32 of the synset id (a pair's two records
+    stay together), so that the first N are a sample of every supersense, not the first files'."""
+    records = {"gloss": wordnet.glosses, "document": wordnet.documents, "pair": wordnet.pairs}[task](split)
+    return sorted(records, key=lambda r: zlib.crc32(r.synset.encode()))
+
+
+def _length(x, kind: str) -> int:
+    return sum(map(len, x)) if kind in ("document", "pair") else len(x)
+
+
+def collate(kind: str, xs: list) -> tuple[Tensor, ...]:
+    """The model's inputs for encoded examples ``xs``: (B, T); (B, S, T); or (B, T0), (B, T1)."""
+    pad = Vocab([]).pad  # padding needs no symbols
+    if kind == "text":
+        return (pad(xs),)
+    if kind == "pair":
+        return pad([a for a, _ in xs]), pad([b for _, b in xs])
+    s = max(len(doc) for doc in xs)
+    t = max(len(sent) for doc in xs for sent in doc)
+    out = torch.full((len(xs), s, t), PAD, dtype=torch.long)
+    for i, doc in enumerate(xs):
+        for j, sent in enumerate(doc):
+            out[i, j, : len(sent)] = torch.tensor(sent, dtype=torch.long)
+    return (out,)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, kind: str, xs: list, batch_size: int = 256) -> Tensor:
+    """(N, C) class probabilities of encoded examples ``xs``, in their order."""
+    model.eval()
+    order = sorted(range(len(xs)), key=lambda i: _length(xs[i], kind))
+    probs = [None] * len(xs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out = model(*collate(kind, [xs[i] for i in idx]))
+        for i, p in zip(idx, out.logits.softmax(-1)):
+            probs[i] = p
+    return torch.stack(probs) if probs else torch.zeros(0, 0)
+
+
+def _average_precision(scores: list[float], relevant: list[bool]) -> float:
+    ranked = [r for _, r in sorted(zip(scores, relevant), key=lambda x: -x[0])]
+    hits, total = 0, 0.0
+    for k, r in enumerate(ranked, 1):
+        if r:
+            hits += 1
+            total += hits / k
+    return total / hits
+
+
+def score(probs: Tensor, labels: list[int], groups: list[str] | None = None) -> dict[str, float]:
+    """Accuracy (%) of ``probs`` (N, C) against ``labels``; with ``groups`` (pairs: the synset of each
+    definition), also F1 (%) of class 1 (match) and MAP (%) over groups with both classes.
+
+    >>> score(torch.tensor([[0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]), [1, 0, 0], ["a", "a", "a"])
+    {'accuracy': 66.66666666666667, 'f1': 66.66666666666667, 'map': 100.0}
+    """
+    if len(probs) != len(labels) or not labels:
+        raise AttentionError(f"score needs one label per row of probs, got {len(probs)} rows and {len(labels)} labels")
+    gold = torch.tensor(labels)
+    guess = probs.argmax(-1)
+    out = {"accuracy": 100.0 * int(guess.eq(gold).sum()) / len(labels)}
+    if groups is None:
+        return out
+    tp = int((guess.eq(1) & gold.eq(1)).sum())
+    predicted, actual = int(guess.eq(1).sum()), int(gold.eq(1).sum())
+    out["f1"] = 200.0 * tp / (predicted + actual) if predicted + actual else 0.0
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    aps = [
+        _average_precision([probs[i, 1].item() for i in idx], [labels[i] == 1 for i in idx])
+        for idx in by_group.values()
+        if len({labels[i] for i in idx}) == 2
+    ]
+    out["map"] = 100.0 * sum(aps) / len(aps) if aps else 0.0
+    return out
+
+
+# -- the task the trainer runs ----------------------------------------------------------------------
+
+
+@dataclass
+class ClassifyTask:
+    """A WordNet task (``gloss``, ``document`` or ``pair``) and a model from ``CLASSIFIERS`` with its
+    config fields; the vocabulary comes from the (first ``limit``) training examples."""
+
+    task: str = "gloss"
+    model: str = "rnn"
+    model_config: dict | None = None  # fields of the model's config, vocab and classes aside
+    limit: int | None = None  # train on the first N training examples only (quick runs, tests)
+    valid_limit: int | None = None  # validate on the first N validation examples only
+    min_count: int = 2  # a word needs this many occurrences in training to get its own id
+    metric = "accuracy"  # early stopping and the best checkpoint follow validation accuracy
+    higher_is_better = True
+
+    def __post_init__(self):
+        _check_names(self.task, self.model)
+        self.model_config = dict(self.model_config or {})
+        self.labels = labels_of(self.task)
+        _config(self.model, self.model_config, len(SPECIALS) + 1, len(self.labels))  # bad fields fail before loading
+        self.kind = CLASSIFIERS[self.model].inputs
+        train = _records(self.task, "train")[: self.limit]
+        valid = _records(self.task, "valid")[: self.valid_limit]
+        self.words = Vocab.build(
+            (wordnet.tokenize(t) for r in train for t in _texts(r)), min_count=self.min_count, name="words"
+        )
+        self.config = _config(self.model, self.model_config, len(self.words), len(self.labels))
+        encoder = Encoder(self.words, self.kind, getattr(self.config, "max_len", None))
+        self.train = [(encoder.input(_texts(r)), _label(r, self.labels)) for r in train]
+        self.valid = [(encoder.input(_texts(r)), _label(r, self.labels)) for r in valid]
+        self.valid_groups = [r.synset for r in valid] if self.task == "pair" else None
+
+    def build(self) -> nn.Module:
+        return CLASSIFIERS[self.model].model(self.config)
+
+    def describe(self) -> dict:
+        return {
+            "name": "classify",
+            "task": self.task,
+            "model": self.model,
+            "model_config": self.model_config,
+            "limit": self.limit,
+            "valid_limit": self.valid_limit,
+            "min_count": self.min_count,
+            "words": self.words.symbols[len(SPECIALS) :],
+            "labels": list(self.labels),
+        }
+
+    def batches(self, epoch: int, generator: torch.Generator, batch_size: int) -> list:
+        """Shuffle, group similar lengths (sort within windows of 50 batches), shuffle the batches."""
+        perm = torch.randperm(len(self.train), generator=generator).tolist()
+        window = 50 * batch_size
+        groups = []
+        for start in range(0, len(perm), window):
+            chunk = sorted(perm[start : start + window], key=lambda i: _length(self.train[i][0], self.kind))
+            groups += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+        order = torch.randperm(len(groups), generator=generator).tolist()
+        return [
+            (
+                collate(self.kind, [self.train[i][0] for i in groups[g]]),
+                torch.tensor([self.train[i][1] for i in groups[g]]),
+            )
+            for g in order
+        ]
+
+    def loss(self, model: nn.Module, batch, config) -> tuple[Tensor, int]:
+        """Label-smoothed cross-entropy per example; the count is the batch's words."""
+        inputs, labels = batch
+        out: Classified = model(*inputs)
+        loss = F.cross_entropy(out.logits, labels, label_smoothing=config.label_smoothing)
+        return loss, sum(int(x.ne(PAD).sum()) for x in inputs)
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        probs = predict(model, self.kind, [x for x, _ in self.valid])
+        return score(probs, [y for _, y in self.valid], self.valid_groups)
+
+
+# -- inference: attnkit eval and attnkit explain -----------------------------------------------------
+
+
+class Explanation(NamedTuple):
+    """The prediction for one input and the attention behind it (None where the model has none).
+
+    ``tokens``: the words the model read (unknown ones as written): a list for a text model; one
+    list per sentence for ``han``; two lists (first, second) for a pair model. ``words`` (T,) or
+    (S, T), ``sentences`` (S,), ``matrix`` (T0, T1), ``conv_matrix`` (T0 + w - 1, T1 + w - 1): the
+    fields of :class:`attnkit.models.Classified` for this input, cut to its real length.
+    """
+
+    label: str
+    probability: float
+    tokens: list
+    words: Tensor | None = None
+    sentences: Tensor | None = None
+    matrix: Tensor | None = None
+    conv_matrix: Tensor | None = None
+
+
+_SENTENCE_END = re.compile(r"[.;!?\n]+")
+
+
+class Classifier:
+    """A trained classifier ready for inference, rebuilt from its checkpoint alone.
+
+    >>> clf = Classifier.load("runs/classify-gloss-rnn")  # doctest: +SKIP
+    >>> clf.explain("a small domesticated feline").label  # doctest: +SKIP
+    'noun.animal'
+    """
+
+    def __init__(self, model: nn.Module, task_doc: dict, path: str):
+        self.model, self.doc, self.path = model.eval(), task_doc, path
+        self.task, self.name = task_doc["task"], task_doc["model"]
+        self.labels = tuple(task_doc["labels"])
+        self.words = Vocab(task_doc["words"], name="words", unk=UNK)
+        self.kind = CLASSIFIERS[self.name].inputs
+        self.encoder = Encoder(self.words, self.kind, getattr(model.config, "max_len", None))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Classifier:
+        """A checkpoint written by ``attnkit train classify`` (a ``.safetensors`` file or a run folder)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "best.safetensors"
+        tensors, meta = checkpoint.load(path)
+        doc = meta.get("task") or {}
+        if doc.get("name") != "classify":
+            raise AttentionError(f"checkpoint {str(path)!r} is not a classifier (task {doc.get('name')!r})")
+        _check_names(doc["task"], doc["model"])
+        model = build_model(doc["model"], doc["model_config"], len(SPECIALS) + len(doc["words"]), len(doc["labels"]))
+        checkpoint.load_model(model, tensors, path)
+        return cls(model, doc, str(path))
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def _texts(self, texts: list[str]) -> list[str]:
+        """The record texts of the user's input: one text; its sentences (document task); two texts (pair)."""
+        if any(not t or not t.strip() for t in texts):
+            raise AttentionError("text is empty; give at least one word")
+        for t in texts:
+            if not wordnet.tokenize(t):
+                raise AttentionError(f"text {t!r} has no words (letters or digits)")
+        wanted = 2 if self.kind == "pair" else 1
+        if len(texts) != wanted:
+            what = "two texts, the definition and the example" if wanted == 2 else "one text"
+            raise AttentionError(f"model {self.name!r} ({self.task} task) needs {what}, got {len(texts)}")
+        if self.task == "document":
+            return [s for s in _SENTENCE_END.split(texts[0]) if wordnet.tokenize(s)]
+        return list(texts)
+
+    def explain(self, *texts: str) -> Explanation:
+        """The predicted label of one input, and the attention weights behind it.
+
+        The input is one text for the gloss task; for the document task one text split into
+        sentences at ``.``, ``;``, ``!``, ``?`` and line ends; for the pair task two texts."""
+        tokens = self.encoder.tokens(self._texts(list(texts)))
+        with torch.no_grad():
+            out = self.model(*collate(self.kind, [self.encoder.ids(tokens)]))
+        probs = out.logits.softmax(-1)[0]
+        k = int(probs.argmax())
+        attention = [None if t is None else t[0] for t in out[1:]]  # words, sentences, matrix, conv_matrix
+        return Explanation(self.labels[k], probs[k].item(), tokens, *attention)
+
+    def evaluate(self, split: str = "test", *, limit: int | None = None) -> dict[str, float]:
+        """The task's metrics on a WordNet split, with the examples counted and classified per second."""
+        records = _records(self.task, split)[:limit]
+        xs = [self.encoder.input(_texts(r)) for r in records]
+        started = time.perf_counter()
+        probs = predict(self.model, self.kind, xs)
+        seconds = time.perf_counter() - started
+        groups = [r.synset for r in records] if self.task == "pair" else None
+        metrics = score(probs, [_label(r, self.labels) for r in records], groups)
+        return {**metrics, "examples": len(records), "examples_per_s": len(records) / seconds}
