@@ -9,8 +9,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_python_blocks_run():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README has no python example"
+    namespace: dict = {}  # one namespace, in reading order: a later block may use an earlier one's names
     for block in blocks:
-        namespace: dict = {}
         exec(compile(block, str(README), "exec"), namespace)
     # the example's claims: sparsemax weights are zero on padded keys, shapes as commented
     w, weights, per_head = namespace["w"], namespace["weights"], namespace["per_head"]
