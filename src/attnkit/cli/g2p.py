@@ -98,7 +98,8 @@ def evaluate(args) -> int:
     beam = 5 if args.beam is None else args.beam
     g2p = G2P.load(args.checkpoint)
     m = g2p.evaluate(args.split, beam=beam, limit=args.limit)
-    table = Table(title=f"{g2p.path}: {m['words']:,} {args.split} words, beam {beam}")
+    print(f"{g2p.path}: {m['words']:,} {args.split} words, beam {beam}")
+    table = Table()
     for col in ("", "WER %", "PER %"):
         table.add_column(col, justify="right")
     table.add_row("stress kept", f"{m['wer']:.2f}", f"{m['per']:.2f}")
