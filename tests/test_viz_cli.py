@@ -86,6 +86,6 @@ def test_viz_g2p_of_the_shipped_model(tmp_path):
     assert main(["viz", "g2p", "attention", "--out", str(tmp_path)]) == 0
     (view,) = page_data(tmp_path / "g2p-attention.html")["views"]
     assert view["name"] == "cross-attention" and view["keys"] == list("attention")
-    rows = torch.tensor(view["weights"])[0, 0]  # (T, S)
+    rows = torch.tensor(view["weights"], dtype=torch.double)[0, 0]  # (T, S)
     torch.testing.assert_close(rows.sum(-1), torch.ones(rows.shape[0], dtype=torch.double), atol=1e-3, rtol=0)
     assert (tmp_path / "g2p-attention.png").exists()
