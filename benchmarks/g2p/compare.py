@@ -42,7 +42,6 @@ def main() -> None:
     args = parser.parse_args()
     here = Path(__file__).parent
     results_path = here / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     runs = {
         name: (flags + ["--epochs", str(args.epochs)], Path(args.out) / slug(name)) for name, flags in MODELS.items()
     }
@@ -55,6 +54,7 @@ def main() -> None:
         attnkit("eval", str(run), "--beam", "5", "--json", str(run / "test.json"))
         figures = json.loads((run / "test.json").read_text())
         history = json.loads((run / "history.json").read_text())
+        results = json.loads(results_path.read_text()) if results_path.exists() else {}  # re-read: runs may be parallel
         results[name] = {
             **figures,
             "command": "attnkit train g2p " + " ".join(flags),
@@ -63,8 +63,7 @@ def main() -> None:
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         }
         results_path.write_text(json.dumps(results, indent=2) + "\n")
-    (here / "results.md").write_text(table(results))
-    print((here / "results.md").read_text())
+        (here / "results.md").write_text(table(results))
 
 
 def slug(name: str) -> str:
@@ -73,14 +72,15 @@ def slug(name: str) -> str:
 
 def table(results: dict) -> str:
     rows = [
-        "| model | parameters | WER % | PER % | WER % (no stress) | PER % (no stress) | training | words/s (beam 5) |",
+        "| model | parameters | WER % | PER % | WER % (no stress) | PER % (no stress) | training | words/s greedy / beam 5 |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for name, r in results.items():
+    order = [*MODELS, *SHIPPED]
+    for name, r in sorted(results.items(), key=lambda item: order.index(item[0])):
         rows.append(
             f"| {name} | {r['parameters']:,} | {r['wer']:.2f} | {r['per']:.2f} | {r['wer_nostress']:.2f} | "
             f"{r['per_nostress']:.2f} | {r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min, {r['hardware']} | "
-            f"{r['words_per_s']:.0f} |"
+            f"{r.get('words_per_s_greedy', float('nan')):.0f} / {r['words_per_s']:.0f} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -1,0 +1,92 @@
+"""Train and test the classifiers side by side on the WordNet tasks, and write the results table.
+
+    OMP_NUM_THREADS=1 python benchmarks/classify/compare.py [--epochs 2] [--out runs/classify] [--only NAME ...]
+
+Every model of a task sees the same data, batches, seed, schedule and number of epochs, and is
+tested on the task's test split. A run folder that already has a best checkpoint is evaluated, not
+retrained. Results: ``benchmarks/classify/results.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+RUNS = {
+    "gloss: rnn, last state": ["--task", "gloss", "--model", "rnn", "--pooling", "last"],
+    "gloss: rnn, mean": ["--task", "gloss", "--model", "rnn", "--pooling", "mean"],
+    "gloss: rnn, max": ["--task", "gloss", "--model", "rnn", "--pooling", "max"],
+    "gloss: rnn, attention pooling": ["--task", "gloss", "--model", "rnn", "--pooling", "attention"],
+    "gloss: cnn, max pooling": ["--task", "gloss", "--model", "cnn", "--pooling", "max"],
+    "gloss: cnn, attention pooling": ["--task", "gloss", "--model", "cnn", "--pooling", "attention"],
+    "gloss: transformer": ["--task", "gloss", "--model", "transformer"],
+    "document: rnn, attention pooling (joined text)": [
+        "--task",
+        "document",
+        "--model",
+        "rnn",
+        "--pooling",
+        "attention",
+    ],
+    "document: han": ["--task", "document", "--model", "han"],
+    "pair: bcnn (no attention)": ["--task", "pair", "--model", "bcnn"],
+    "pair: abcnn1": ["--task", "pair", "--model", "abcnn1"],
+    "pair: abcnn2": ["--task", "pair", "--model", "abcnn2"],
+    "pair: abcnn3": ["--task", "pair", "--model", "abcnn3"],
+}
+
+
+def attnkit(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "attnkit", *args], check=True)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--out", default="runs/classify")
+    parser.add_argument("--only", action="append")
+    args = parser.parse_args()
+    here = Path(__file__).parent
+    for name, flags in RUNS.items():
+        if args.only and not any(name.startswith(o) for o in args.only):
+            continue
+        run = Path(args.out) / slug(name)
+        if not (run / "best.safetensors").exists():
+            attnkit("train", "classify", *flags, "--epochs", str(args.epochs), "--out", str(run), "--no-progress")
+        attnkit("eval", str(run), "--json", str(run / "test.json"))
+        figures = json.loads((run / "test.json").read_text())
+        history = json.loads((run / "history.json").read_text())
+        path = here / "results.json"
+        results = json.loads(path.read_text()) if path.exists() else {}  # re-read: runs may be parallel
+        results[name] = {
+            **figures,
+            "command": "attnkit train classify " + " ".join(flags + ["--epochs", str(args.epochs)]),
+            "epochs": len(history),
+            "train_seconds": history[-1]["elapsed_s"],
+        }
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        (here / "results.md").write_text(table(results))
+
+
+def table(results: dict) -> str:
+    rows = ["| task: model | parameters | test accuracy % | F1 % | MAP % | training |", "|---|---:|---:|---:|---:|---|"]
+    for name in sorted(results, key=list(RUNS).index):
+        r = results[name]
+        f1 = f"{r['f1']:.2f}" if "f1" in r else ""
+        map_ = f"{r['map']:.2f}" if "map" in r else ""
+        rows.append(
+            f"| {name} | {r['parameters']:,} | {r['accuracy']:.2f} | {f1} | {map_} | "
+            f"{r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    main()
