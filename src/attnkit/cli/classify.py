@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import AttentionError
-from .options import add_fields, add_shared_fields, flag, given
+from .options import add_fields, add_shared_fields, check_model_flags, fit, fresh_run_folder, given, resumed_run
 
 __all__ = ["add_explain_parser", "add_train_parser", "evaluate", "explain", "train"]
 
@@ -62,27 +62,18 @@ def add_train_parser(sub) -> None:
 
 def train(args) -> int:
     from ..tasks.classify import DEFAULT_MODEL, TASKS, ClassifyTask
-    from ..train import TrainConfig, Trainer, checkpoint
+    from ..train import TrainConfig, Trainer
 
     fields = _model_fields()
     train_names = [f.name for f in dataclasses.fields(TrainConfig)]
     model_given = given(args, set().union(*fields.values()))
     out = Path(args.out) if args.out else None
     if args.resume:
-        if out is None:
-            raise AttentionError("--resume needs --out, the folder of the run to continue")
         changed = {**model_given, **given(args, train_names + list(RUN_FIELDS))}
         if args.model is not None or args.task != "gloss":
             changed.update(model=args.model, task=args.task)
-        if changed:
-            raise AttentionError(
-                f"--resume continues with the run's own configuration; drop {', '.join(flag(n) for n in changed)}"
-            )
-        path = out / "last.safetensors"
-        doc = checkpoint.read_meta(path)
-        task_doc = doc.get("task") or {}
-        if task_doc.get("name") != "classify":
-            raise AttentionError(f"{str(path)!r} is not a classify run (task {task_doc.get('name')!r})")
+        doc = resumed_run(out, changed, "classify")
+        task_doc = doc["task"]
         task = ClassifyTask(
             task_doc["task"], task_doc["model"], task_doc["model_config"], **{k: task_doc[k] for k in RUN_FIELDS}
         )
@@ -91,33 +82,18 @@ def train(args) -> int:
         if args.task not in TASKS:
             raise AttentionError(f"--task {args.task!r} is unknown; expected one of {list(TASKS)}")
         model = args.model or DEFAULT_MODEL[args.task]
-        if model not in fields:
-            raise AttentionError(f"--model {model!r} is unknown; expected one of {list(fields)}")
-        foreign = sorted(set(model_given) - fields[model])
-        if foreign:
-            raise AttentionError(f"{flag(foreign[0])} does not apply to --model {model}")
-        run = given(args, RUN_FIELDS)
-        task = ClassifyTask(args.task, model, model_given, **run)
+        check_model_flags(model, fields, model_given)
+        task = ClassifyTask(args.task, model, model_given, **given(args, RUN_FIELDS))
         config = TrainConfig(**given(args, train_names))
         if out is None:
             out = Path("runs") / "-".join(x for x in ("classify", args.task, model, model_given.get("pooling")) if x)
-        if (out / "last.safetensors").exists():
-            raise AttentionError(
-                f"{str(out)!r} already holds a run; add --resume to continue it or choose another --out"
-            )
+        fresh_run_folder(out)
     trainer = Trainer(task, config, out, progress=not args.no_progress)
-    params = sum(p.numel() for p in trainer.model.parameters())
-    print(
-        f"classify {task.task} {task.model} {json.dumps(task.model_config)}: {params:,} parameters, "
-        f"{len(task.train):,} training examples, {len(task.words):,} words -> {out}"
+    summary = (
+        f"classify {task.task} {task.model} {json.dumps(task.model_config)}, "
+        f"{len(task.train):,} training examples, {len(task.words):,} words"
     )
-    state = trainer.fit(resume=args.resume)
-    print(
-        f"done after {state['epoch']} epochs, {state['elapsed']:.0f} s; best validation {task.metric} {state['best']:.2f}"
-    )
-    best = out / "best.safetensors"
-    print(f"best model: {best}   (attnkit eval {best}; attnkit explain {best} TEXT)")
-    return 0
+    return fit(trainer, out, args.resume, summary, "attnkit eval {best}; attnkit explain {best} TEXT")
 
 
 def evaluate(args) -> int:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import AttentionError
-from .options import add_fields, flag, given
+from .options import add_fields, check_model_flags, fit, fresh_run_folder, given, resumed_run
 
 __all__ = ["add_pronounce_parser", "add_train_parser", "evaluate", "pronounce", "train"]
 
@@ -44,49 +44,28 @@ def add_train_parser(sub) -> None:
 
 def train(args) -> int:
     from ..tasks.g2p import G2PTask
-    from ..train import TrainConfig, Trainer, checkpoint
+    from ..train import TrainConfig, Trainer
 
     fields = _model_fields()
     train_names = [f.name for f in dataclasses.fields(TrainConfig)]
     model_given = given(args, set().union(*fields.values()))
     out = Path(args.out) if args.out else None
     if args.resume:
-        if out is None:
-            raise AttentionError("--resume needs --out, the folder of the run to continue")
-        changed = {**model_given, **given(args, train_names + ["limit", "valid_limit"])}
-        if changed:
-            flags = ", ".join(flag(n) for n in changed)
-            raise AttentionError(f"--resume continues with the run's own configuration; drop {flags}")
-        _, meta = checkpoint.load(out / "last.safetensors")
+        meta = resumed_run(out, {**model_given, **given(args, train_names + ["limit", "valid_limit"])}, "g2p")
         doc = meta["task"]
         task = G2PTask(doc["model"], doc["model_config"], limit=doc["limit"], valid_limit=doc["valid_limit"])
         config = TrainConfig(**meta["train"])
     else:
-        if args.model not in fields:
-            raise AttentionError(f"--model {args.model!r} is unknown; expected one of {sorted(fields)}")
-        foreign = sorted(set(model_given) - fields[args.model])
-        if foreign:
-            raise AttentionError(f"{flag(foreign[0])} does not apply to --model {args.model}")
+        check_model_flags(args.model, fields, model_given)
         task = G2PTask(args.model, model_given, limit=args.limit, valid_limit=args.valid_limit)
         config = TrainConfig(**given(args, train_names))
         if out is None:
             attention = model_given.get("attention", "luong-general") if args.model == "rnn" else None
             out = Path("runs") / "-".join(x for x in ("g2p", args.model, attention) if x)
-        if (out / "last.safetensors").exists():
-            raise AttentionError(
-                f"{str(out)!r} already holds a run; add --resume to continue it or choose another --out"
-            )
+        fresh_run_folder(out)
     trainer = Trainer(task, config, out, progress=not args.no_progress)
-    params = sum(p.numel() for p in trainer.model.parameters())
-    print(
-        f"g2p {task.model} {json.dumps(task.model_config)}: {params:,} parameters, {len(task.pairs):,} training pairs -> {out}"
-    )
-    state = trainer.fit(resume=args.resume)
-    print(
-        f"done after {state['epoch']} epochs, {state['elapsed']:.0f} s; best validation {task.metric} {state['best']:.2f}"
-    )
-    print(f"best model: {out / 'best.safetensors'}   (attnkit eval {out / 'best.safetensors'})")
-    return 0
+    summary = f"g2p {task.model} {json.dumps(task.model_config)}, {len(task.pairs):,} training pairs"
+    return fit(trainer, out, args.resume, summary, "attnkit eval {best}")
 
 
 def evaluate(args) -> int:
