@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from cli_errors import one_line_error
 
 from attnkit.cli import main
 from attnkit.tasks.classify import Classifier
@@ -26,13 +27,6 @@ def runs(tmp_path_factory):
     for name, argv in RUNS.items():
         assert main(["train", "classify", *argv, *SMALL, "--out", str(folder / name)]) == 0
     return folder
-
-
-def one_line_error(capsys, argv, expected):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("attnkit: error: "), err
-    assert expected in err[0], err[0]
 
 
 def test_smoke_train_writes_checkpoints_and_history(runs):

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from cli_errors import one_line_error
 
 from attnkit.cli import main
 from attnkit.tasks.g2p import G2P
@@ -15,13 +16,6 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("g2p-run")
     assert main(["train", "g2p", *TINY, "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
     return out
-
-
-def one_line_error(capsys, argv, expected):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("attnkit: error: "), err
-    assert expected in err[0], err[0]
 
 
 def test_smoke_train_writes_checkpoints_and_history(run):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from cli_errors import one_line_error
 
 import attnkit
 from attnkit.cli import main
@@ -17,12 +18,6 @@ TEXT = "The animal didn't cross the street because it was too tired"
 def page_data(path):
     found = re.search(r'<script type="application/json" id="data">(.*?)</script>', path.read_text(), flags=re.DOTALL)
     return json.loads(found.group(1))
-
-
-def one_line_error(capsys, argv, expected):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and expected in err[0], err
 
 
 def test_viz_bert_writes_the_page_and_the_grid_of_6_layers_by_12_heads(tmp_path):

@@ -60,7 +60,7 @@ def _g2p(word: str, checkpoint: str | None, out: Path) -> list[Path]:
     from ..viz import View, alignment, write_html
 
     g2p = G2P.load(checkpoint)
-    if g2p.model.config.__dict__.get("attention") == "none":
+    if getattr(g2p.model.config, "attention", None) == "none":
         raise AttentionError("this model has no attention (attention=none): there is nothing to show")
     with capture(g2p.model) as rec:
         (result,) = g2p.pronounce([word], beam=1)  # greedy: one decoder call per output step
@@ -68,7 +68,7 @@ def _g2p(word: str, checkpoint: str | None, out: Path) -> list[Path]:
     outputs = ["<s>"] + phones  # the decoder's inputs: what each step reads
     views = []
     names = rec.names()
-    if hasattr(g2p.model, "encoder") and any(n.startswith("encoder.") for n in names):  # a Transformer
+    if any(n.startswith("encoder.") for n in names):  # a Transformer: its encoder attends too
         enc = [n for n in names if n.startswith("encoder.")]
         views.append(View("encoder self-attention", letters, letters, torch.stack([rec[n][0] for n in enc]), enc))
         # the last step re-read the whole prefix: its calls hold every step's rows

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
 __all__ = ["Decoded", "Memory", "select"]
@@ -55,12 +54,3 @@ class Decoded(NamedTuple):
 def source_padding(src: Tensor, pad: int = 0) -> Tensor:
     """(B, S) True where ``src`` holds padding."""
     return src.eq(pad)
-
-
-def lengths_of(padding: Tensor) -> Tensor:
-    """(B,) number of real positions per row."""
-    return (~padding).sum(-1)
-
-
-def empty_weights(b: int, s: int, like: Tensor) -> Tensor:
-    return torch.zeros(b, 0, s, dtype=like.dtype, device=like.device)

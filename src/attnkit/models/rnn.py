@@ -191,8 +191,12 @@ class RNNSeq2Seq(nn.Module):
             logits.append(lg)
             weights.append(w)
             log_probs.append(lp)
-        stack = lambda xs: None if not xs or xs[0] is None else torch.stack(xs, 1)
-        return Decoded(torch.stack(logits, 1), stack(weights), stack(log_probs))
+        return Decoded(torch.stack(logits, 1), _stack_steps(weights), _stack_steps(log_probs))
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Decoded:
         return self.decode(self.encode(src), tgt_in, need_weights=False)
+
+
+def _stack_steps(steps: list) -> Tensor | None:
+    """Per-step tensors (B, ...) -> (B, T, ...); None where the steps gave None (no such output)."""
+    return None if not steps or steps[0] is None else torch.stack(steps, 1)

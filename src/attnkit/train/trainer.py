@@ -189,7 +189,7 @@ class Trainer:
         record["elapsed_s"] = round(self.state["elapsed"], 1)
         self._save_last()
         checkpoint.write_json(self.out / "history.json", self.state["history"])
-        bar.log(record, improved, self.task.metric)
+        bar.log(record, improved)
 
 
 class _Progress:
@@ -222,7 +222,7 @@ class _Progress:
             speed = self.tokens / max(self.seconds, 1e-9)
             self.bar.update(self.id, advance=1, loss=loss, speed=speed, epoch=epoch + 1)
 
-    def log(self, record: dict, improved: bool, metric: str) -> None:
+    def log(self, record: dict, improved: bool) -> None:
         shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
         shown += "  (best)" if improved else ""
         if self.enabled:
