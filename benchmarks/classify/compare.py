@@ -4,7 +4,7 @@
 
 Every model of a task sees the same data, batches, seed, schedule and number of epochs, and is
 tested on the task's test split. A run folder that already has a best checkpoint is evaluated, not
-retrained. Results: ``benchmarks/classify/results.md`` and ``.json``.
+retrained (its row gives the epochs it was trained with). Results: ``benchmarks/classify/results.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+VECTORS = ["--vectors", "minilm", "--freeze-vectors"]  # pretrained, fixed word vectors
 RUNS = {
     "gloss: rnn, last state": ["--task", "gloss", "--model", "rnn", "--pooling", "last"],
     "gloss: rnn, mean": ["--task", "gloss", "--model", "rnn", "--pooling", "mean"],
@@ -23,6 +24,15 @@ RUNS = {
     "gloss: cnn, max pooling": ["--task", "gloss", "--model", "cnn", "--pooling", "max"],
     "gloss: cnn, attention pooling": ["--task", "gloss", "--model", "cnn", "--pooling", "attention"],
     "gloss: transformer": ["--task", "gloss", "--model", "transformer"],
+    "gloss: rnn, attention pooling, minilm vectors": [
+        "--task",
+        "gloss",
+        "--model",
+        "rnn",
+        "--pooling",
+        "attention",
+        *VECTORS,
+    ],
     "document: rnn, attention pooling (joined text)": [
         "--task",
         "document",
@@ -36,6 +46,10 @@ RUNS = {
     "pair: abcnn1": ["--task", "pair", "--model", "abcnn1"],
     "pair: abcnn2": ["--task", "pair", "--model", "abcnn2"],
     "pair: abcnn3": ["--task", "pair", "--model", "abcnn3"],
+    "pair: bcnn (no attention), minilm vectors": ["--task", "pair", "--model", "bcnn", *VECTORS],
+    "pair: abcnn1, minilm vectors": ["--task", "pair", "--model", "abcnn1", *VECTORS],
+    "pair: abcnn2, minilm vectors": ["--task", "pair", "--model", "abcnn2", *VECTORS],
+    "pair: abcnn3, minilm vectors": ["--task", "pair", "--model", "abcnn3", *VECTORS],
 }
 
 
@@ -63,11 +77,12 @@ def main() -> None:
         attnkit("eval", str(run), "--json", str(run / "test.json"))
         figures = json.loads((run / "test.json").read_text())
         history = json.loads((run / "history.json").read_text())
+        trained = json.loads((run / "config.json").read_text())  # the epochs it was given, whoever ran it
         path = here / "results.json"
         results = json.loads(path.read_text()) if path.exists() else {}  # re-read: runs may be parallel
         results[name] = {
             **figures,
-            "command": "attnkit train classify " + " ".join(flags + ["--epochs", str(args.epochs)]),
+            "command": "attnkit train classify " + " ".join(flags + ["--epochs", str(trained["train"]["epochs"])]),
             "epochs": len(history),
             "train_seconds": history[-1]["elapsed_s"],
         }

@@ -12,7 +12,7 @@ from .options import add_fields, add_shared_fields, check_model_flags, fit, fres
 __all__ = ["add_explain_parser", "add_train_parser", "evaluate", "explain", "train"]
 
 SIZES = ("vocab", "classes")  # set by the task, not by flags
-RUN_FIELDS = ("limit", "valid_limit", "min_count")
+RUN_FIELDS = ("limit", "valid_limit", "min_count", "vectors", "freeze_vectors")
 
 
 def _model_fields() -> dict[str, set[str]]:
@@ -48,6 +48,12 @@ def add_train_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="train on the first N training examples only")
     p.add_argument("--valid-limit", type=int, help="validate on the first N validation examples only")
     p.add_argument("--min-count", type=int, help="occurrences a word needs for its own id (default 2)")
+    p.add_argument(
+        "--vectors", help="none (default) or minilm: start the word embeddings from pretrained vectors (extra bert)"
+    )
+    p.add_argument(
+        "--freeze-vectors", action="store_true", default=None, help="keep the pretrained vectors fixed in training"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     configs = {}
     for name, spec in CLASSIFIERS.items():
@@ -75,7 +81,10 @@ def train(args) -> int:
         doc = resumed_run(out, changed, "classify")
         task_doc = doc["task"]
         task = ClassifyTask(
-            task_doc["task"], task_doc["model"], task_doc["model_config"], **{k: task_doc[k] for k in RUN_FIELDS}
+            task_doc["task"],
+            task_doc["model"],
+            task_doc["model_config"],
+            **{k: task_doc[k] for k in RUN_FIELDS if k in task_doc},
         )
         config = TrainConfig(**doc["train"])
     else:
@@ -86,11 +95,15 @@ def train(args) -> int:
         task = ClassifyTask(args.task, model, model_given, **given(args, RUN_FIELDS))
         config = TrainConfig(**given(args, train_names))
         if out is None:
-            out = Path("runs") / "-".join(x for x in ("classify", args.task, model, model_given.get("pooling")) if x)
+            vectors = None if args.vectors == "none" else args.vectors
+            parts = ("classify", args.task, model, model_given.get("pooling"), vectors)
+            out = Path("runs") / "-".join(x for x in parts if x)
         fresh_run_folder(out)
     trainer = Trainer(task, config, out, progress=not args.no_progress)
+    frozen = " (frozen)" if task.freeze_vectors else ""
+    vectors = "" if task.vectors == "none" else f", {task.vectors} vectors{frozen}"
     summary = (
-        f"classify {task.task} {task.model} {json.dumps(task.model_config)}, "
+        f"classify {task.task} {task.model} {json.dumps(task.model_config)}{vectors}, "
         f"{len(task.train):,} training examples, {len(task.words):,} words"
     )
     return fit(trainer, out, args.resume, summary, "attnkit eval {best}; attnkit explain {best} TEXT")

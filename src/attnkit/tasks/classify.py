@@ -18,7 +18,9 @@ sentence without a word is dropped. A split's examples are ordered by crc32 of t
 fixed shuffle), so that the first N (``limit``) are a sample of every supersense rather than the
 first lexicographer files. The word vocabulary is the
 training examples' words seen at least ``min_count`` times, after ``<unk>``, which stands for the
-others.
+others. With ``vectors="minilm"`` the embedding table starts from pretrained word vectors
+(:mod:`attnkit.data.vectors`) fitted to the model's embedding width, and ``freeze_vectors`` keeps
+it fixed; the pair task needs them (without, every pair model stays at chance).
 
 Metrics (:func:`score`), in %: ``accuracy`` for every task (what early stopping follows); for
 ``pair`` also ``f1`` of the match class and ``map``: the mean, over definitions with a positive and a
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import wordnet
+from ..data.vectors import SOURCES, word_vectors
 from ..data.vocab import PAD, SPECIALS, UNK, Vocab
 from ..errors import AttentionError
 from ..models import CLASSIFIERS, Classified
@@ -89,6 +92,17 @@ def build_model(model: str, fields: dict, vocab: int, classes: int) -> nn.Module
     if model not in CLASSIFIERS:
         raise AttentionError(f"model={model!r} is unknown; expected one of {list(CLASSIFIERS)}")
     return CLASSIFIERS[model].model(_config(model, fields, vocab, classes))
+
+
+def load_vectors(embed: nn.Embedding, words: Vocab, source: str, *, freeze: bool = False) -> None:
+    """Set the rows of ``embed`` for the words of ``words`` to pretrained vectors
+    (:func:`attnkit.data.vectors.word_vectors`); ``<unk>`` gets their mean (zero), the other
+    specials keep their rows. ``freeze`` keeps the whole table fixed in training."""
+    first = len(SPECIALS) + 1  # the words after <pad>, <s>, </s> and <unk>
+    with torch.no_grad():
+        embed.weight[first:] = word_vectors(words.symbols[first:], embed.embedding_dim, source)
+        embed.weight[words.index[UNK]] = 0.0
+    embed.weight.requires_grad_(not freeze)
 
 
 def labels_of(task: str) -> tuple[str, ...]:
@@ -232,11 +246,17 @@ class ClassifyTask:
     limit: int | None = None  # train on the first N training examples only (quick runs, tests)
     valid_limit: int | None = None  # validate on the first N validation examples only
     min_count: int = 2  # a word needs this many occurrences in training to get its own id
+    vectors: str = "none"  # none | minilm: the embedding table starts from pretrained word vectors
+    freeze_vectors: bool = False  # keep the pretrained vectors fixed in training
     metric = "accuracy"  # early stopping and the best checkpoint follow validation accuracy
     higher_is_better = True
 
     def __post_init__(self):
         _check_names(self.task, self.model)
+        if self.vectors not in ("none", *SOURCES):
+            raise AttentionError(f"vectors={self.vectors!r} is unknown; expected one of {['none', *SOURCES]}")
+        if self.freeze_vectors and self.vectors == "none":
+            raise AttentionError("freeze_vectors needs pretrained vectors; give vectors='minilm' too")
         self.model_config = dict(self.model_config or {})
         self.labels = labels_of(self.task)
         _config(self.model, self.model_config, len(SPECIALS) + 1, len(self.labels))  # bad fields fail before loading
@@ -253,7 +273,10 @@ class ClassifyTask:
         self.valid_groups = [r.synset for r in valid] if self.task == "pair" else None
 
     def build(self) -> nn.Module:
-        return CLASSIFIERS[self.model].model(self.config)
+        model = CLASSIFIERS[self.model].model(self.config)
+        if self.vectors != "none":
+            load_vectors(model.embed, self.words, self.vectors, freeze=self.freeze_vectors)
+        return model
 
     def describe(self) -> dict:
         return {
@@ -264,6 +287,8 @@ class ClassifyTask:
             "limit": self.limit,
             "valid_limit": self.valid_limit,
             "min_count": self.min_count,
+            "vectors": self.vectors,
+            "freeze_vectors": self.freeze_vectors,
             "words": self.words.symbols[len(SPECIALS) :],
             "labels": list(self.labels),
         }
