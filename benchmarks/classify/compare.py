@@ -1,16 +1,19 @@
 """Train and test the classifiers side by side on the WordNet tasks, and write the results table.
 
-    OMP_NUM_THREADS=1 python benchmarks/classify/compare.py [--epochs 2] [--out runs/classify] [--only NAME ...]
+    OMP_NUM_THREADS=1 python benchmarks/classify/compare.py [--epochs 6] [--out runs/classify] [--only NAME ...]
 
 Every model of a task sees the same data, batches, seed, schedule and number of epochs, and is
 tested on the task's test split. A run folder that already has a best checkpoint is evaluated, not
-retrained (its row gives the epochs it was trained with). Results: ``benchmarks/classify/results.md`` and ``.json``.
+retrained (its row gives the epochs it was trained with). Results: ``benchmarks/classify/results.md``
+and ``.json``. The README's table: ``--epochs 6`` for the gloss and document rows, ``--epochs 8 --only
+pair`` for the pair rows, then one run without ``--only`` to test every model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -72,9 +75,17 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def frozen_size(run: Path) -> int:
+    """Entries of the run's embedding table (frozen with ``--freeze-vectors``)."""
+    from safetensors import safe_open
+
+    with safe_open(str(run / "best.safetensors"), "pt") as f:
+        return math.prod(f.get_slice("model.embed.weight").get_shape())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--out", default="runs/classify")
     parser.add_argument("--only", action="append")
     args = parser.parse_args()
@@ -94,6 +105,8 @@ def main() -> None:
         results[name] = {
             **figures,
             "command": "attnkit train classify " + " ".join(flags + ["--epochs", str(trained["train"]["epochs"])]),
+            "trained_parameters": figures["parameters"]
+            - (frozen_size(run) if trained["task"].get("freeze_vectors") else 0),
             "epochs": len(history),
             "train_seconds": history[-1]["elapsed_s"],
         }
@@ -102,13 +115,16 @@ def main() -> None:
 
 
 def table(results: dict) -> str:
-    rows = ["| task: model | parameters | test accuracy % | F1 % | MAP % | training |", "|---|---:|---:|---:|---:|---|"]
+    rows = [
+        "| task: model | parameters (trained) | test accuracy % | F1 % | MAP % | training |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for name in sorted(results, key=list(RUNS).index):
         r = results[name]
         f1 = f"{r['f1']:.2f}" if "f1" in r else ""
         map_ = f"{r['map']:.2f}" if "map" in r else ""
         rows.append(
-            f"| {name} | {r['parameters']:,} | {r['accuracy']:.2f} | {f1} | {map_} | "
+            f"| {name} | {r['parameters']:,} ({r['trained_parameters']:,}) | {r['accuracy']:.2f} | {f1} | {map_} | "
             f"{r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min |"
         )
     return "\n".join(rows) + "\n"
