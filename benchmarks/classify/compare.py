@@ -20,41 +20,19 @@ import sys
 from pathlib import Path
 
 VECTORS = ["--vectors", "minilm", "--freeze-vectors"]  # pretrained, fixed word vectors
+RNN_ATTENTION = ["--model", "rnn", "--pooling", "attention"]
 RUNS = {
     "gloss: rnn, last state": ["--task", "gloss", "--model", "rnn", "--pooling", "last"],
     "gloss: rnn, mean": ["--task", "gloss", "--model", "rnn", "--pooling", "mean"],
     "gloss: rnn, max": ["--task", "gloss", "--model", "rnn", "--pooling", "max"],
-    "gloss: rnn, attention pooling": ["--task", "gloss", "--model", "rnn", "--pooling", "attention"],
+    "gloss: rnn, attention pooling": ["--task", "gloss", *RNN_ATTENTION],
     "gloss: cnn, max pooling": ["--task", "gloss", "--model", "cnn", "--pooling", "max"],
     "gloss: cnn, attention pooling": ["--task", "gloss", "--model", "cnn", "--pooling", "attention"],
     "gloss: transformer": ["--task", "gloss", "--model", "transformer"],
-    "gloss: rnn, attention pooling, minilm vectors": [
-        "--task",
-        "gloss",
-        "--model",
-        "rnn",
-        "--pooling",
-        "attention",
-        *VECTORS,
-    ],
-    "document: rnn, attention pooling (joined text)": [
-        "--task",
-        "document",
-        "--model",
-        "rnn",
-        "--pooling",
-        "attention",
-    ],
+    "gloss: rnn, attention pooling, minilm vectors": ["--task", "gloss", *RNN_ATTENTION, *VECTORS],
+    "document: rnn, attention pooling (joined text)": ["--task", "document", *RNN_ATTENTION],
     "document: han": ["--task", "document", "--model", "han"],
-    "document: rnn, attention pooling (joined text), minilm vectors": [
-        "--task",
-        "document",
-        "--model",
-        "rnn",
-        "--pooling",
-        "attention",
-        *VECTORS,
-    ],
+    "document: rnn, attention pooling (joined text), minilm vectors": ["--task", "document", *RNN_ATTENTION, *VECTORS],
     "document: han, minilm vectors": ["--task", "document", "--model", "han", *VECTORS],
     "pair: bcnn (no attention)": ["--task", "pair", "--model", "bcnn"],
     "pair: abcnn1": ["--task", "pair", "--model", "abcnn1"],

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..errors import AttentionError
 
-__all__ = ["SOURCES", "word_vectors"]
+__all__ = ["SOURCES", "check_source", "word_vectors"]
 
 SOURCES = ("minilm",)
 
@@ -39,7 +39,13 @@ def _pieces_table(words: Sequence[str]) -> Tensor:
     for word in words:
         ids = tokenizer.encode(word, add_special_tokens=False).ids or [unknown]
         rows.append(table[ids].mean(0))
-    return torch.stack(rows) if rows else table.new_zeros(0, table.shape[1])
+    return torch.stack(rows)
+
+
+def check_source(source: str) -> None:
+    """Reject a ``source`` that is not one of :data:`SOURCES` (``"none"`` is the caller's own)."""
+    if source not in SOURCES:
+        raise AttentionError(f"vectors={source!r} is unknown; expected one of {['none', *SOURCES]}")
 
 
 def word_vectors(words: Sequence[str], dim: int, source: str = "minilm") -> Tensor:
@@ -49,8 +55,7 @@ def word_vectors(words: Sequence[str], dim: int, source: str = "minilm") -> Tens
     >>> v.shape, round(v.std().item(), 4)
     (torch.Size([3, 2]), 1.0)
     """
-    if source not in SOURCES:
-        raise AttentionError(f"vectors={source!r} is unknown; expected one of {['none', *SOURCES]}")
+    check_source(source)
     if len(words) < 2:
         raise AttentionError(f"words has {len(words)} entries; pretrained vectors need at least 2 words")
     raw = _pieces_table(words).double()  # (N, 384)

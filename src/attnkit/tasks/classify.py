@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import wordnet
-from ..data.vectors import SOURCES, word_vectors
+from ..data.vectors import check_source, word_vectors
 from ..data.vocab import PAD, SPECIALS, UNK, Vocab
 from ..errors import AttentionError
 from ..models import CLASSIFIERS, Classified
@@ -253,8 +253,8 @@ class ClassifyTask:
 
     def __post_init__(self):
         _check_names(self.task, self.model)
-        if self.vectors not in ("none", *SOURCES):
-            raise AttentionError(f"vectors={self.vectors!r} is unknown; expected one of {['none', *SOURCES]}")
+        if self.vectors != "none":
+            check_source(self.vectors)
         if self.freeze_vectors and self.vectors == "none":
             raise AttentionError("freeze_vectors needs pretrained vectors; give vectors='minilm' too")
         self.model_config = dict(self.model_config or {})
