@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.functional import AttentionResult, Call, prepare, reference
+from ..core.nonfinite import guarded
 from ..errors import AttentionError
 
 __all__ = ["Backend", "BACKENDS", "register", "prefer", "choose", "explain", "attention", "Choice"]
@@ -58,6 +59,7 @@ def register(
 ) -> None:
     """Add a backend, tried after those already registered (the reference stays last); see :func:`prefer`."""
     ref = BACKENDS.pop("reference", None)
+    run = run if run is reference else guarded(run)  # the reference's non-finite rule; it applies it itself
     BACKENDS[name] = Backend(name, run, supports, summary, worthwhile)
     if ref is not None:
         BACKENDS["reference"] = ref

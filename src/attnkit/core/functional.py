@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import AttentionError, check_rank, shape_str
+from . import nonfinite as _nonfinite
 from . import normalizers as _normalizers
 from . import scores as _scores
 from .local import as_window, local_p_region
@@ -134,7 +135,14 @@ def prepare(
 
 
 def reference(call: Call) -> AttentionResult:
-    """The eager implementation: the specification every other backend is tested against."""
+    """The eager implementation: the specification every other backend is tested against.
+
+    Non-finite inputs (:mod:`attnkit.core.nonfinite`, every backend alike): a key that query i may
+    not attend has no influence on query i's output, weights or gradients, whatever its key, value
+    or score holds (NaN, ±inf); a non-finite key or value that query i may attend makes query i's
+    output row NaN (and its weights row, for a non-finite key), forward and backward.
+    """
+    call, bad = _nonfinite.clean(call)  # non-finite key and value rows zeroed where a mask could hide them
     scores = call.score.fn(call.query, call.key, call.score_params)  # (..., Tq, Tk)
     allowed = None
     if call.region is not None:
@@ -148,4 +156,5 @@ def reference(call: Call) -> AttentionResult:
         weights = weights * call.gauss
     dropped = F.dropout(weights, call.dropout) if call.dropout > 0 else weights
     output = dropped.to(call.value.dtype) @ call.value  # (..., Tq, Tk) x (..., Tk, Dv) -> (..., Tq, Dv)
-    return AttentionResult(output, weights if call.need_weights else None, normalized.log_prob)
+    result = AttentionResult(output, weights if call.need_weights else None, normalized.log_prob)
+    return _nonfinite.finish(call, bad, result, allowed)  # rows that may attend a non-finite key: NaN
