@@ -372,7 +372,7 @@ def test_forcing_an_unsupported_call_raises():
     qkv, params = _dispatch_problem()
     with pytest.raises(attnkit.AttentionError, match="dropout"):
         attnkit.attention(*qkv, score="additive", score_params=params, dropout=0.5, backend="additive_fused")
-    with pytest.raises(attnkit.AttentionError, match="one floating dtype"):
+    with pytest.raises(attnkit.AttentionError, match="has dtype torch.float64 but expected torch.float32"):
         wide = {n: p.double() for n, p in params.items()}
         attnkit.attention(*qkv, score="additive", score_params=wide, backend="additive_fused")
 

@@ -88,7 +88,7 @@ def test_k_larger_than_number_of_keys():
 
 def test_negative_window():
     q, k, v = qkv()
-    with raises("window left size must be a non-negative int, got -1 (window=(left, right)"):
+    with raises("window left size must be an int in 0..2**62, got -1 (window=(left, right)"):
         attnkit.attention(q, k, v, window=(-1, 2))
     with raises("window right size must be a non-negative int, got -3"):
         masks.sliding_window(1, -3)

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AttentionError", "check_rank", "shape_str"]
+__all__ = ["AttentionError", "check_rank", "check_int", "check_probability", "check_float_input", "shape_str"]
+
+MAX_INT = 2**62  # the largest size or position an argument may hold: index arithmetic stays in int64
 
 
 class AttentionError(ValueError):
@@ -30,3 +32,34 @@ def check_rank(name: str, x: Tensor, min_rank: int, expected: str) -> None:
     if x.dim() < min_rank:
         raise AttentionError(f"{name} has shape {shape_str(x.shape)} but expected {expected}")
 
+
+
+def check_int(name: str, value, minimum: int = 1, maximum: int = MAX_INT) -> int:
+    """Raise unless ``value`` is an int (not a bool) in ``minimum`` .. ``maximum``; return it."""
+    if isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum:
+        return value
+    lo = "-2**62" if minimum == -MAX_INT else str(minimum)
+    hi = "2**62" if maximum == MAX_INT else str(maximum)
+    got = f"{value!r}" if isinstance(value, int) and not isinstance(value, bool) else f"{value!r} ({type(value).__name__})"
+    raise AttentionError(f"{name} must be an int in {lo}..{hi}, got {got}")
+
+
+def check_probability(name: str, value) -> float:
+    """Raise unless ``value`` is a real number in [0, 1) (a dropout probability); return it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise AttentionError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_float_input(name: str, x: Tensor, dtype: torch.dtype | None = None, against: str = "") -> None:
+    """Raise unless ``x`` is a real floating tensor (of ``dtype``, the dtype of ``against``, if given)."""
+    if not x.is_floating_point():
+        raise AttentionError(
+            f"{name} has dtype {x.dtype} but expected a real floating dtype (float16, bfloat16, float32, "
+            f"float64); convert it with .float()"
+        )
+    if dtype is not None and x.dtype != dtype:
+        raise AttentionError(
+            f"{name} has dtype {x.dtype} but expected {dtype}, the dtype of {against}: convert one of them "
+            f"with .to(dtype) (a module with module.to(dtype))"
+        )

@@ -23,6 +23,8 @@ def supports(call: Call) -> str | None:
         return f"gathers the values of hard or top-k selections only, not {call.normalizer}"
     if call.gauss is not None:
         return "local-p's Gaussian factor is not supported"
+    if 0 in call.scores_shape:
+        return f"scores of shape {call.scores_shape} are empty: nothing to select"
     return None
 
 

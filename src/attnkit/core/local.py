@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..errors import AttentionError, shape_str
+from ..errors import AttentionError, check_int, shape_str
 from .masks import SlidingWindow
 
 __all__ = ["as_window", "local_p_region", "predict_centre"]
@@ -34,8 +34,7 @@ def as_window(window: int | tuple[int, int] | None, offset: int = 0) -> SlidingW
 
 def local_p_region(centre: Tensor, tk: int, half_width: int) -> tuple[Tensor, Tensor]:
     """Region and Gaussian factor of local-p for centres (..., Tq): both (..., Tq, Tk)."""
-    if half_width < 1:
-        raise AttentionError(f"local-p needs window D >= 1 (sigma = D/2), got D={half_width}")
+    check_int("local-p window D", half_width, 1)
     s = torch.arange(tk, device=centre.device, dtype=centre.dtype)  # (Tk,)
     dist = s - centre.unsqueeze(-1)  # (..., Tq, Tk)
     sigma = half_width / 2

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import AttentionError, shape_str
+from ..errors import MAX_INT, AttentionError, check_int, shape_str
 
 __all__ = [
     "Mask",
@@ -85,6 +85,9 @@ class Causal(Mask):
 
     offset: int = 0
 
+    def __post_init__(self):
+        check_int("causal offset", self.offset, -MAX_INT)
+
     def materialize(self, shape, device=None):
         i, j = _positions(shape, device)
         return j <= i + self.offset  # (Tq, Tk)
@@ -104,11 +107,12 @@ class SlidingWindow(Mask):
 
     def __post_init__(self):
         for name, size in (("left", self.left), ("right", self.right)):
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_INT:
                 raise AttentionError(
-                    f"window {name} size must be a non-negative int, got {size!r} "
+                    f"window {name} size must be an int in 0..2**62, got {size!r} "
                     f"(window=(left, right): query i attends keys i-left..i+right)"
                 )
+        check_int("window offset", self.offset, -MAX_INT)
 
     def materialize(self, shape, device=None):
         i, j = _positions(shape, device)
@@ -150,8 +154,7 @@ class BlockSparse(Mask):
         if not isinstance(self.layout, Tensor) or self.layout.dim() != 2 or self.layout.dtype != torch.bool:
             got = shape_str(self.layout.shape) if isinstance(self.layout, Tensor) else type(self.layout).__name__
             raise AttentionError(f"block_sparse layout has shape {got} but expected a 2-D bool tensor (Tq/block, Tk/block)")
-        if not isinstance(self.block, int) or self.block < 1:
-            raise AttentionError(f"block_sparse block must be an int >= 1, got {self.block!r}")
+        check_int("block_sparse block", self.block, 1)
 
     def __repr__(self):
         return f"BlockSparse(layout={shape_str(self.layout.shape)}, block={self.block})"
@@ -183,6 +186,11 @@ class Dense(Mask):
                 f"mask has dtype {t.dtype} but expected torch.bool (True = may attend) or a floating "
                 f"dtype (additive, -inf = blocked)"
             )
+        if t.is_floating_point() and not torch.compiler.is_compiling():
+            if torch.isnan(t).any() or torch.isposinf(t).any():
+                raise AttentionError(
+                    "float mask holds NaN or +inf; expected an additive mask of finite values and -inf (= blocked)"
+                )
 
     def __repr__(self):
         return f"Dense({str(self.tensor.dtype).removeprefix('torch.')}{shape_str(self.tensor.shape)})"
@@ -268,8 +276,10 @@ def sliding_window(left: int, right: int = 0, offset: int = 0) -> SlidingWindow:
 
 def padding(lengths: Tensor | Sequence[int], max_len: int | None = None) -> KeyPadding:
     """Key padding from sequence lengths: example b has keys 0 .. lengths[b] - 1."""
+    if max_len is not None:
+        check_int("max_len", max_len, 0)
     lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.is_floating_point():
+    if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.is_complex():
         raise AttentionError(
             f"lengths has shape {shape_str(lengths.shape)} and dtype {lengths.dtype} but expected "
             f"an integer tensor of shape (B,)"

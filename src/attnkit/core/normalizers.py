@@ -6,7 +6,10 @@ Every normalizer is a small frozen dataclass holding its options, called with on
 
 ``allowed`` is True where the query may attend the key (the package's one polarity). The result's
 ``weights`` are non-negative, exactly 0 where not allowed, sum to 1 over every row that has an
-allowed key, and are all 0 on a row that has none (never NaN, forward or backward).
+allowed key, at every magnitude the dtype can hold, and are all 0 on a row that has none (never
+NaN, forward or backward). A NaN score at an allowed key makes that row NaN and no other, as
+``torch.softmax`` does; a NaN score at a blocked key has no effect. Empty dims (Tq = 0 or Tk = 0)
+give empty weights: a row with no key at all is a row with no allowed key.
 ``log_prob`` is set by the stochastic normalizers (``sample``): the log-probability of the drawn
 keys, (..., Tq), for a REINFORCE loss (:func:`reinforce_loss`).
 
@@ -38,16 +41,13 @@ __all__ = [
     "Gumbel",
     "reinforce_loss",
     "resolve",
+    "stable_topk",
 ]
 
 
 class Normalized(NamedTuple):
     weights: Tensor  # (..., Tq, Tk)
     log_prob: Tensor | None = None  # (..., Tq), stochastic normalizers only
-
-
-def _row_has_key(scores: Tensor, allowed: Tensor) -> Tensor:
-    return allowed.expand_as(scores).any(-1, keepdim=True)  # (..., Tq, 1)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ class _SparsemaxFn(torch.autograd.Function):
         zs = z.sort(dim=-1, descending=True).values
         k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)  # (Tk,)
         cums = zs.cumsum(dim=-1) - 1
-        support = (k * zs > cums).sum(dim=-1, keepdim=True)  # |S| >= 1: largest k with 1 + k z_k > Σ z_j
+        # |S|: the largest k with 1 + k z_k > Σ_{j<=k} z_j, at least 1 (a NaN row has none: it stays NaN)
+        support = (k * zs > cums).sum(dim=-1, keepdim=True).clamp(min=1)
         tau = cums.gather(-1, support - 1) / support.to(z.dtype)  # (..., 1)
         p = (z - tau).clamp(min=0)
         ctx.save_for_backward(p)
@@ -100,7 +101,7 @@ class _Entmax15Fn(torch.autograd.Function):
         mean_sq = (xs**2).cumsum(-1) / rho
         delta = (1 - rho * (mean_sq - mean**2)) / rho
         tau = mean - delta.clamp(min=0).sqrt()  # candidate threshold for each support size
-        support = (tau <= xs).sum(dim=-1, keepdim=True)
+        support = (tau <= xs).sum(dim=-1, keepdim=True).clamp(min=1)  # a NaN row has none: it stays NaN
         tau_star = tau.gather(-1, support - 1)
         p = (x - tau_star).clamp(min=0) ** 2
         ctx.save_for_backward(p)
@@ -114,20 +115,30 @@ class _Entmax15Fn(torch.autograd.Function):
         return dz - g * dz.sum(-1, keepdim=True) / g.sum(-1, keepdim=True)
 
 
+def _empty(scores: Tensor) -> bool:
+    """No query or no key: nothing to normalize (a row with no key has no allowed key: weight 0)."""
+    return scores.numel() == 0
+
+
 def _sparse(fn: type[torch.autograd.Function], margin: float, scores: Tensor, allowed: Tensor | None) -> Tensor:
     """Apply a sparse map on the allowed keys only.
 
-    A key whose score is ``margin`` below the row's best allowed score is never in the support
-    (sparsemax: margin 1, entmax-1.5: margin 2), so filling blocked keys that low gives them exactly
-    0 without -inf arithmetic. Rows with no allowed key are computed on zeros, then zeroed.
+    The scores are shifted so that the row's best allowed score is 0; a key ``margin`` below it is
+    never in the support (sparsemax: margin 1, entmax-1.5: margin 2), so blocked keys are filled
+    with -2·margin and get exactly 0 without -inf arithmetic. Filling before the shift (best -
+    2·margin) would round back to the best score at large magnitudes (600 in bfloat16), putting
+    blocked keys in the support. Rows with no allowed key are computed on zeros, then zeroed.
     """
+    if _empty(scores):
+        return scores * 0  # (..., Tq, Tk) with a zero dim; keeps the graph
     if allowed is None:
         return fn.apply(scores)
-    best = scores.masked_fill(~allowed, float("-inf")).amax(-1, keepdim=True)  # (..., Tq, 1)
-    has_key = _row_has_key(scores, allowed)
-    fill = torch.where(has_key, best - 2 * margin, torch.zeros_like(best)).detach()
-    z = torch.where(allowed & has_key, scores, fill)
-    return fn.apply(z).masked_fill(~(allowed & has_key), 0.0)
+    ok = allowed.expand_as(scores)
+    best = scores.masked_fill(~ok, float("-inf")).amax(-1, keepdim=True)  # (..., Tq, 1)
+    has_key = ok.any(-1, keepdim=True)  # (..., Tq, 1)
+    shift = torch.where(has_key, best, torch.zeros_like(best)).detach()
+    z = torch.where(ok & has_key, scores - shift, torch.full_like(scores, -2 * margin))
+    return fn.apply(z).masked_fill(~(ok & has_key), 0.0)
 
 
 @dataclass(frozen=True)
@@ -163,12 +174,31 @@ def _positive_int(who: str, k: int) -> None:
         raise AttentionError(f"{who}: k must be an int >= 1, got {k!r}")
 
 
+def stable_topk(scores: Tensor, k: int) -> Tensor:
+    """Indices (..., k) of the k largest scores (..., Tk), best first; the lowest index wins a tie.
+
+    ``torch.topk`` breaks ties in no stated order (and differently on a band of the keys), so its
+    picks among keys tied at the k-th score are replaced by the lowest-index tied keys: the r-th
+    tied slot takes the r-th tied key, found by a binary search in the running count of tied keys.
+    The keys above the k-th score are the same for any tie rule. Cost O(Tk) on top of topk.
+    """
+    top = scores.topk(k, dim=-1)  # (..., k), values descending
+    kth = top.values[..., -1:]  # (..., 1)
+    tied_slot = top.values == kth  # (..., k): the slots holding the k-th score (NaN never ties)
+    tied_count = (scores == kth).cumsum(-1)  # (..., Tk): tied keys up to j
+    rank = tied_slot.cumsum(-1)  # (..., k): 1, 2, ... over the tied slots
+    lead = scores.shape[:-1]
+    first = torch.searchsorted(tied_count.reshape(-1, scores.shape[-1]), rank.reshape(-1, k))  # (N, k)
+    return torch.where(tied_slot, first.reshape(*lead, k), top.indices)
+
+
 @dataclass(frozen=True)
 class TopK:
     """Hard selection of the k best allowed keys, softmax over those k, 0 elsewhere.
 
     The selection has no gradient; the weights of the selected keys do (through their softmax).
-    With fewer than k allowed keys, all allowed keys are selected.
+    With fewer than k allowed keys, all allowed keys are selected. Ties: among keys with equal
+    scores, the lowest key index wins (:func:`stable_topk`), on every backend.
     """
 
     k: int = 1
@@ -181,19 +211,27 @@ class TopK:
         """Indices (..., Tq, k) of the selected keys, best first; blocked keys only where too few allowed."""
         _check_k(self.k, scores, "topk")
         filled = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
-        return filled.detach().topk(self.k, dim=-1).indices
+        return stable_topk(filled.detach(), self.k)
 
     def __call__(self, scores: Tensor, allowed: Tensor | None = None) -> Normalized:
+        if _empty(scores):
+            return Normalized(scores * 0)
         idx = self.select(scores, allowed)
         keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(-1, idx, True)
         if allowed is not None:
             keep &= allowed
-        return Softmax()(scores, keep)
+        weights = Softmax()(scores, keep).weights
+        # a NaN score at an allowed key makes its whole row NaN, as softmax does (not just that key)
+        nan = torch.isnan(scores.detach()) if allowed is None else torch.isnan(scores.detach()) & allowed
+        return Normalized(weights.masked_fill(nan.any(-1, keepdim=True), float("nan")))
 
 
 @dataclass(frozen=True)
 class Hard:
-    """Argmax: weight 1 on the best allowed key, 0 elsewhere (no gradient to the scores)."""
+    """Argmax: weight 1 on the best allowed key, 0 elsewhere (no gradient to the scores).
+
+    Ties: among keys with equal best scores, the lowest key index wins (as :class:`TopK`).
+    """
 
     differentiable = False
 
@@ -226,15 +264,20 @@ class Sample:
         _positive_int("sample", self.k)
 
     def __call__(self, scores: Tensor, allowed: Tensor | None = None) -> Normalized:
+        if _empty(scores):
+            return Normalized(scores * 0, scores.new_zeros(scores.shape[:-1]))
         probs, logp = _flat_probs(scores, allowed)
         tk = scores.shape[-1]
-        flat = probs.detach().reshape(-1, tk)  # (N, Tk) with N = prod(..., Tq)
+        # drawn in float32 at least: float16 probabilities lose small keys and overflow to inf
+        flat = probs.detach().reshape(-1, tk).to(torch.promote_types(probs.dtype, torch.float32))  # (N, Tk)
         empty = flat.sum(-1, keepdim=True) == 0  # rows with no allowed key: draw anything, then zero
-        flat = torch.where(empty, torch.ones_like(flat), flat)
+        bad = ~torch.isfinite(flat).all(-1, keepdim=True)  # NaN scores (or +inf) make NaN rows, as softmax does
+        flat = torch.where(empty | bad, torch.ones_like(flat), flat)
         idx = torch.multinomial(flat, self.k, replacement=True, generator=self.generator)  # (N, k)
         counts = torch.zeros_like(flat).scatter_add_(-1, idx, torch.ones_like(idx, dtype=flat.dtype))
-        counts = counts.masked_fill(empty, 0.0) / self.k
-        log_prob = logp.reshape(-1, tk).gather(-1, idx).sum(-1).masked_fill(empty.squeeze(-1), 0.0)
+        counts = (counts / self.k).masked_fill(empty, 0.0).masked_fill(bad, float("nan")).to(probs.dtype)
+        log_prob = logp.reshape(-1, tk).gather(-1, idx).sum(-1)  # (N,)
+        log_prob = log_prob.masked_fill(empty.squeeze(-1), 0.0).masked_fill(bad.squeeze(-1), float("nan"))
         return Normalized(counts.reshape(scores.shape), log_prob.reshape(scores.shape[:-1]))
 
 

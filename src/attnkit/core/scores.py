@@ -166,7 +166,24 @@ def scaled_dot(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tens
     return query @ key.transpose(-2, -1) / math.sqrt(key.shape[-1])  # (..., Tq, Tk)
 
 
-@_register("general", same_dim=False, params=lambda dq, dk: {"W": ParamSpec((dq, dk))})
+def _general_params(dq: int, dk: int) -> dict[str, ParamSpec]:
+    return {"W": ParamSpec((dq, dk))}
+
+
+def _cosine_params(dq: int, dk: int) -> dict[str, ParamSpec]:
+    return {"temperature": ParamSpec((), init="ones", optional=True)}
+
+
+def _concat_params(dq: int, dk: int) -> dict[str, ParamSpec]:
+    return {"w": ParamSpec((dq + dk,))}
+
+
+def _additive_params(dq: int, dk: int) -> dict[str, ParamSpec]:
+    return {"W_q": ParamSpec((dq, A)), "W_k": ParamSpec((dk, A)), "v": ParamSpec((A,))}
+
+
+# named functions: a Score (and every module holding one) must pickle
+@_register("general", same_dim=False, params=_general_params)
 def general(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     """score(q, k) = qᵀ W k
 
@@ -176,11 +193,7 @@ def general(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     return qw @ key.transpose(-2, -1)  # (..., Tq, Dk) x (..., Dk, Tk) -> (..., Tq, Tk)
 
 
-@_register(
-    "cosine",
-    same_dim=True,
-    params=lambda dq, dk: {"temperature": ParamSpec((), init="ones", optional=True)},
-)
+@_register("cosine", same_dim=True, params=_cosine_params)
 def cosine(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     """score(q, k) = qᵀk / (‖q‖ ‖k‖ τ)
 
@@ -195,7 +208,7 @@ def cosine(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     return scores
 
 
-@_register("concat", same_dim=False, params=lambda dq, dk: {"w": ParamSpec((dq + dk,))})
+@_register("concat", same_dim=False, params=_concat_params)
 def concat(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     """score(q, k) = wᵀ[q; k]
 
@@ -213,11 +226,7 @@ def concat(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     return sq + sk  # (..., Tq, Tk)
 
 
-@_register(
-    "additive",
-    same_dim=False,
-    params=lambda dq, dk: {"W_q": ParamSpec((dq, A)), "W_k": ParamSpec((dk, A)), "v": ParamSpec((A,))},
-)
+@_register("additive", same_dim=False, params=_additive_params)
 def additive(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     """score(q, k) = vᵀ tanh(W_q q + W_k k)
 

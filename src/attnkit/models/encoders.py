@@ -130,6 +130,8 @@ class RNNEncoder(MaskedEncoder):
             raise AttentionError(
                 f"mask of shape {shape_str(mask.shape)} must mark a prefix of each row (right padding)"
             )
+        if x.shape[0] == 0 or x.shape[1] == 0:  # no sequence, or no position: nothing to read
+            return x.new_zeros(*x.shape[:2], self.rnn.hidden_size * (2 if self.rnn.bidirectional else 1))
         packed = nn.utils.rnn.pack_padded_sequence(
             x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
         )

@@ -14,7 +14,7 @@ from ..core import normalizers as _normalizers
 from ..core import scores as _scores
 from ..core.functional import AttentionResult
 from ..core.local import as_window, predict_centre
-from ..errors import AttentionError
+from ..errors import AttentionError, check_int, check_probability
 from .capture import is_random, record, recording
 
 __all__ = ["REGIONS", "Attention", "combine_masks", "score_parameters"]
@@ -80,7 +80,10 @@ class Attention(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        key_dim = key_dim or query_dim
+        check_int("query_dim", query_dim)
+        key_dim = query_dim if key_dim is None else check_int("key_dim", key_dim)
+        if hidden_dim is not None:
+            check_int("hidden_dim", hidden_dim)
         self.score = _scores.resolve(score)
         self.normalize = _normalizers.resolve(normalize)
         if self.score.same_dim and query_dim != key_dim:
@@ -94,10 +97,9 @@ class Attention(nn.Module):
             raise AttentionError("window is set but region='global'; use region='local-m' for a sliding window")
         if region != "global" and window is None:
             raise AttentionError(f"region={region!r} needs window=D (or (left, right) for local-m)")
-        if region == "local-p" and not (isinstance(window, int) and window >= 1):
-            raise AttentionError(f"region='local-p' needs window=D, an int >= 1 (sigma = D/2), got {window!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise AttentionError(f"dropout must be in [0, 1), got {dropout!r}")
+        if region == "local-p":
+            check_int("window (region='local-p': D, sigma = D/2)", window, 1)
+        check_probability("dropout", dropout)
         self.query_dim, self.key_dim, self.region, self.dropout = query_dim, key_dim, region, dropout
         self._capture_inputs = True  # capture() records this module
         if region == "local-m":

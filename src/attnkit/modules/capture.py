@@ -8,10 +8,14 @@ The model runs exactly as it would without the recorder, fast paths included: a 
 its attention's inputs (queries, keys, masks, score parameters) and the weights are recomputed on
 the reference path only when they are read. Modules whose weights are random draws (``sample``,
 ``gumbel``) cannot be recomputed; they hand over the weights of the real call instead.
+
+A recorder sees only the calls made by the thread that opened it: a model run by another thread
+at the same time (a server, a data-loader worker) records nothing into it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -23,7 +27,15 @@ from ..errors import AttentionError
 
 __all__ = ["Recorder", "capture"]
 
-_ACTIVE: list[Recorder] = []  # recorders inside a `with capture(...)` block, innermost last
+
+class _Active(threading.local):
+    """Per thread: the recorders inside a ``with capture(...)`` block of that thread, innermost last."""
+
+    def __init__(self):
+        self.recorders: list[Recorder] = []
+
+
+_ACTIVE = _Active()
 
 
 def is_random(normalize) -> bool:
@@ -33,12 +45,12 @@ def is_random(normalize) -> bool:
 
 def recording(module: nn.Module) -> bool:
     """Whether a live recorder watches ``module``; modules call this before paying for a record."""
-    return any(module in r._names for r in _ACTIVE)
+    return any(module in r._names for r in _ACTIVE.recorders)
 
 
 def record(module: nn.Module, weights: Tensor | Callable[[], Tensor]) -> None:
     """Hand one call's weights, or a function that recomputes them, to every recorder watching."""
-    for r in _ACTIVE:
+    for r in _ACTIVE.recorders:
         name = r._names.get(module)
         if name is not None:
             r._calls.setdefault(name, []).append(weights)
@@ -98,8 +110,8 @@ def capture(model: nn.Module) -> Iterator[Recorder]:
     """Record, by module name, the weights of every attnkit attention module inside ``model``
     while the block runs; the model's outputs are unchanged."""
     rec = Recorder(model)
-    _ACTIVE.append(rec)
+    _ACTIVE.recorders.append(rec)
     try:
         yield rec
     finally:
-        _ACTIVE.remove(rec)
+        _ACTIVE.recorders.remove(rec)

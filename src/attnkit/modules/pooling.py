@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..core import masks
 from ..core.functional import AttentionResult
-from ..errors import AttentionError, shape_str
+from ..errors import AttentionError, check_int, shape_str
 from .attention import Attention
 
 __all__ = ["AttentionPooling", "HierarchicalAttention", "HierarchicalResult", "MaskedEncoder"]
@@ -50,8 +50,8 @@ class AttentionPooling(nn.Module):
         hidden_dim: int | None = None,
     ):
         super().__init__()
-        if num_queries < 1:
-            raise AttentionError(f"num_queries must be >= 1, got {num_queries}")
+        check_int("input_dim", input_dim)
+        check_int("num_queries", num_queries)
         self.num_queries = num_queries
         self.query = nn.Parameter(torch.randn(num_queries, input_dim) * input_dim**-0.5)  # (Q, D)
         self.attend = Attention(input_dim, input_dim, score=score, normalize=normalize, hidden_dim=hidden_dim)
@@ -122,7 +122,8 @@ class HierarchicalAttention(nn.Module):
         hidden_dim: int | None = None,
     ):
         super().__init__()
-        sentence_dim = sentence_dim or word_dim
+        check_int("word_dim", word_dim)
+        sentence_dim = word_dim if sentence_dim is None else check_int("sentence_dim", sentence_dim)
         if sentence_encoder is None and sentence_dim != word_dim:
             raise AttentionError(
                 f"sentence_dim={sentence_dim} differs from word_dim={word_dim} but there is no sentence_encoder to map it"
@@ -135,7 +136,7 @@ class HierarchicalAttention(nn.Module):
     def forward(self, words: Tensor, mask: Tensor | None = None) -> HierarchicalResult:
         if words.dim() != 4:
             raise AttentionError(f"words has shape {shape_str(words.shape)} but expected (B, S, T, D)")
-        b, s, t, _ = words.shape
+        b, s, t, d = words.shape
         if mask is None:
             mask = torch.ones(b, s, t, dtype=torch.bool, device=words.device)
         if mask.shape != (b, s, t) or mask.dtype != torch.bool:
@@ -144,9 +145,9 @@ class HierarchicalAttention(nn.Module):
                 f"torch.bool, True = real word"
             )
         flat_mask = mask.reshape(b * s, t)
-        encoded = _encode(self.word_encoder, words.reshape(b * s, t, -1), flat_mask)  # (B·S, T, Dw)
+        encoded = _encode(self.word_encoder, words.reshape(b * s, t, d), flat_mask)  # (B·S, T, Dw)
         sentences, word_weights = self.word_pool(encoded, mask=flat_mask, need_weights=True)  # (B·S, Dw), (B·S, T)
-        sentences = sentences.reshape(b, s, -1)  # (B, S, Dw)
+        sentences = sentences.reshape(b, s, sentences.shape[-1])  # (B, S, Dw)
         real = mask.any(-1)  # (B, S): a sentence with a real word
         document, sentence_weights = self.sentence_pool(
             _encode(self.sentence_encoder, sentences, real), mask=real, need_weights=True
