@@ -177,19 +177,39 @@ def _positive_int(who: str, k: int) -> None:
 def stable_topk(scores: Tensor, k: int) -> Tensor:
     """Indices (..., k) of the k largest scores (..., Tk), best first; the lowest index wins a tie.
 
-    ``torch.topk`` breaks ties in no stated order (and differently on a band of the keys), so its
-    picks among keys tied at the k-th score are replaced by the lowest-index tied keys: the r-th
-    tied slot takes the r-th tied key, found by a binary search in the running count of tied keys.
-    The keys above the k-th score are the same for any tie rule. Cost O(Tk) on top of topk.
+    ``torch.topk`` breaks ties in no stated order (and differently on a band of the keys). The
+    chosen set depends on that order only where the (k+1)-th score equals the k-th, so topk is
+    asked for k + 1, and only those rows are redone (:func:`_lowest_ties`): O(Tk) for each
+    ambiguous row, nothing for the others. Under ``torch.compile`` every row is redone (no
+    data-dependent branch). The k picks are ordered by score, equal scores by index.
     """
-    top = scores.topk(k, dim=-1)  # (..., k), values descending
-    kth = top.values[..., -1:]  # (..., 1)
-    tied_slot = top.values == kth  # (..., k): the slots holding the k-th score (NaN never ties)
+    tk = scores.shape[-1]
+    top = scores.topk(min(k + 1, tk), dim=-1)  # (..., k or k + 1), values descending
+    values, idx = top.values[..., :k], top.indices[..., :k]
+    if k < tk:
+        ambiguous = top.values[..., k] == top.values[..., k - 1]  # (...): a tie across the k-th place
+        if torch.compiler.is_compiling():
+            idx = _lowest_ties(scores, values, idx)
+        elif bool(ambiguous.any()):
+            rows = ambiguous.nonzero(as_tuple=True)
+            idx = idx.index_put(rows, _lowest_ties(scores[rows], values[rows], idx[rows]))
+    idx = idx.sort(dim=-1).values  # (..., k): by index, then stably by score
+    order = scores.gather(-1, idx).sort(dim=-1, descending=True, stable=True).indices
+    return idx.gather(-1, order)
+
+
+def _lowest_ties(scores: Tensor, values: Tensor, idx: Tensor) -> Tensor:
+    """topk's picks ``idx`` (..., k) with its picks among keys tied at the k-th score replaced by
+    the lowest-index tied keys: the r-th tied slot takes the r-th tied key, found by a binary
+    search in the running count of tied keys (the keys above the k-th score are the same for any
+    tie rule; NaN never ties)."""
+    k = idx.shape[-1]
+    kth = values[..., -1:]  # (..., 1)
+    tied_slot = values == kth  # (..., k)
     tied_count = (scores == kth).cumsum(-1)  # (..., Tk): tied keys up to j
     rank = tied_slot.cumsum(-1)  # (..., k): 1, 2, ... over the tied slots
-    lead = scores.shape[:-1]
     first = torch.searchsorted(tied_count.reshape(-1, scores.shape[-1]), rank.reshape(-1, k))  # (N, k)
-    return torch.where(tied_slot, first.reshape(*lead, k), top.indices)
+    return torch.where(tied_slot, first.reshape(idx.shape), idx)
 
 
 @dataclass(frozen=True)
