@@ -118,7 +118,9 @@ def additive(b=8, t=512, d=256) -> Case:
 
     def ours():
         q, k, v, p = inputs()
-        return _stepper(lambda: attnkit.attention(q, k, v, score="additive", score_params=p).output, [q, k, v, *p.values()])
+        return _stepper(
+            lambda: attnkit.attention(q, k, v, score="additive", score_params=p).output, [q, k, v, *p.values()]
+        )
 
     def textbook():
         q, k, v, p = inputs()
@@ -160,34 +162,54 @@ def dot_keras(b=8, t=512, d=256) -> Case:
     return case.peer("keras.Attention", "keras", keras_dot)
 
 
+def window_mask(w: int) -> masks.Mask:
+    """The window case's rule: query i attends keys i-w..i (w + 1 keys, fewer near the start),
+    exactly what ``LocalAttention(window_size=w, causal=True, look_backward=1,
+    exact_windowsize=True)`` attends (it blocks key j when i > j + w), so every contender does the
+    same work."""
+    return masks.causal() & masks.sliding_window(w, 0)
+
+
+def window_allowed(t: int, w: int) -> Tensor:
+    """:func:`window_mask` as the dense (T, T) bool matrix (True = may attend) given to SDPA."""
+    i = torch.arange(t)
+    return (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - w)  # (T, T)
+
+
+def local_attention(w: int):
+    """The ``local-attention`` peer doing :func:`window_mask`'s work: blocks of w keys, each query
+    sees its block and the one before, cut to keys i-w..i."""
+    from local_attention import LocalAttention
+
+    return LocalAttention(
+        window_size=w, causal=True, look_backward=1, exact_windowsize=True, use_rotary_pos_emb=False, autopad=True
+    )
+
+
 def window(t=16384, w=256, h=8, dh=64, b=1) -> Case:
-    """Causal sliding window (query i attends keys i-w+1..i) against dense masked SDPA and local-attention."""
-    left = w - 1
+    """Causal sliding window (query i attends keys i-w..i) against dense masked SDPA and local-attention."""
 
     def qkv():
         return _tensors((b, h, t, dh), (b, h, t, dh), (b, h, t, dh))
 
     def ours():
         q, k, v = qkv()
-        mask = masks.causal() & masks.sliding_window(left, 0)
+        mask = window_mask(w)
         return _stepper(lambda: attnkit.attention(q, k, v, mask=mask).output, [q, k, v])
 
     def dense_sdpa():
         q, k, v = qkv()
-        i = torch.arange(t)
-        allowed = (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - left)  # (T, T)
+        allowed = window_allowed(t, w)  # (T, T)
         return _stepper(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed), [q, k, v])
 
     def local_attention_pkg():
-        from local_attention import LocalAttention
-
         q, k, v = qkv()
-        # blocks of w keys, each query sees its block and the one before, cut to exactly w keys back
-        la = LocalAttention(window_size=w, causal=True, look_backward=1, exact_windowsize=True,
-                            use_rotary_pos_emb=False, autopad=True)
+        la = local_attention(w)
         return _stepper(lambda: la(q, k, v), [q, k, v])
 
-    case = Case("window", {"B": b, "H": h, "T": t, "w": w, "Dh": dh}, {"attnkit": ours, "dense masked SDPA": dense_sdpa})
+    case = Case(
+        "window", {"B": b, "H": h, "T": t, "w": w, "Dh": dh}, {"attnkit": ours, "dense masked SDPA": dense_sdpa}
+    )
     return case.peer("local-attention", "local_attention", local_attention_pkg)
 
 
