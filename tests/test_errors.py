@@ -62,8 +62,10 @@ def test_key_padding_mask_shape_and_dtype():
     x = torch.randn(2, 5, 8)
     with raises("key padding mask has shape (2, 4) but expected (B, Tk) = (2, 5) for scores of shape (2, 2, 5, 5)"):
         mha(x, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
-    with raises("key_padding_mask has dtype torch.float32 but expected torch.bool (True = padding)"):
-        mha(x, key_padding_mask=torch.zeros(2, 5))
+    with raises("key_padding_mask has dtype torch.int64 but expected torch.bool (True = padding) or a floating dtype"):
+        mha(x, key_padding_mask=torch.zeros(2, 5, dtype=torch.int64))
+    with raises("key_padding_mask has shape (2, 4) but expected (B, Tk) = (2, 5)"):
+        mha(x, key_padding_mask=torch.zeros(2, 4))  # float: added to the scores, as torch's
 
 
 def test_unknown_score_and_normalizer_names():

@@ -18,6 +18,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from ..core.functional import AttentionResult, Call, prepare, reference
 from ..core.nonfinite import guarded
 from ..errors import AttentionError
@@ -38,10 +40,16 @@ class Backend:
     supports: Callable[[Call], str | None]  # None: can run the call; else why not
     summary: str  # one line: what this backend is for
     worthwhile: Callable[[Call], str | None] = _always  # auto dispatch only: None, or why not here
+    gqa: bool = False  # takes grouped key/value heads (Call.kv_groups > 1) as they are
 
     def reason(self, call: Call, forced: bool = False) -> str | None:
         """Why this backend would not run ``call`` (None: it would)."""
+        call = call if self.gqa else call.expand_kv(shape_only=True)
         return self.supports(call) or (None if forced else self.worthwhile(call))
+
+    def __call__(self, call: Call) -> AttentionResult:
+        """Run ``call``; a backend without grouped-query support gets key/value repeated to H heads."""
+        return self.run(call if self.gqa else call.expand_kv())
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}: {self.summary})"
@@ -56,11 +64,17 @@ def register(
     supports: Callable[[Call], str | None],
     summary: str,
     worthwhile: Callable[[Call], str | None] = _always,
+    *,
+    gqa: bool = False,
 ) -> None:
-    """Add a backend, tried after those already registered (the reference stays last); see :func:`prefer`."""
+    """Add a backend, tried after those already registered (the reference stays last); see :func:`prefer`.
+
+    ``gqa=True``: the backend takes grouped-query calls (key/value with H / ``call.kv_groups`` heads)
+    as they are; the others see key and value repeated to the query's heads.
+    """
     ref = BACKENDS.pop("reference", None)
     run = run if run is reference else guarded(run)  # the reference's non-finite rule; it applies it itself
-    BACKENDS[name] = Backend(name, run, supports, summary, worthwhile)
+    BACKENDS[name] = Backend(name, run, supports, summary, worthwhile, gqa)
     if ref is not None:
         BACKENDS["reference"] = ref
 
@@ -136,6 +150,15 @@ def attention(query, key, value, *, backend: str = "auto", **kwargs) -> Attentio
         score_params: the score's parameters, e.g. ``{"W": W}`` for ``general``.
         dropout: probability of zeroing a weight before aggregation (pass 0 at eval time).
         need_weights: return the weights (after masking, before dropout); else ``None``.
+        scale: multiplies the scores, as SDPA's ``scale``: for ``scaled_dot`` it replaces 1/√Dk
+            (so ``scaled_dot`` and ``dot`` with the same ``scale`` agree); for every other score it
+            multiplies the score (a inverse temperature: for ``cosine`` it divides τ, for
+            ``general``/``concat``/``additive`` it scales W/w/v). A finite number > 0; default None
+            (each score as its formula reads).
+        enable_gqa: grouped-query / multi-query attention, as SDPA's: query (..., H, Tq, D),
+            key and value (..., Hkv, Tk, D) with Hkv dividing H; query head h uses key/value head
+            h // (H / Hkv). Runs on SDPA's ``enable_gqa`` when the call goes there; other backends
+            see key and value repeated to H heads.
         backend: "auto" (the first registered backend that supports the call) or a name in
             ``attnkit.backends.BACKENDS`` to force one; :func:`explain` says which and why.
 
@@ -155,6 +178,6 @@ def attention(query, key, value, *, backend: str = "auto", **kwargs) -> Attentio
     """
     call = prepare(query, key, value, **kwargs)
     choice = choose(call, backend)
-    if log.isEnabledFor(logging.DEBUG):
+    if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):  # a logger call breaks a graph
         log.debug("%s", choice)
-    return BACKENDS[choice.backend].run(call)
+    return BACKENDS[choice.backend](call)

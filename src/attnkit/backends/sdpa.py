@@ -9,7 +9,8 @@ a scaled dot product, so the other dot-family scores are first rewritten into on
 - ``cosine``: (q/‖q‖τ)ᵀ(k/‖k‖), SDPA on normalized inputs with scale 1 (but not with a learnable
   τ in half precision, whose gradient SDPA's half-precision backward makes inaccurate).
 
-SDPA never returns the weights, so a call with ``need_weights=True`` goes elsewhere.
+SDPA never returns the weights, so a call with ``need_weights=True`` goes elsewhere. Grouped-query
+calls (``enable_gqa=True``) run on SDPA's ``enable_gqa`` with key and value left at Hkv heads.
 """
 
 from __future__ import annotations
@@ -64,10 +65,15 @@ def as_dot_product(call: Call) -> tuple[Tensor, Tensor, float | None]:
 def run(call: Call) -> AttentionResult:
     q, k, scale = as_dot_product(call)
     v = call.value
-    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    q, k, v = (t.expand(*lead, *t.shape[-2:]) for t in (q, k, v))  # SDPA's kernels want equal batch dims
-    region, has_key = call.region, None
     kwargs: dict = {}
+    if call.kv_groups > 1:  # grouped-query: q (..., H, Tq, D), k and v (..., Hkv, Tk, D)
+        batch = torch.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+        q, k, v = (t.expand(*batch, *t.shape[-3:]) for t in (q, k, v))
+        lead, kwargs["enable_gqa"] = q.shape[:-2], True
+    else:
+        lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        q, k, v = (t.expand(*lead, *t.shape[-2:]) for t in (q, k, v))  # SDPA's kernels want equal batch dims
+    region, has_key = call.region, None
     if region == Causal(0):
         kwargs["is_causal"] = True  # SDPA's causal mask is top-left aligned, as ours
     elif region is not None:
@@ -86,4 +92,4 @@ def run(call: Call) -> AttentionResult:
     return AttentionResult(out, None, None)
 
 
-register("sdpa", run, supports, "dot/scaled_dot/general/cosine + softmax on PyTorch's fused SDPA kernels")
+register("sdpa", run, supports, "dot/scaled_dot/general/cosine + softmax on PyTorch's fused SDPA kernels", gqa=True)

@@ -7,14 +7,16 @@ Leading dims (...) are any batch dims, e.g. (B,) or (B, H); they broadcast betwe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils import _pytree
 
-from ..errors import AttentionError, check_rank, shape_str
+from ..errors import AttentionError, check_float_input, check_probability, check_rank, shape_str
 from . import nonfinite as _nonfinite
 from . import normalizers as _normalizers
 from . import scores as _scores
@@ -45,10 +47,28 @@ class AttentionResult(tuple):
         return self[1]
 
 
+def _result_children(result: AttentionResult):
+    keys = [_pytree.GetAttrKey(name) for name in ("output", "weights", "log_prob")]
+    return list(zip(keys, (result[0], result[1], result.log_prob))), None
+
+
+# a pytree node, so torch.export and torch.compile see the tensors inside it
+_pytree.register_pytree_node(
+    AttentionResult,
+    lambda r: ([r[0], r[1], r.log_prob], None),
+    lambda children, _context: AttentionResult(*children),
+    serialized_type_name="attnkit.AttentionResult",
+    flatten_with_keys_fn=_result_children,
+)
+
+
 def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
     check_rank("query", query, 2, "(..., Tq, Dq)")
     check_rank("key", key, 2, "(..., Tk, Dk)")
     check_rank("value", value, 2, "(..., Tk, Dv)")
+    check_float_input("query", query)
+    check_float_input("key", key, query.dtype, "query")
+    check_float_input("value", value, query.dtype, "query")
     if value.shape[-2] != key.shape[-2]:
         raise AttentionError(
             f"value has shape {shape_str(value.shape)} but expected (..., Tk={key.shape[-2]}, Dv) "
@@ -59,7 +79,8 @@ def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
     except RuntimeError:
         raise AttentionError(
             f"leading (batch) dims do not broadcast: query {shape_str(query.shape)}, key "
-            f"{shape_str(key.shape)}, value {shape_str(value.shape)}"
+            f"{shape_str(key.shape)}, value {shape_str(value.shape)} (for key/value with fewer heads "
+            f"than the query, grouped-query attention, pass enable_gqa=True)"
         ) from None
 
 
@@ -81,11 +102,30 @@ class Call:
     score_params: Mapping[str, Tensor]
     dropout: float
     need_weights: bool
+    kv_groups: int = 1  # grouped-query attention: query heads per key/value head (enable_gqa=True)
 
     @property
     def scores_shape(self) -> tuple[int, ...]:
-        lead = torch.broadcast_shapes(self.query.shape[:-2], self.key.shape[:-2])
+        key_lead = self.key.shape[:-2]
+        if self.kv_groups > 1:  # (..., Hkv) -> (..., H)
+            key_lead = (*key_lead[:-1], key_lead[-1] * self.kv_groups)
+        lead = torch.broadcast_shapes(self.query.shape[:-2], key_lead)
         return (*lead, self.query.shape[-2], self.key.shape[-2])
+
+    def expand_kv(self, *, shape_only: bool = False) -> Call:
+        """This call with key and value (..., Hkv, Tk, D) repeated to the query's H heads, as
+        SDPA's ``enable_gqa`` (head h reads key/value head h // (H / Hkv)); itself when not grouped.
+
+        ``shape_only``: zero-stride stand-ins of the right shape, dtype and device (no memory), for
+        a backend's ``supports``, which looks at shapes only.
+        """
+        if self.kv_groups == 1:
+            return self
+        if shape_only:
+            k, v = (_stand_in(t, self.kv_groups) for t in (self.key, self.value))
+        else:
+            k, v = (t.repeat_interleave(self.kv_groups, dim=-3) for t in (self.key, self.value))
+        return replace(self, key=k, value=v, kv_groups=1)
 
     @property
     def requires_grad(self) -> bool:
@@ -107,15 +147,21 @@ def prepare(
     score_params: Mapping[str, Tensor] | None = None,
     dropout: float = 0.0,
     need_weights: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
 ) -> Call:
     """Validate the arguments of :func:`attnkit.attention` into a :class:`Call` (raises AttentionError)."""
+    kv, groups = (key, value), 1
+    if enable_gqa:  # validate against stand-ins with the query's head count; the Call keeps Hkv heads
+        key, value, groups = _grouped(query, key, value)
     _check_qkv(query, key, value)
     score_fn = _scores.resolve(score)
     score_params = dict(score_params or {})
     score_fn.validate(query, key, score_params)
+    for name, param in score_params.items():
+        check_float_input(f"score_params[{name!r}]", param, query.dtype, "query")
     normalizer = _normalizers.resolve(normalize)
-    if not 0.0 <= dropout < 1.0:
-        raise AttentionError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_probability("dropout", dropout)
     region, gauss = as_mask(mask), None
     tq, tk = query.shape[-2], key.shape[-2]
     if centre is not None:
@@ -127,11 +173,68 @@ def prepare(
             raise AttentionError(
                 f"centre has shape {shape_str(centre.shape)} but expected (..., Tq) = {shape_str((*lead, tq))}"
             )
+        if not torch.compiler.is_compiling() and not torch.isfinite(centre).all():
+            raise AttentionError("centre (local-p) holds NaN or inf; expected finite positions p_t")
         near, gauss = local_p_region(centre, tk, half)
         region = and_masks(region, near)
     else:
         region = and_masks(region, as_window(window))
-    return Call(query, key, value, score_fn, normalizer, region, gauss, score_params, dropout, need_weights)
+    if scale is not None:
+        query, score_params = _fold_scale(scale, score_fn, query, key, score_params)
+    return Call(query, *kv, score_fn, normalizer, region, gauss, score_params, dropout, need_weights, groups)
+
+
+def _stand_in(t: Tensor, groups: int) -> Tensor:
+    """A zero-stride tensor shaped like ``t`` (..., Hkv, T, D) repeated to (..., Hkv·groups, T, D)."""
+    shape = (*t.shape[:-3], t.shape[-3] * groups, *t.shape[-2:])
+    return t.new_zeros(()).requires_grad_(t.requires_grad and t.dtype.is_floating_point).expand(shape)
+
+
+def _grouped(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, int]:
+    """``enable_gqa=True``: key/value (..., Hkv, Tk, D) serve groups of H / Hkv query heads of
+    query (..., H, Tq, D), as SDPA's ``enable_gqa``. Returns stand-ins of the repeated key and value
+    (shapes only) and the group size H / Hkv."""
+    check_rank("query", query, 3, "(..., H, Tq, D) with enable_gqa=True")
+    check_rank("key", key, 3, "(..., Hkv, Tk, D) with enable_gqa=True")
+    check_rank("value", value, 3, "(..., Hkv, Tk, Dv) with enable_gqa=True")
+    h, hkv = query.shape[-3], key.shape[-3]
+    if value.shape[-3] != hkv or hkv < 1 or h % hkv:
+        raise AttentionError(
+            f"enable_gqa=True needs key and value with the same number of heads Hkv (dim -3) that divides "
+            f"the query's H: query {shape_str(query.shape)} has H={h}, key {shape_str(key.shape)} and value "
+            f"{shape_str(value.shape)} have Hkv={hkv} and {value.shape[-3]}"
+        )
+    groups = h // hkv
+    return _stand_in(key, groups), _stand_in(value, groups), groups
+
+
+def _fold_scale(
+    scale: float, score: _scores.Score, query: Tensor, key: Tensor, params: dict[str, Tensor]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``scale=``: scores multiplied by ``scale`` (for ``scaled_dot`` in place of 1/√Dk, as SDPA's
+    ``scale``), folded into the query or a score parameter so every backend computes it unchanged."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise AttentionError(f"scale must be a finite number > 0 (it multiplies the scores), got {scale!r}")
+    name, params = score.name, dict(params)
+    if name == "dot":  # (q·s)ᵀk = s·qᵀk
+        return query * scale, params
+    if name == "scaled_dot":  # (q·s·√Dk)ᵀk / √Dk = s·qᵀk
+        return query * (scale * math.sqrt(key.shape[-1])), params
+    if name == "general":  # qᵀ(sW)k
+        params["W"] = params["W"] * scale
+    elif name == "concat":  # (sw)ᵀ[q; k]
+        params["w"] = params["w"] * scale
+    elif name == "additive":  # (sv)ᵀtanh(W_q q + W_k k)
+        params["v"] = params["v"] * scale
+    elif name == "cosine":  # cos / (τ/s)
+        tau = params.get("temperature")
+        params["temperature"] = query.new_tensor(1.0 / scale) if tau is None else tau / scale
+    else:
+        raise AttentionError(
+            f"scale= is defined for the scores dot, scaled_dot, general, cosine, concat and additive, "
+            f"not for score={name!r}; fold the factor into the score function instead"
+        )
+    return query, params
 
 
 def reference(call: Call) -> AttentionResult:

@@ -1,14 +1,17 @@
 """``MultiHeadAttention``: H projected attentions in parallel, concatenated, projected back.
 
-Shape legend: B batch, H heads, Tq query positions, Tk key positions, D model dim, Dh = D / H.
-Batch-first, like ``nn.MultiheadAttention(batch_first=True)``.
+Shape legend: B batch, H heads, Hkv key/value heads, Tq query positions, Tk key positions, D model
+dim, Dh = D / H. Batch-first by default, like ``nn.MultiheadAttention(batch_first=True)``;
+``batch_first=False`` takes and returns (T, B, D) as torch's default does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -18,8 +21,8 @@ from ..core import normalizers as _normalizers
 from ..core import scores as _scores
 from ..core.functional import AttentionResult
 from ..core.local import as_window
-from ..errors import AttentionError, shape_str
-from .attention import combine_masks, score_parameters
+from ..errors import AttentionError, check_float_input, check_int, check_probability, check_rank, shape_str
+from .attention import score_parameters
 from .capture import is_random, record, recording
 
 __all__ = ["MultiHeadAttention"]
@@ -44,13 +47,38 @@ class MultiHeadAttention(nn.Module):
         score_hidden_dim: A of the additive score (default Dh).
         backend: "auto" (the fastest backend that takes each call) or a backend's name to force it;
             an attribute, so it can be changed on a built or loaded model.
+        kv_heads: Hkv, key/value heads for grouped-query (1: multi-query) attention; it must divide
+            H. ``k_proj``/``v_proj`` produce Hkv·Dh features and query head h reads key/value head
+            h // (H / Hkv) (SDPA's ``enable_gqa``). Default H.
+        batch_first: True (the default: attnkit is batch-first) takes and returns (B, T, D);
+            False takes and returns (T, B, D), as ``nn.MultiheadAttention``'s default. Masks and
+            the returned weights are batch-first either way, as in torch.
+        add_bias_kv: a learned key ``bias_k`` and value ``bias_v`` (1, 1, Hkv·Dh) appended after the
+            Tk projected keys, as torch's; every query may attend it (masks are extended with an
+            allowed column, as torch pads them). add_zero_attn: a zero key and value appended last,
+            likewise. Each adds a column to the returned weights (Tk + 1 or Tk + 2), as torch's.
 
-    ``forward(query (B, Tq, D), key (B, Tk, kdim), value (B, Tk, vdim), *, key_padding_mask,
-    mask, need_weights, average_weights)``. ``key_padding_mask`` (B, Tk) has PyTorch's meaning:
-    True marks padding. ``mask`` has the package's: True = may attend, broadcastable to
-    (B, H, Tq, Tk); a 3-D tensor is read as (B, Tq, Tk). Returns ``(output (B, Tq, D), weights)``
-    with weights (B, Tq, Tk) averaged over heads, or (B, H, Tq, Tk) with ``average_weights=False``,
-    or None when not asked for.
+    ``forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+    is_causal, *, mask, average_weights)``: the positions and meanings of
+    ``nn.MultiheadAttention.forward``, plus the package's own ``mask``. Shapes: query (B, Tq, D),
+    key (B, Tk, kdim), value (B, Tk, vdim) (``key`` and ``value`` default to ``query``).
+
+    - ``key_padding_mask`` (B, Tk), as torch's: bool with True = padding, or float added to the
+      scores (-inf = blocked).
+    - ``attn_mask``, as torch's: bool with True = *blocked*, or float added to the scores;
+      (Tq, Tk), or (B·H, Tq, Tk) with row b·H + h for example b, head h.
+    - ``is_causal``, as torch's: a hint that ``attn_mask`` is the causal mask, so it needs
+      ``attn_mask``; attnkit checks the hint (outside ``torch.compile``/``torch.export``) and raises
+      if ``attn_mask`` is not causal, where torch would give path-dependent results.
+    - ``mask``, the package's polarity: True = may attend, broadcastable to (B, H, Tq, Tk); a 3-D
+      tensor or ``Dense`` mask (e.g. from ``masks.from_torch_attn_mask``) is read as (B, Tq, Tk).
+      ``mask`` and ``attn_mask`` together are an error (opposite polarities: pass one).
+    - ``need_weights`` (default False here, True in torch) and ``average_attn_weights`` (alias
+      ``average_weights``, default True): weights (B, Tq, Tk) averaged over heads, or
+      (B, H, Tq, Tk) per head, or None when not asked for.
+
+    Returns ``(output (B, Tq, D), weights)`` (output (Tq, B, D) with ``batch_first=False``). A
+    query with no allowed key gets a zero attention output (so ``out_proj``'s bias), never NaN.
 
     >>> mha = MultiHeadAttention(32, 4, causal=True)
     >>> x = torch.randn(2, 6, 32)
@@ -74,13 +102,28 @@ class MultiHeadAttention(nn.Module):
         window: int | tuple[int, int] | None = None,
         score_hidden_dim: int | None = None,
         backend: str = "auto",
+        kv_heads: int | None = None,
+        batch_first: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
     ):
         super().__init__()
-        if num_heads < 1 or embed_dim % num_heads:
-            raise AttentionError(f"num_heads={num_heads} must be >= 1 and divide embed_dim={embed_dim}")
-        if not 0.0 <= dropout < 1.0:
-            raise AttentionError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_int("embed_dim", embed_dim)
+        check_int("num_heads", num_heads)
+        for name, dim in (("kdim", kdim), ("vdim", vdim), ("score_hidden_dim", score_hidden_dim)):
+            if dim is not None:
+                check_int(name, dim)
+        if embed_dim % num_heads:
+            raise AttentionError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
+        check_probability("dropout", dropout)
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.kv_heads = num_heads if kv_heads is None else check_int("kv_heads", kv_heads)
+        if num_heads % self.kv_heads:
+            raise AttentionError(
+                f"kv_heads={kv_heads} must divide num_heads={num_heads} (each key/value head serves a "
+                f"group of num_heads / kv_heads query heads)"
+            )
+        self.batch_first, self.add_zero_attn = bool(batch_first), bool(add_zero_attn)
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         per_head = [score] * num_heads if isinstance(score, (str, _scores.Score)) else list(score)
         if len(per_head) != num_heads:
@@ -98,9 +141,15 @@ class MultiHeadAttention(nn.Module):
         self.backend = backend  # "auto", or a name in attnkit.backends.BACKENDS to force one
         self._capture_inputs = True  # capture() records this module
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias)
-        self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias)
+        kv_dim = self.kv_heads * self.head_dim  # Hkv·Dh
+        self.k_proj = nn.Linear(self.kdim, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(self.vdim, kv_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        if add_bias_kv:  # torch's: one learned extra key and value, xavier-normal initialised
+            self.bias_k = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, 1, kv_dim)))
+            self.bias_v = nn.Parameter(nn.init.xavier_normal_(torch.empty(1, 1, kv_dim)))
+        else:
+            self.bias_k = self.bias_v = None
         dh, by_name = self.head_dim, {s.name: s for s in self.head_scores}
         self.score_params = nn.ModuleDict(
             {
@@ -113,18 +162,32 @@ class MultiHeadAttention(nn.Module):
         region = f", mask={self.region}" if self.region is not None else ""
         names = [s.name for s in self.head_scores]
         score = names[0] if len(self.groups) == 1 else names
-        return f"{self.embed_dim}, num_heads={self.num_heads}, score={score!r}, normalize={self.normalize}{region}"
+        extra = "" if self.kv_heads == self.num_heads else f", kv_heads={self.kv_heads}"
+        extra += "" if self.batch_first else ", batch_first=False"
+        extra += ", add_bias_kv=True" if self.bias_k is not None else ""
+        extra += ", add_zero_attn=True" if self.add_zero_attn else ""
+        return (
+            f"{self.embed_dim}, num_heads={self.num_heads}, score={score!r}, normalize={self.normalize}{region}{extra}"
+        )
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention, **kwargs) -> MultiHeadAttention:
         """A copy of a ``torch.nn.MultiheadAttention``'s weights (same dtype and device).
 
         Keyword arguments (e.g. ``causal=True``) pass to the constructor; the score is
-        ``scaled_dot`` unless given. Our module is batch-first whatever ``module.batch_first`` is.
+        ``scaled_dot`` unless given. ``batch_first``, ``add_bias_kv`` (with ``bias_k``, ``bias_v``)
+        and ``add_zero_attn`` are carried over, so the copy takes the same inputs and gives the
+        same outputs as ``module``.
         """
-        if module.bias_k is not None or module.add_zero_attn:
-            raise AttentionError("from_torch: add_bias_kv and add_zero_attn are not supported")
+        if "kv_heads" in kwargs:
+            raise AttentionError("from_torch: nn.MultiheadAttention has no grouped key/value heads; drop kv_heads")
         has_bias = module.in_proj_bias is not None
+        kwargs = {
+            "batch_first": module.batch_first,
+            "add_bias_kv": module.bias_k is not None,
+            "add_zero_attn": module.add_zero_attn,
+            **kwargs,
+        }
         new = cls(
             module.embed_dim,
             module.num_heads,
@@ -149,39 +212,96 @@ class MultiHeadAttention(nn.Module):
             new.out_proj.weight.copy_(module.out_proj.weight)
             if new.out_proj.bias is not None:
                 new.out_proj.bias.copy_(module.out_proj.bias)
+            if new.bias_k is not None:
+                new.bias_k.copy_(module.bias_k)
+                new.bias_v.copy_(module.bias_v)
         return new
 
-    def _heads_mask(self, mask, key_padding_mask: Tensor | None) -> masks.Mask | None:
-        if isinstance(mask, Tensor) and mask.dim() == 3:
-            mask = mask.unsqueeze(1)  # (B, Tq, Tk) -> (B, 1, Tq, Tk): the same for every head
-        return masks.and_masks(self.region, combine_masks(mask, key_padding_mask))
+    def _heads_mask(
+        self, mask, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool, b: int, tq: int, tk: int
+    ) -> masks.Mask | None:
+        """Every mask of a call as one, over scores (B, H, Tq, Tk) of the Tk given keys."""
+        if mask is not None and attn_mask is not None:
+            raise AttentionError(
+                "pass mask= (attnkit's polarity: True = may attend) or attn_mask= (nn.MultiheadAttention's: "
+                "True = blocked, or additive float), not both: their True values mean opposite things; "
+                "combine them into one mask first (masks.from_torch_attn_mask(attn_mask) & mask)"
+            )
+        torch_mask = None if attn_mask is None else self._from_attn_mask(attn_mask, b, tq, tk)
+        if is_causal:
+            if attn_mask is None:
+                raise AttentionError(
+                    "is_causal=True is a hint that attn_mask is the causal mask (as in nn.MultiheadAttention), "
+                    "so it needs attn_mask, e.g. nn.Transformer.generate_square_subsequent_mask(Tq); for causal "
+                    "attention without one, use MultiHeadAttention(..., causal=True) or mask=masks.causal()"
+                )
+            if not torch.compiler.is_compiling() and not _is_causal(attn_mask):
+                raise AttentionError(
+                    f"is_causal=True says attn_mask {shape_str(attn_mask.shape)} is the causal mask (blocked "
+                    f"exactly where key j > query i), but it is not; drop is_causal to apply attn_mask as given"
+                )
+            torch_mask = masks.causal()  # the same mask, in a form the fast paths recognise
+        return masks.and_masks(
+            self.region, _per_example(masks.as_mask(mask)), torch_mask, _padding(key_padding_mask, b, tk)
+        )
+
+    def _from_attn_mask(self, attn_mask: Tensor, b: int, tq: int, tk: int) -> masks.Mask:
+        """``nn.MultiheadAttention``'s ``attn_mask`` (Tq, Tk) or (B·H, Tq, Tk), True = blocked."""
+        if not isinstance(attn_mask, Tensor):
+            raise AttentionError(f"attn_mask must be a bool or float tensor, got {type(attn_mask).__name__}")
+        h = self.num_heads
+        if attn_mask.dim() == 3 and tuple(attn_mask.shape) == (b * h, tq, tk):
+            attn_mask = attn_mask.reshape(b, h, tq, tk)  # row b·H + h: example b, head h (torch's order)
+        elif attn_mask.dim() != 2 or tuple(attn_mask.shape) != (tq, tk):
+            raise AttentionError(
+                f"attn_mask has shape {shape_str(attn_mask.shape)} but expected (Tq, Tk) = {shape_str((tq, tk))} "
+                f"or (B·H, Tq, Tk) = {shape_str((b * h, tq, tk))}, as nn.MultiheadAttention's"
+            )
+        return masks.from_torch_attn_mask(attn_mask)
 
     def forward(
         self,
         query: Tensor,
         key: Tensor | None = None,
         value: Tensor | None = None,
-        *,
         key_padding_mask: Tensor | None = None,
-        mask: masks.Mask | Tensor | None = None,
         need_weights: bool = False,
-        average_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool | None = None,
+        is_causal: bool = False,
+        *,
+        mask: masks.Mask | Tensor | None = None,
+        average_weights: bool | None = None,
     ) -> AttentionResult:
+        if average_attn_weights is not None and average_weights is not None and average_attn_weights != average_weights:
+            raise AttentionError(
+                f"average_attn_weights={average_attn_weights} and average_weights={average_weights} disagree; "
+                f"they are one option (average_weights is the older name): pass one"
+            )
+        average = next((a for a in (average_attn_weights, average_weights) if a is not None), True)
         key = query if key is None else key
         value = key if value is None else value
         for name, x, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
+            layout = f"(B, T, {dim}) (batch first)" if self.batch_first else f"(T, B, {dim}) (batch_first=False)"
+            check_rank(name, x, 3, layout)
+            check_float_input(name, x, self.q_proj.weight.dtype, "the module's parameters")
             if x.dim() != 3 or x.shape[-1] != dim:
-                raise AttentionError(f"{name} has shape {shape_str(x.shape)} but expected (B, T, {dim}) (batch first)")
+                raise AttentionError(f"{name} has shape {shape_str(x.shape)} but expected {layout}")
+        if not self.batch_first:
+            query, key, value = (x.transpose(0, 1) for x in (query, key, value))  # (T, B, .) -> (B, T, .)
         if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
             raise AttentionError(
                 f"query {shape_str(query.shape)}, key {shape_str(key.shape)} and value {shape_str(value.shape)} "
-                f"must share B, and key and value must share Tk"
+                f"(batch first) must share B, and key and value must share Tk"
             )
-        h = self.num_heads
-        q = rearrange(self.q_proj(query), "B Tq (H Dh) -> B H Tq Dh", H=h)
-        k = rearrange(self.k_proj(key), "B Tk (H Dh) -> B H Tk Dh", H=h)
-        v = rearrange(self.v_proj(value), "B Tk (H Dh) -> B H Tk Dh", H=h)
-        region = self._heads_mask(mask, key_padding_mask)
+        (b, tq, _), tk = query.shape, key.shape[1]
+        region = self._heads_mask(mask, attn_mask, key_padding_mask, is_causal, b, tq, tk)
+        q = rearrange(self.q_proj(query), "B Tq (H Dh) -> B H Tq Dh", H=self.num_heads)
+        k, v = self._keys(self.k_proj(key), self.v_proj(value))  # (B, Tk', Hkv·Dh), Tk' = Tk + extra keys
+        if k.shape[1] > tk and region is not None:
+            region = _ExtraKeys(region, k.shape[1] - tk)
+        k = rearrange(k, "B Tk (H Dh) -> B H Tk Dh", H=self.kv_heads)
+        v = rearrange(v, "B Tk (H Dh) -> B H Tk Dh", H=self.kv_heads)
         watched = recording(self)
         random = is_random(self.normalize)
         dropout = self.dropout if self.training else 0.0
@@ -191,10 +311,24 @@ class MultiHeadAttention(nn.Module):
         if watched:
             record(self, result.weights.detach() if random else self._recompute(q, k, v, region))
         out = self.out_proj(rearrange(result.output, "B H Tq Dh -> B Tq (H Dh)"))  # (B, Tq, D)
+        if not self.batch_first:
+            out = out.transpose(0, 1)  # (Tq, B, D)
         weights = result.weights if need_weights else None  # (B, H, Tq, Tk) | None
-        if weights is not None and average_weights:
+        if weights is not None and average:
             weights = weights.mean(dim=1)  # (B, Tq, Tk)
         return AttentionResult(out, weights, result.log_prob)
+
+    def _keys(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Projected keys and values (B, Tk, Hkv·Dh) with torch's extra keys appended: ``bias_k``/``bias_v``
+        (add_bias_kv), then a zero key and value (add_zero_attn)."""
+        b = k.shape[0]
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.expand(b, 1, -1)], dim=1)
+            v = torch.cat([v, self.bias_v.expand(b, 1, -1)], dim=1)
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(b, 1, k.shape[-1])], dim=1)
+            v = torch.cat([v, v.new_zeros(b, 1, v.shape[-1])], dim=1)
+        return k, v
 
     def _recompute(self, q: Tensor, k: Tensor, v: Tensor, region):
         """A function that recomputes this call's weights (B, H, Tq, Tk) on the reference path,
@@ -217,7 +351,13 @@ class MultiHeadAttention(nn.Module):
         params=None,
         backend="auto",
     ) -> AttentionResult:
-        """Every score group's heads on (B, H, T, Dh) projections, merged back in head order."""
+        """Every score group's heads on (B, H, T, Dh) projections, merged back in head order.
+
+        k and v have Hkv heads (grouped-query attention when Hkv < H)."""
+        gqa = k.shape[1] != q.shape[1]
+        if gqa and len(self.groups) > 1:  # score groups pick query heads: repeat key/value heads to match
+            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+            gqa = False
         parts = []
         for name, heads in self.groups.items():
             sel = slice(None) if len(self.groups) == 1 else heads  # (B, H_g, T, Dh) for this score
@@ -233,6 +373,7 @@ class MultiHeadAttention(nn.Module):
                     dropout=dropout,
                     need_weights=need_weights,
                     backend=backend,
+                    enable_gqa=gqa,
                 )
             )
         return parts[0] if len(parts) == 1 else self._merge(parts)
@@ -249,3 +390,65 @@ class MultiHeadAttention(nn.Module):
         return AttentionResult(
             cat([p.output for p in parts]), cat([p.weights for p in parts]), cat([p.log_prob for p in parts])
         )
+
+
+def _per_example(mask: masks.Mask | None) -> masks.Mask | None:
+    """The mask argument's rule: a 3-D tensor or ``Dense`` mask is (B, Tq, Tk), the same for every
+    head, so (B, 1, Tq, Tk) against scores (B, H, Tq, Tk); inside ``&`` and ``|`` too."""
+    if isinstance(mask, masks.Dense) and mask.tensor.dim() == 3:
+        return masks.Dense(mask.tensor.unsqueeze(1))
+    if isinstance(mask, (masks.And, masks.Or)):
+        return type(mask)(*map(_per_example, mask.parts))
+    return mask
+
+
+def _padding(key_padding_mask: Tensor | None, b: int, tk: int) -> masks.Mask | None:
+    """``key_padding_mask`` (B, Tk) as torch's: bool True = padding, or float added to the scores."""
+    kpm = key_padding_mask
+    if kpm is None or (isinstance(kpm, Tensor) and kpm.dtype == torch.bool):
+        return None if kpm is None else masks.from_key_padding(kpm)
+    if not isinstance(kpm, Tensor) or not kpm.is_floating_point():
+        got = f"dtype {kpm.dtype}" if isinstance(kpm, Tensor) else f"type {type(kpm).__name__}"
+        raise AttentionError(
+            f"key_padding_mask has {got} but expected torch.bool (True = padding) or a floating dtype "
+            f"(added to the scores), as nn.MultiheadAttention's"
+        )
+    if tuple(kpm.shape) != (b, tk):
+        raise AttentionError(
+            f"key_padding_mask has shape {shape_str(kpm.shape)} but expected (B, Tk) = {shape_str((b, tk))}"
+        )
+    return masks.Dense(kpm[:, None, None, :])  # (B, 1, 1, Tk)
+
+
+def _is_causal(attn_mask: Tensor) -> bool:
+    """Whether torch's ``attn_mask`` (..., Tq, Tk) blocks exactly the keys j > i (bool True, or -inf
+    with 0 elsewhere)."""
+    tq, tk = attn_mask.shape[-2:]
+    above = torch.ones(tq, tk, dtype=torch.bool, device=attn_mask.device).triu(1)  # (Tq, Tk)
+    if attn_mask.dtype == torch.bool:
+        return bool((attn_mask == above).all())
+    blocked = attn_mask == float("-inf")
+    return bool((blocked == above).all() and (attn_mask.masked_fill(blocked, 0.0) == 0).all())
+
+
+@dataclass(frozen=True, eq=False)
+class _ExtraKeys(masks.Mask):
+    """``inner`` over the first Tk keys, and ``n`` keys appended after them (``add_bias_kv``,
+    ``add_zero_attn``) that every query may attend, as torch pads its masks with a column."""
+
+    inner: masks.Mask
+    n: int
+
+    def _inner_shape(self, shape):
+        return (*shape[:-1], shape[-1] - self.n)
+
+    def materialize(self, shape, device=None):
+        m = self.inner.materialize(self._inner_shape(shape), device)
+        m = m.expand(*m.shape[:-1], shape[-1] - self.n)  # a mask may broadcast over keys
+        return F.pad(m, (0, self.n), value=True)
+
+    def bias(self, shape, device=None, dtype=torch.float32):
+        b = self.inner.bias(self._inner_shape(shape), device, dtype)
+        if b is None:
+            return None
+        return F.pad(b.expand(*b.shape[:-1], shape[-1] - self.n), (0, self.n), value=0.0)
