@@ -14,6 +14,7 @@ from attnkit.backends import BACKENDS
 from attnkit.backends.registry import register
 from attnkit.core.functional import AttentionResult
 from attnkit.core.nonfinite import reaches
+from attnkit.core.scores import Score
 
 B, TQ, TK, D = 2, 6, 7, 4
 LENGTHS = [5, 3]  # keys 5.. of example 0 and 3.. of example 1 are padding
@@ -133,6 +134,33 @@ def test_an_allowed_nan_key_poisons_output_and_weights_rows_and_their_gradient()
             assert torch.isnan(res.weights).all(-1).equal(rows)
         res.output.sum().backward()
         assert torch.isnan(q.grad[0, 2:]).all() and torch.isfinite(q.grad[0, :2]).all(), backend
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "sparsemax", "entmax15", "hard", "topk"])
+@pytest.mark.parametrize("backend", ["reference", "banded", "topk_gather"])
+@pytest.mark.parametrize("bad", BAD)
+def test_a_non_finite_score_at_a_blocked_key_has_no_influence(backend, normalize, bad):
+    """A score that is NaN or ±inf where the mask blocks (a custom score, an overflow) never leaks."""
+    if backend == "topk_gather" and normalize not in ("hard", "topk"):
+        pytest.skip("topk_gather takes hard and topk only")
+
+    def wild(query, key, params):  # dot, but `bad` against a key whose first entry is 42
+        scores = query @ key.transpose(-2, -1)  # (B, Tq, Tk)
+        return scores.masked_fill(key[..., None, :, 0] == 42.0, bad)
+
+    score = Score("wild", wild, lambda dq, dk: {}, same_dim=True)
+    q, k, v, _ = _inputs("dot")
+    for b, n in enumerate(LENGTHS):
+        k[b, n:, 0] = 42.0  # finite keys (nothing to clean) whose scores are not
+    kwargs = {"mask": masks.padding(LENGTHS, max_len=TK), "window": (2, 1), "need_weights": True}
+    out, w, grads = _run(backend, score, normalize, q, k, v, {}, **kwargs)
+    want_out, want_w, want_grads = _run(backend, "dot", normalize, q, k, v, {}, **kwargs)
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+    torch.testing.assert_close(w, want_w, rtol=0, atol=0)
+    for got, want in zip(grads, want_grads):
+        assert (got is None) == (want is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_key_padding_mask_of_multihead_attention_hides_nan_padding():

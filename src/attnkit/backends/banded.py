@@ -129,15 +129,16 @@ def _unblock(x: Tensor, t: int) -> Tensor:
 
 
 def _softmax(scores: Tensor, allowed: Tensor) -> Normalized:
-    """Softmax over the allowed band keys: an additive -inf bias (small: no head dim) and one softmax.
+    """Softmax over the allowed band keys: -inf filled in at the blocked keys, and one softmax.
 
-    A row with no allowed key (the padded queries of the last block, a fully padded example) gets a
-    zero bias instead, a finite softmax, and is zeroed after: 0, never NaN, as the reference.
+    Filled, not added as a -inf bias: an inf or NaN score at a blocked key would turn into NaN and
+    leak into its row. A row with no allowed key (the padded queries of the last block, a fully
+    padded example) is filled with zeros instead, gets a finite softmax, and is zeroed after: 0,
+    never NaN, as the reference.
     """
     has_key = allowed.any(-1, keepdim=True)  # (nb, 1.., Bq, 1)
-    bias = torch.zeros(allowed.shape, dtype=scores.dtype, device=scores.device)
-    bias.masked_fill_(~(allowed | ~has_key), float("-inf"))  # (nb, 1.., Bq, W)
-    weights = torch.softmax(scores + bias, dim=-1)
+    fill = torch.where(has_key, float("-inf"), 0.0).to(scores.dtype)  # (nb, 1.., Bq, 1): small
+    weights = torch.softmax(torch.where(allowed, scores, fill), dim=-1)
     if not bool(has_key.all()):
         weights = weights * has_key
     return Normalized(weights)
