@@ -110,7 +110,7 @@ def test_missing_or_misshapen_score_parameters():
 
 
 def test_module_options_rejected_at_construction():
-    with raises("num_heads=3 must be >= 1 and divide embed_dim=8"):
+    with raises("num_heads=3 must divide embed_dim=8"):
         MultiHeadAttention(8, 3)
     with raises("region='local-p' needs window=D, an int >= 1 (sigma = D/2), got (1, 2)"):
         attnkit.Attention(8, region="local-p", window=(1, 2))
