@@ -214,3 +214,17 @@ def test_a_newly_registered_backend_follows_the_rule():
     finally:
         del BACKENDS["naive_for_test"]
     assert torch.isfinite(out).all()
+
+
+def test_flex_forced_follows_the_rule():
+    """FlexAttention (forced; no backward on CPU, one compilation): padded NaN keys and values do
+    not reach the real rows, and a NaN value that a causal row may attend poisons that row."""
+    q, k, v, _ = _inputs("dot")
+    q, k, v = (t.float().unsqueeze(1).expand(B, 2, -1, -1).contiguous() for t in (q, k, v))  # (B, H, T, D)
+    mask = masks.causal() & masks.padding(LENGTHS, max_len=TK)
+    want = attnkit.attention(q, k, v, mask=mask, backend="reference").output
+    k[0, :, 5:], v[0, :, 5:] = float("nan"), float("nan")  # padding of example 0
+    v[1, :, 1] = float("inf")  # a real key of example 1: rows 1.. may attend it
+    got = attnkit.attention(q, k, v, mask=mask, backend="flex").output
+    torch.testing.assert_close(got[0], want[0], atol=2e-5, rtol=1e-4)
+    assert torch.isnan(got[1, :, 1:]).all() and torch.isfinite(got[1, :, :1]).all()
