@@ -228,3 +228,24 @@ def test_flex_forced_follows_the_rule():
     got = attnkit.attention(q, k, v, mask=mask, backend="flex").output
     torch.testing.assert_close(got[0], want[0], atol=2e-5, rtol=1e-4)
     assert torch.isnan(got[1, :, 1:]).all() and torch.isfinite(got[1, :, :1]).all()
+
+
+@pytest.mark.parametrize("backend,score,normalize,window", CASES)
+def test_the_branch_free_path_gives_the_same(backend, score, normalize, window, monkeypatch):
+    """Compiled and CUDA runs skip the host check for bad rows (no data-dependent branch, no sync)
+    and always clean and poison: with or without bad rows, the same results as the eager check."""
+    from attnkit.core import nonfinite
+
+    q, k, v, params = _inputs(score, seed=1)
+    k_bad, v_bad = k.clone(), v.clone()
+    k_bad[0, 6], v_bad[1, 4] = float("nan"), float("inf")  # padding of both examples
+    kwargs = {"mask": masks.padding(LENGTHS, max_len=TK), "window": window, "need_weights": backend != "sdpa"}
+    for keys, values in ((k, v), (k_bad, v_bad)):
+        want = _run(backend, score, normalize, q, keys, values, params, **kwargs)
+        monkeypatch.setattr(nonfinite, "_any", lambda bad: True)
+        got = _run(backend, score, normalize, q, keys, values, params, **kwargs)
+        monkeypatch.undo()
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+        for g, w in zip(got[2], want[2]):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
