@@ -352,3 +352,28 @@ def test_window_case_local_attention_equals_dense_when_installed():
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=window_allowed(t, w))
     close(local_attention(w)(q, k, v), want)
     close(attnkit.attention(q, k, v, mask=window_mask(w)).output, want)
+
+
+class _Fast(nn.Module):
+    """No weights asked for: the call runs on a fast path (SDPA, or a forced backend)."""
+
+    def __init__(self, mha):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, x, padding):
+        return self.mha(x, key_padding_mask=padding).output
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"window": 2, "backend": "banded"}], ids=["sdpa", "banded"])
+def test_compile_fullgraph_and_export_on_fast_paths_with_a_padding_mask(kwargs):
+    """A materialized mask with a fully padded row used to branch on the data (bool(has_key.all()))."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(D, H, **kwargs).eval()
+    x = torch.randn(B, T, D)
+    padding = torch.zeros(B, T, dtype=torch.bool)
+    padding[1, 3:] = True
+    want = mha(x, key_padding_mask=padding).output
+    compiled = torch.compile(_Fast(mha), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, padding), want)
+    torch.testing.assert_close(torch.export.export(_Fast(mha), (x, padding)).module()(x, padding), want)

@@ -327,7 +327,7 @@ def test_declines_with_a_reason(kwargs, reason):
     q, k, value, params = _problem(tq=3, tk=4)
     kwargs = {"score": "additive", "score_params": params, **kwargs}
     if kwargs["score"] != "additive":
-        kwargs["score_params"] = SCORES[kwargs["score"]].init_params(q.shape[-1], k.shape[-1])
+        kwargs["score_params"] = SCORES[kwargs["score"]].init_params(q.shape[-1], k.shape[-1], dtype=q.dtype)
     assert reason in triton_additive.supports(prepare(q, k, value, **kwargs))
     with pytest.raises(attnkit.AttentionError, match=reason):
         attnkit.attention(q, k, value, backend=BACKEND, **kwargs)

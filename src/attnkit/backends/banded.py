@@ -139,7 +139,7 @@ def _softmax(scores: Tensor, allowed: Tensor) -> Normalized:
     has_key = allowed.any(-1, keepdim=True)  # (nb, 1.., Bq, 1)
     fill = torch.where(has_key, float("-inf"), 0.0).to(scores.dtype)  # (nb, 1.., Bq, 1): small
     weights = torch.softmax(torch.where(allowed, scores, fill), dim=-1)
-    if not bool(has_key.all()):
+    if torch.compiler.is_compiling() or not bool(has_key.all()):  # no data-dependent branch in a graph
         weights = weights * has_key
     return Normalized(weights)
 

@@ -81,7 +81,7 @@ def run(call: Call) -> AttentionResult:
         allowed = region.materialize(shape, q.device)
         bias = region.bias(shape, q.device, q.dtype)
         has_key = allowed.any(-1, keepdim=True)  # (..., Tq, 1)
-        if not bool(has_key.all()):
+        if torch.compiler.is_compiling() or not bool(has_key.all()):  # no data-dependent branch in a graph
             allowed = allowed | ~has_key  # a row with no key: compute it on all keys, then zero it
         else:
             has_key = None
