@@ -46,6 +46,7 @@ from ..data.vocab import PAD, SPECIALS, UNK, Vocab
 from ..errors import AttentionError
 from ..models import CLASSIFIERS, Classified
 from ..train import checkpoint, config_from_dict
+from ..train.schema import from_dict
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -53,6 +54,7 @@ __all__ = [
     "MAX_WORDS",
     "TASKS",
     "Classifier",
+    "ClassifyDoc",
     "ClassifyTask",
     "Explanation",
     "build_model",
@@ -77,21 +79,22 @@ def _check_names(task: str, model: str) -> None:
         raise AttentionError(f"model={model!r} does not read the {task} task's input; use one of {fits}")
 
 
-def _config(model: str, fields: dict, vocab: int, classes: int):
+def _config(model: str, fields: dict, vocab: int, classes: int, what: str | None = None):
     spec = CLASSIFIERS[model]
     fixed = sorted(set(fields) & set(spec.fixed))
     if fixed:
         raise AttentionError(f"{fixed[0]} is fixed by model={model!r}; drop it")
     return config_from_dict(
-        spec.config, {**fields, **spec.fixed, "vocab": vocab, "classes": classes}, f"{model} config"
+        spec.config, {**fields, **spec.fixed, "vocab": vocab, "classes": classes}, what or f"{model} config"
     )
 
 
-def build_model(model: str, fields: dict, vocab: int, classes: int) -> nn.Module:
-    """The classifier named ``model`` with config ``fields`` (vocab and class counts aside)."""
+def build_model(model: str, fields: dict, vocab: int, classes: int, *, what: str | None = None) -> nn.Module:
+    """The classifier named ``model`` with config ``fields`` (vocab and class counts aside);
+    ``what`` names the config in error messages (default ``"MODEL config"``)."""
     if model not in CLASSIFIERS:
         raise AttentionError(f"model={model!r} is unknown; expected one of {list(CLASSIFIERS)}")
-    return CLASSIFIERS[model].model(_config(model, fields, vocab, classes))
+    return CLASSIFIERS[model].model(_config(model, fields, vocab, classes, what))
 
 
 def load_vectors(embed: nn.Embedding, words: Vocab, source: str, *, freeze: bool = False) -> None:
@@ -180,16 +183,21 @@ def collate(kind: str, xs: list) -> tuple[Tensor, ...]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, kind: str, xs: list, batch_size: int = 256) -> Tensor:
-    """(N, C) class probabilities of encoded examples ``xs``, in their order."""
+def predict(model: nn.Module, kind: str, xs: list, batch_size: int = 256, progress=None) -> Tensor:
+    """(N, C) class probabilities of encoded examples ``xs``, in their order; ``progress(done,
+    total)`` is called before the first batch and after each one."""
     model.eval()
     order = sorted(range(len(xs)), key=lambda i: _length(xs[i], kind))
     probs = [None] * len(xs)
+    if progress is not None:
+        progress(0, len(xs))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         out = model(*collate(kind, [xs[i] for i in idx]))
         for i, p in zip(idx, out.logits.softmax(-1)):
             probs[i] = p
+        if progress is not None:
+            progress(start + len(idx), len(xs))
     return torch.stack(probs) if probs else torch.zeros(0, 0)
 
 
@@ -253,6 +261,10 @@ class ClassifyTask:
 
     def __post_init__(self):
         _check_names(self.task, self.model)
+        for name in ("limit", "valid_limit", "min_count"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise AttentionError(f"{name} must be a whole number >= 1, got {value!r}")
         if self.vectors != "none":
             check_source(self.vectors)
         if self.freeze_vectors and self.vectors == "none":
@@ -346,6 +358,40 @@ class Explanation(NamedTuple):
 _SENTENCE_END = re.compile(r"[.;!?\n]+")
 
 
+@dataclass
+class ClassifyDoc:
+    """The ``task`` document of a classifier checkpoint (:meth:`ClassifyTask.describe`): checked
+    field by field on load. Checkpoints from before pretrained vectors lack the last three fields."""
+
+    name: str  # "classify"
+    task: str  # a key of TASKS
+    model: str  # a key of CLASSIFIERS
+    model_config: dict  # fields of the model's config, vocab and classes aside
+    limit: int | None
+    valid_limit: int | None
+    words: list[str]  # the word vocabulary after the specials
+    labels: list[str]  # the class names
+    min_count: int = 2
+    vectors: str = "none"
+    freeze_vectors: bool = False
+
+    def __post_init__(self):
+        _check_names(self.task, self.model)
+        if not self.labels:
+            raise AttentionError("labels is empty")
+
+    @classmethod
+    def read(cls, meta: dict, path) -> ClassifyDoc:
+        """The checked task document of the checkpoint metadata ``meta`` read from ``path``."""
+        found = checkpoint.task_name(meta)
+        if found != "classify":
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r} is not a classifier (task {found!r})")
+        try:
+            return from_dict(cls, meta["task"], "task")
+        except AttentionError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
+
+
 class Classifier:
     """A trained classifier ready for inference, rebuilt from its checkpoint alone.
 
@@ -369,13 +415,15 @@ class Classifier:
         if path.is_dir():
             path = path / "best.safetensors"
         tensors, meta = checkpoint.load(path)
-        doc = meta.get("task") or {}
-        if doc.get("name") != "classify":
-            raise AttentionError(f"checkpoint {str(path)!r} is not a classifier (task {doc.get('name')!r})")
-        _check_names(doc["task"], doc["model"])
-        model = build_model(doc["model"], doc["model_config"], len(SPECIALS) + len(doc["words"]), len(doc["labels"]))
+        doc = ClassifyDoc.read(meta, path)
+        try:
+            vocab, classes = len(SPECIALS) + len(doc.words), len(doc.labels)
+            model = build_model(doc.model, doc.model_config, vocab, classes, what="task.model_config")
+            loaded = cls(model, meta["task"], str(path))
+        except AttentionError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
         checkpoint.load_model(model, tensors, path)
-        return cls(model, doc, str(path))
+        return loaded
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -408,12 +456,13 @@ class Classifier:
         attention = [None if t is None else t[0] for t in out[1:]]  # words, sentences, matrix, conv_matrix
         return Explanation(self.labels[k], probs[k].item(), tokens, *attention)
 
-    def evaluate(self, split: str = "test", *, limit: int | None = None) -> dict[str, float]:
-        """The task's metrics on a WordNet split, with the examples counted and classified per second."""
+    def evaluate(self, split: str = "test", *, limit: int | None = None, progress=None) -> dict[str, float]:
+        """The task's metrics on a WordNet split, with the examples counted and classified per
+        second; ``progress`` as in :func:`predict`."""
         records = _records(self.task, split)[:limit]
         xs = [self.encoder.input(_texts(r)) for r in records]
         started = time.perf_counter()
-        probs = predict(self.model, self.kind, xs)
+        probs = predict(self.model, self.kind, xs, progress=progress)
         seconds = time.perf_counter() - started
         groups = [r.synset for r in records] if self.task == "pair" else None
         metrics = score(probs, [_label(r, self.labels) for r in records], groups)

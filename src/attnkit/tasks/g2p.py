@@ -11,6 +11,7 @@ every phoneme on both sides):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,8 +27,9 @@ from ..data.vocab import PAD, SPECIALS, Vocab
 from ..errors import AttentionError
 from ..models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq, beam_search, greedy
 from ..train import checkpoint, config_from_dict
+from ..train.schema import from_dict
 
-__all__ = ["G2P", "MODELS", "SHIPPED", "G2PTask", "build_model", "edit_distance", "score"]
+__all__ = ["G2P", "MODELS", "SHIPPED", "G2PDoc", "G2PTask", "build_model", "edit_distance", "score"]
 
 MODELS = {"rnn": (RNNConfig, RNNSeq2Seq), "transformer": (TransformerConfig, TransformerSeq2Seq)}
 SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
@@ -74,14 +76,14 @@ def score(hyps, refs) -> dict[str, float]:
     return out
 
 
-def build_model(kind: str, config: dict, src_vocab: int, tgt_vocab: int) -> nn.Module:
-    """A seq2seq model named ``kind`` ("rnn" or "transformer") with ``config``'s fields."""
+def build_model(kind: str, config: dict, src_vocab: int, tgt_vocab: int, *, what: str | None = None) -> nn.Module:
+    """A seq2seq model named ``kind`` ("rnn" or "transformer") with ``config``'s fields; ``what``
+    names the config in error messages (default ``"KIND config"``)."""
     if kind not in MODELS:
         raise AttentionError(f"model={kind!r} is unknown; expected one of {sorted(MODELS)}")
     config_cls, model_cls = MODELS[kind]
-    return model_cls(
-        config_from_dict(config_cls, {**config, "src_vocab": src_vocab, "tgt_vocab": tgt_vocab}, f"{kind} config")
-    )
+    what = what or f"{kind} config"
+    return model_cls(config_from_dict(config_cls, {**config, "src_vocab": src_vocab, "tgt_vocab": tgt_vocab}, what))
 
 
 def _sorted_batches(words: list[str], letters, batch_size: int):
@@ -93,16 +95,36 @@ def _sorted_batches(words: list[str], letters, batch_size: int):
 
 
 def decode_words(
-    model, words: list[str], letters, phonemes, *, beam: int = 1, batch_size: int = 256, alpha: float = 0.6
+    model,
+    words: list[str],
+    letters,
+    phonemes,
+    *,
+    beam: int = 1,
+    batch_size: int = 256,
+    alpha: float = 0.6,
+    progress: Callable[[int, int], None] | None = None,
 ):
-    """Hypotheses for ``words`` in their order; beam 1 is greedy."""
+    """Hypotheses for ``words`` in their order; beam 1 is greedy. ``progress(done, total)`` is
+    called before the first batch and after each one with the number of words decoded so far."""
     model.eval()
     out = [None] * len(words)
+    done = 0
+    if progress is not None:
+        progress(done, len(words))
     for idx, src in _sorted_batches(words, letters, batch_size):
         hyps = greedy(model, src) if beam == 1 else beam_search(model, src, beam=beam, alpha=alpha)
         for i, h in zip(idx, hyps):
             out[i] = h._replace(tokens=tuple(phonemes.decode(h.tokens)))
+        done += len(idx)
+        if progress is not None:
+            progress(done, len(words))
     return out
+
+
+def _check_limit(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise AttentionError(f"{name} must be a whole number >= 1 (or None: all), got {value!r}")
 
 
 @dataclass
@@ -117,6 +139,8 @@ class G2PTask:
     higher_is_better = False
 
     def __post_init__(self):
+        _check_limit("limit", self.limit)
+        _check_limit("valid_limit", self.valid_limit)
         self.model_config = dict(self.model_config or {})
         self.letters, self.phonemes = cmudict.letters(), cmudict.phonemes()
         train = cmudict.load("train")[: self.limit]
@@ -173,6 +197,37 @@ class G2PTask:
         return score([h.tokens for h in hyps], [e.pronunciations for e in self.valid])
 
 
+@dataclass
+class G2PDoc:
+    """The ``task`` document of a G2P checkpoint (:meth:`G2PTask.describe`): checked field by field
+    on load, so that a damaged file is one error that names the field."""
+
+    name: str  # "g2p"
+    model: str  # a key of MODELS
+    model_config: dict  # fields of RNNConfig / TransformerConfig, vocab sizes aside
+    limit: int | None
+    valid_limit: int | None
+    letters: list[str]  # the input vocabulary, specials first
+    phonemes: list[str]  # the output vocabulary, specials first
+
+    def __post_init__(self):
+        for name in ("letters", "phonemes"):
+            symbols = getattr(self, name)
+            if tuple(symbols[: len(SPECIALS)]) != SPECIALS:
+                raise AttentionError(f"{name} must begin with {list(SPECIALS)}, got {symbols[: len(SPECIALS)]}")
+
+    @classmethod
+    def read(cls, meta: dict, path) -> G2PDoc:
+        """The checked task document of the checkpoint metadata ``meta`` read from ``path``."""
+        found = checkpoint.task_name(meta)
+        if found != "g2p":
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r} is not a g2p model (task {found!r})")
+        try:
+            return from_dict(cls, meta["task"], "task")
+        except AttentionError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
+
+
 class Pronunciation(NamedTuple):
     """``phones`` of ``word``, and ``weights`` (len(phones) + 1, len(word)): the attention of each
     output step (the last emits the end) over the letters; None for a model without attention."""
@@ -208,15 +263,20 @@ class G2P:
         if path.is_dir():
             path = path / "best.safetensors"
         tensors, meta = checkpoint.load(path)
-        task = meta.get("task") or {}
-        if task.get("name") != "g2p":
-            raise AttentionError(f"checkpoint {str(path)!r} is not a g2p model (task {task.get('name')!r})")
-        model = build_model(task["model"], task["model_config"], len(task["letters"]), len(task["phonemes"]))
+        doc = G2PDoc.read(meta, path)
+        try:
+            model = build_model(
+                doc.model, doc.model_config, len(doc.letters), len(doc.phonemes), what="task.model_config"
+            )
+            loaded = cls(model, meta["task"], str(path))
+        except AttentionError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
         checkpoint.load_model(model, tensors, path)
-        return cls(model, task, str(path))
+        return loaded
 
-    def pronounce(self, words: list[str], *, beam: int = 5) -> list[Pronunciation]:
-        """Phonemes of each word (lower-cased; letters a-z, ' - . only)."""
+    def pronounce(self, words: list[str], *, beam: int = 5, progress=None) -> list[Pronunciation]:
+        """Phonemes of each word (lower-cased; letters a-z, ' - . only); ``progress`` as in
+        :func:`decode_words`."""
         clean = []
         for w in words:
             if not w or not w.strip():
@@ -224,18 +284,22 @@ class G2P:
             clean.append(w.strip().lower())
         for w in clean:
             self.letters.encode(w)  # names any character outside the alphabet
-        hyps = decode_words(self.model, clean, self.letters, self.phonemes, beam=beam)
+        hyps = decode_words(self.model, clean, self.letters, self.phonemes, beam=beam, progress=progress)
         return [Pronunciation(w, h.tokens, h.weights) for w, h in zip(clean, hyps)]
 
-    def evaluate(self, split: str = "test", *, beam: int = 5, limit: int | None = None) -> dict[str, float]:
-        """WER/PER on a cmudict split, plus the words decoded per second."""
+    def evaluate(
+        self, split: str = "test", *, beam: int = 5, limit: int | None = None, progress=None
+    ) -> dict[str, float]:
+        """WER/PER on a cmudict split, plus the words decoded per second; ``progress`` as in
+        :func:`decode_words`."""
         if self.letters != cmudict.letters() or self.phonemes != cmudict.phonemes():
             raise AttentionError(
                 f"checkpoint {self.path!r} was trained with other letters or phonemes than this cmudict"
             )
         entries = cmudict.load(split)[:limit]
         started = time.perf_counter()
-        hyps = decode_words(self.model, [e.word for e in entries], self.letters, self.phonemes, beam=beam)
+        words = [e.word for e in entries]
+        hyps = decode_words(self.model, words, self.letters, self.phonemes, beam=beam, progress=progress)
         seconds = time.perf_counter() - started
         metrics = score([h.tokens for h in hyps], [e.pronunciations for e in entries])
         return {**metrics, "words": len(entries), "words_per_s": len(entries) / seconds}

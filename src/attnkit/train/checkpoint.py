@@ -5,10 +5,17 @@ the old one (``os.replace``), so a killed run leaves either the previous checkpo
 never half of one. The JSON (configs, progress, optimizer hyper-parameters) rides in the
 safetensors header's metadata under the key ``attnkit``, so the tensors and the config that
 explains them cannot drift apart.
+
+Beside it, under ``attnkit.sha256``, the header holds a SHA-256 of the tensors (each tensor's name,
+dtype, shape and bytes, in name order), checked on load: a flipped bit in the weights is an error,
+not a model that reads ``AA AA AA``. Checkpoints written before the checksum existed load without
+one; a tensor holding NaN or infinity is an error in every checkpoint.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import os
 import tempfile
@@ -19,12 +26,50 @@ from torch import Tensor, nn
 
 from ..errors import AttentionError
 
-__all__ = ["FORMAT", "load", "load_optimizer", "optimizer_tensors", "read_meta", "save", "write_json"]
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "digest",
+    "load",
+    "load_optimizer",
+    "optimizer_tensors",
+    "read_meta",
+    "remove_temporaries",
+    "save",
+    "task_name",
+    "write_json",
+]
 
 FORMAT = "attnkit/1"
+CHECKSUM = "attnkit.sha256"  # the safetensors metadata key of the tensors' checksum
+
+
+class CheckpointError(AttentionError):
+    """A checkpoint that is missing, corrupt, foreign or whose metadata does not describe a model."""
+
+
+def digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 (hex) of ``tensors``: each one's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        size = t.numel() * t.element_size()
+        if size:
+            h.update((ctypes.c_ubyte * size).from_address(t.data_ptr()))  # the raw bytes, any dtype, no numpy
+    return h.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    try:
+        _write(path, data)
+    except OSError as err:  # a full disk or a read-only folder: name the file it was writing
+        if err.filename is None and err.errno is not None:
+            err.filename = str(path)
+        raise
+
+
+def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
@@ -46,6 +91,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def remove_temporaries(folder: str | os.PathLike, names: list[str]) -> list[Path]:
+    """Delete the temporary files (``.NAME.XXXXXXXX.tmp``) that writes of the files ``names`` in
+    ``folder`` left when they were killed before their rename; returns them."""
+    folder = Path(folder)
+    found = sorted(p for name in names for p in folder.glob(f".{name}.*.tmp")) if folder.is_dir() else []
+    for tmp in found:
+        tmp.unlink(missing_ok=True)
+    return found
+
+
 def write_json(path: str | os.PathLike, doc) -> None:
     """Write ``doc`` as indented JSON, atomically."""
     _atomic_write(Path(path), (json.dumps(doc, indent=2) + "\n").encode())
@@ -56,7 +111,8 @@ def save(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict) -> Non
     from safetensors.torch import save as to_bytes
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(Path(path), to_bytes(flat, metadata={"attnkit": json.dumps({"format": FORMAT, **meta})}))
+    header = {"attnkit": json.dumps({"format": FORMAT, **meta}), CHECKSUM: digest(flat)}
+    _atomic_write(Path(path), to_bytes(flat, metadata=header))
 
 
 def _read(path: str | os.PathLike, tensors: bool) -> tuple[dict[str, Tensor], dict]:
@@ -64,15 +120,25 @@ def _read(path: str | os.PathLike, tensors: bool) -> tuple[dict[str, Tensor], di
 
     path = Path(path)
     if not path.is_file():
-        raise AttentionError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("attnkit", "null"))
+            header = f.metadata() or {}
+            meta = json.loads(header.get("attnkit", "null"))
             found = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 (a method, not a dict)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AttentionError(f"checkpoint {str(path)!r} is corrupt or not a safetensors file ({e})") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a safetensors file ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise AttentionError(f"checkpoint {str(path)!r} was not written by attnkit (no {FORMAT!r} metadata)")
+        raise CheckpointError(f"checkpoint {str(path)!r} was not written by attnkit (no {FORMAT!r} metadata)")
+    if tensors:
+        expected = header.get(CHECKSUM)  # None: written before checksums, still loads
+        if expected is not None and digest(found) != expected:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is corrupt: its tensors do not match the sha256 checksum stored with them"
+            )
+        for name, t in sorted(found.items()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: tensor {name!r} holds NaN or infinity")
     return found, meta
 
 
@@ -85,6 +151,12 @@ def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
 def read_meta(path: str | os.PathLike) -> dict:
     """The JSON of a checkpoint without its tensors (only the header is read); errors as :func:`load`."""
     return _read(path, tensors=False)[1]
+
+
+def task_name(meta: dict):
+    """The task a checkpoint's metadata names (``meta["task"]["name"]``), None where it names none."""
+    task = meta.get("task")
+    return task.get("name") if isinstance(task, dict) else None
 
 
 def load_model(model: nn.Module, tensors: dict[str, Tensor], path: str | os.PathLike, prefix: str = "model.") -> None:
@@ -104,7 +176,7 @@ def load_model(model: nn.Module, tensors: dict[str, Tensor], path: str | os.Path
             for what, items in (("missing", missing), ("unexpected", extra), ("shape", wrong))
             if items
         )
-        raise AttentionError(f"checkpoint {str(path)!r} does not match the model ({detail})")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match the model ({detail})")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in got.items()})
 
 

@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import get_type_hints
 
 import torch
 from torch import nn
 
 from ..errors import AttentionError
 from . import checkpoint
+from .schema import check_value, from_dict
 
-__all__ = ["TrainConfig", "Trainer", "config_from_dict"]
+__all__ = ["FILES", "Progress", "TrainConfig", "Trainer", "config_from_dict"]
+
+FILES = ["last.safetensors", "best.safetensors", "config.json", "history.json"]  # what a run writes in its folder
 
 
 @dataclass
@@ -47,22 +51,41 @@ class TrainConfig:
     seed: int = 0  # model initialisation, batch order and dropout all follow from it
 
     def __post_init__(self):
+        kinds = get_type_hints(type(self))
         for f in fields(self):
             value = getattr(self, f.name)
-            low = 0 if f.name in ("warmup_steps", "weight_decay", "label_smoothing", "seed") else 1e-12
-            if value < low:
-                raise AttentionError(f"{f.name} must be >= {0 if low == 0 else '> 0'}, got {value!r}")
+            check_value(value, kinds[f.name], f.name)
+            if f.name in ("warmup_steps", "weight_decay", "label_smoothing", "seed"):
+                if value < 0:
+                    raise AttentionError(f"{f.name} must be >= 0, got {value!r}")
+            elif value <= 0:
+                raise AttentionError(f"{f.name} must be > 0, got {value!r}")
         if self.label_smoothing >= 1:
             raise AttentionError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
 
+@dataclass
+class Progress:
+    """Where a run stands: what ``last.safetensors`` records and ``resume`` continues from."""
+
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches of the current epoch done
+    step: int = 0  # optimizer steps taken
+    best: float | None = None  # the best validation score so far
+    bad_epochs: int = 0  # epochs since the best one
+    elapsed: float = 0.0  # seconds of training and validation
+    history: list[dict] = field(default_factory=list)  # one record per epoch
+
+    def __post_init__(self):
+        for name in ("epoch", "batch", "step", "bad_epochs"):
+            if getattr(self, name) < 0:
+                raise AttentionError(f"progress.{name} must be >= 0, got {getattr(self, name)}")
+
+
 def config_from_dict(cls, doc: dict, what: str):
-    """Build the dataclass ``cls`` from ``doc``; unknown keys are an error that names them."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise AttentionError(f"{what} has unknown keys {unknown}; expected some of {sorted(known)}")
-    return cls(**doc)
+    """Build the dataclass ``cls`` from ``doc``; unknown keys, missing keys and values of the wrong
+    type are an error that names the field (:func:`attnkit.train.schema.from_dict`)."""
+    return from_dict(cls, doc, what)
 
 
 def _lr(config: TrainConfig, step: int, total: int) -> float:
@@ -84,8 +107,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = model = task.build()
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "bad_epochs": 0, "elapsed": 0.0, "history": []}
+        self.state = asdict(Progress())
         self.losses: list[float] = []  # training loss of every step taken by this process
+        self.saved_step: int | None = None  # the step of the last.safetensors on disk, once there is one
 
     # -- checkpoints -------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -98,6 +122,7 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {**self.describe(), "progress": self.state, "optimizer": opt_meta}
         checkpoint.save(self.out / "last.safetensors", tensors, meta)
+        self.saved_step = self.state["step"]
 
     def _save_best(self) -> None:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -109,10 +134,17 @@ class Trainer:
         tensors, meta = checkpoint.load(path)
         if meta.get("task") != self.task.describe() or meta.get("train") != asdict(self.config):
             raise AttentionError(f"checkpoint {str(path)!r} was written for another configuration; see its config.json")
+        progress = from_dict(Progress, meta.get("progress"), f"checkpoint {str(path)!r}: progress")
         checkpoint.load_model(self.model, tensors, path)
-        checkpoint.load_optimizer(self.optimizer, tensors, meta["optimizer"])
-        torch.set_rng_state(tensors["rng.torch"])
-        self.state = meta["progress"]
+        try:
+            checkpoint.load_optimizer(self.optimizer, tensors, meta["optimizer"])
+            torch.set_rng_state(tensors["rng.torch"])
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {str(path)!r} does not hold a resumable optimizer and RNG state ({type(err).__name__}: {err})"
+            ) from None
+        self.state = asdict(progress)
+        self.saved_step = self.state["step"]
 
     # -- the loop ----------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> list:
@@ -129,6 +161,7 @@ class Trainer:
         """Train until ``config.epochs`` or early stopping (or ``max_steps`` more steps, for tests);
         returns the final progress record."""
         cfg = self.config
+        checkpoint.remove_temporaries(self.out, FILES)  # what writes killed before their rename left
         if resume:
             self._resume()
         else:
