@@ -1,18 +1,33 @@
-"""The ``attnkit`` command line. Each subcommand lives in its own module of this folder."""
+"""The ``attnkit`` command line. Each subcommand lives in its own module of this folder.
+
+Every failure is one line on stderr and a non-zero exit, never a traceback: ``attnkit: error: ...``
+and exit 2 for bad input (flags, texts, checkpoints), exit 1 for the file system (a full disk, a
+read-only folder), exit 130 for Ctrl-C. ``ATTNKIT_DEBUG=1`` lets the traceback through, for
+developers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import AttentionError
 from . import classify, g2p, viz
+from .options import check_folder, check_new_file, count, positive
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the command line's one-line form."""
+
+    def error(self, message: str):
+        self.exit(2, f"attnkit: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnkit", description="Every kind of attention, tested and visible.")
+    parser = _Parser(prog="attnkit", description="Every kind of attention, tested and visible.")
     sub = parser.add_subparsers(dest="command", required=True)
     tour = sub.add_parser("tour", help="run every kind of attention on one small example and print its weights")
     tour.add_argument("--section", action="append", help="only these sections (repeatable); default: all")
@@ -44,8 +59,8 @@ def _add_eval_parser(sub) -> None:
         "checkpoint", nargs="?", help="a .safetensors checkpoint or a run folder (default: the shipped G2P model)"
     )
     p.add_argument("--split", default="test", help="test (default), valid or train")
-    p.add_argument("--beam", type=int, help="G2P only: beam width; 1 = greedy (default 5)")
-    p.add_argument("--limit", type=int, help="only the first N examples of the split")
+    p.add_argument("--beam", type=positive, help="G2P only: beam width; 1 = greedy (default 5)")
+    p.add_argument("--limit", type=count, help="only the first N examples of the split")
     p.add_argument("--json", help="also write the figures to this JSON file")
 
 
@@ -58,11 +73,13 @@ def _evaluate(args) -> int:
 
     from ..train import checkpoint
 
+    if args.json:
+        check_new_file(args.json, "--json")  # before minutes of decoding, not after
     name = "g2p"  # no checkpoint: the shipped G2P model
     if args.checkpoint is not None:
         path = Path(args.checkpoint)
         path = path / "best.safetensors" if path.is_dir() else path
-        name = (checkpoint.read_meta(path).get("task") or {}).get("name")
+        name = checkpoint.task_name(checkpoint.read_meta(path))
         if name not in EVALUATORS:
             raise AttentionError(
                 f"checkpoint {str(path)!r} holds a {name!r} model; attnkit eval knows {sorted(EVALUATORS)}"
@@ -71,35 +88,63 @@ def _evaluate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run ``attnkit argv``; returns the exit status (argparse's own exits too, e.g. 0 for --help)."""
     try:
-        if args.command == "tour":
-            from .tour import run
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a flag argparse rejected (already one line on stderr)
+        return done.code if isinstance(done.code, int) else 2
+    try:
+        return _run(args)
+    except AttentionError as err:  # bad input, checkpoints included: one line, no traceback
+        return _fail(err, f"attnkit: error: {err}", 2)
+    except OSError as err:  # the file system: a full disk, a read-only folder, a name too long
+        return _fail(err, f"attnkit: error: {_os_message(err)}", 1)
+    except KeyboardInterrupt as err:  # Ctrl-C outside training (training says where to resume)
+        return _fail(err, "attnkit: interrupted", 130)
 
-            return run(sections=args.section, list_only=args.list, plot_dir=args.plot)
-        if args.command == "bench":
-            from pathlib import Path
 
-            from ..bench import run as bench
-            from ..bench.cases import CASES
+def _fail(err: BaseException, line: str, status: int) -> int:
+    if os.environ.get("ATTNKIT_DEBUG"):
+        raise err
+    print(line, file=sys.stderr)
+    return status
 
-            unknown = [c for c in args.only or [] if c not in CASES]
-            if unknown:
-                raise AttentionError(f"--only {unknown[0]!r} is unknown; expected one of {list(CASES)}")
-            bench(only=args.only, quick=args.quick, out=Path(args.out), memory=not args.no_memory)
-            print(f"results: {Path(args.out) / 'bench.md'}, {Path(args.out) / 'bench.json'}")
-            return 0
-        if args.command == "train":
-            return {"g2p": g2p.train, "classify": classify.train}[args.trainee](args)
-        if args.command == "eval":
-            return _evaluate(args)
-        if args.command == "pronounce":
-            return g2p.pronounce(args)
-        if args.command == "viz":
-            return viz.viz(args)
-        if args.command == "explain":
-            return classify.explain(args)
-    except AttentionError as err:  # bad input: one line, no traceback
-        print(f"attnkit: error: {err}", file=sys.stderr)
-        return 2
+
+def _os_message(err: OSError) -> str:
+    """``No space left on device: 'runs/x/last.safetensors'``: what failed and on which file."""
+    what = err.strerror or str(err) or type(err).__name__
+    if err.filename is None:
+        return what
+    where = repr(str(err.filename))
+    if err.filename2 is not None:
+        where += f" -> {str(err.filename2)!r}"
+    return f"{what}: {where}"
+
+
+def _run(args) -> int:
+    if args.command == "tour":
+        from .tour import run
+
+        return run(sections=args.section, list_only=args.list, plot_dir=args.plot)
+    if args.command == "bench":
+        from ..bench import run as bench
+        from ..bench.cases import CASES
+
+        unknown = [c for c in args.only or [] if c not in CASES]
+        if unknown:
+            raise AttentionError(f"--only {unknown[0]!r} is unknown; expected one of {list(CASES)}")
+        out = check_folder(args.out, "--out")
+        bench(only=args.only, quick=args.quick, out=out, memory=not args.no_memory)
+        print(f"results: {out / 'bench.md'}, {out / 'bench.json'}")
+        return 0
+    if args.command == "train":
+        return {"g2p": g2p.train, "classify": classify.train}[args.trainee](args)
+    if args.command == "eval":
+        return _evaluate(args)
+    if args.command == "pronounce":
+        return g2p.pronounce(args)
+    if args.command == "viz":
+        return viz.viz(args)
+    if args.command == "explain":
+        return classify.explain(args)
     return 1

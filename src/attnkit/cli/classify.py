@@ -7,7 +7,20 @@ import json
 from pathlib import Path
 
 from ..errors import AttentionError
-from .options import add_fields, add_shared_fields, check_model_flags, fit, fresh_run_folder, given, resumed_run
+from . import progress
+from .options import (
+    add_fields,
+    add_shared_fields,
+    check_model_flags,
+    check_new_file,
+    check_pictures,
+    count,
+    fit,
+    fresh_run_folder,
+    given,
+    resumed_run,
+    resumed_train_config,
+)
 
 __all__ = ["add_explain_parser", "add_train_parser", "evaluate", "explain", "train"]
 
@@ -45,9 +58,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--model", help=f"one of {', '.join(CLASSIFIERS)} (default {defaults})")
     p.add_argument("--out", help="run folder (default runs/classify-TASK-MODEL[-POOLING])")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.add_argument("--limit", type=int, help="train on the first N training examples only")
-    p.add_argument("--valid-limit", type=int, help="validate on the first N validation examples only")
-    p.add_argument("--min-count", type=int, help="occurrences a word needs for its own id (default 2)")
+    p.add_argument("--limit", type=count, help="train on the first N training examples only")
+    p.add_argument("--valid-limit", type=count, help="validate on the first N validation examples only")
+    p.add_argument("--min-count", type=count, help="occurrences a word needs for its own id (default 2)")
     p.add_argument(
         "--vectors", help="none (default) or minilm: start the word embeddings from pretrained vectors (extra bert)"
     )
@@ -67,8 +80,9 @@ def add_train_parser(sub) -> None:
 
 
 def train(args) -> int:
-    from ..tasks.classify import DEFAULT_MODEL, TASKS, ClassifyTask
+    from ..tasks.classify import DEFAULT_MODEL, TASKS, ClassifyDoc, ClassifyTask
     from ..train import TrainConfig, Trainer
+    from ..train.checkpoint import CheckpointError
 
     fields = _model_fields()
     train_names = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -78,22 +92,21 @@ def train(args) -> int:
         changed = {**model_given, **given(args, train_names + list(RUN_FIELDS))}
         if args.model is not None or args.task != "gloss":
             changed.update(model=args.model, task=args.task)
-        doc = resumed_run(out, changed, "classify")
-        task_doc = doc["task"]
-        task = ClassifyTask(
-            task_doc["task"],
-            task_doc["model"],
-            task_doc["model_config"],
-            **{k: task_doc[k] for k in RUN_FIELDS if k in task_doc},
-        )
-        config = TrainConfig(**doc["train"])
+        meta = resumed_run(out, changed, "classify")
+        path = out / "last.safetensors"
+        doc = ClassifyDoc.read(meta, path)
+        try:
+            task = ClassifyTask(doc.task, doc.model, doc.model_config, **{k: getattr(doc, k) for k in RUN_FIELDS})
+        except AttentionError as err:
+            raise CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
+        config = resumed_train_config(meta, path)
     else:
         if args.task not in TASKS:
             raise AttentionError(f"--task {args.task!r} is unknown; expected one of {list(TASKS)}")
         model = args.model or DEFAULT_MODEL[args.task]
         check_model_flags(model, fields, model_given)
+        config = TrainConfig(**given(args, train_names))  # bad numbers before the data is read
         task = ClassifyTask(args.task, model, model_given, **given(args, RUN_FIELDS))
-        config = TrainConfig(**given(args, train_names))
         if out is None:
             vectors = None if args.vectors == "none" else args.vectors
             parts = ("classify", args.task, model, model_given.get("pooling"), vectors)
@@ -118,7 +131,8 @@ def evaluate(args) -> int:
     if args.beam is not None:
         raise AttentionError("--beam applies to G2P checkpoints only; drop it for a classifier")
     clf = Classifier.load(args.checkpoint)
-    m = clf.evaluate(args.split, limit=args.limit)
+    with progress.bar(f"classifying {args.split}") as bar:
+        m = clf.evaluate(args.split, limit=args.limit, progress=bar)
     print(f"{clf.path}: {clf.name} on the {clf.task} task, {m['examples']:,} {args.split} examples")
     table = Table()
     table.add_column("metric")
@@ -158,9 +172,11 @@ def explain(args) -> int:
     from .. import viz
     from ..tasks.classify import Classifier
 
-    clf = Classifier.load(args.checkpoint)
-    e = clf.explain(*args.texts)
-    plot = Path(args.plot)
+    plot = check_new_file(args.plot, "--plot", (".png", ".svg"))
+    check_pictures("explain")
+    with progress.spinner("loading the classifier, classifying"):
+        clf = Classifier.load(args.checkpoint)
+        e = clf.explain(*args.texts)
     title = f"{clf.name}: {e.label} (p = {e.probability:.2f})"
     saved = []
     if e.sentences is not None:

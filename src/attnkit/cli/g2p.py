@@ -7,7 +7,20 @@ import json
 from pathlib import Path
 
 from ..errors import AttentionError
-from .options import add_fields, check_model_flags, fit, fresh_run_folder, given, resumed_run
+from . import progress
+from .options import (
+    add_fields,
+    check_model_flags,
+    check_new_file,
+    check_pictures,
+    count,
+    fit,
+    fresh_run_folder,
+    given,
+    positive,
+    resumed_run,
+    resumed_train_config,
+)
 
 __all__ = ["add_pronounce_parser", "add_train_parser", "evaluate", "pronounce", "train"]
 
@@ -33,8 +46,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--model", default="rnn", help="rnn (default) or transformer")
     p.add_argument("--out", help="run folder (default runs/g2p-MODEL[-ATTENTION])")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.add_argument("--limit", type=int, help="train on the first N training words only")
-    p.add_argument("--valid-limit", type=int, help="validate on the first N validation words only")
+    p.add_argument("--limit", type=count, help="train on the first N training words only")
+    p.add_argument("--valid-limit", type=count, help="validate on the first N validation words only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     model = p.add_argument_group("model (fields of RNNConfig / TransformerConfig)")
     add_fields(model, RNNConfig, skip=("src_vocab", "tgt_vocab"))
@@ -43,8 +56,9 @@ def add_train_parser(sub) -> None:
 
 
 def train(args) -> int:
-    from ..tasks.g2p import G2PTask
+    from ..tasks.g2p import G2PDoc, G2PTask
     from ..train import TrainConfig, Trainer
+    from ..train.checkpoint import CheckpointError
 
     fields = _model_fields()
     train_names = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -52,13 +66,17 @@ def train(args) -> int:
     out = Path(args.out) if args.out else None
     if args.resume:
         meta = resumed_run(out, {**model_given, **given(args, train_names + ["limit", "valid_limit"])}, "g2p")
-        doc = meta["task"]
-        task = G2PTask(doc["model"], doc["model_config"], limit=doc["limit"], valid_limit=doc["valid_limit"])
-        config = TrainConfig(**meta["train"])
+        path = out / "last.safetensors"
+        doc = G2PDoc.read(meta, path)
+        try:
+            task = G2PTask(doc.model, doc.model_config, limit=doc.limit, valid_limit=doc.valid_limit)
+        except AttentionError as err:
+            raise CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
+        config = resumed_train_config(meta, path)
     else:
         check_model_flags(args.model, fields, model_given)
+        config = TrainConfig(**given(args, train_names))  # bad numbers before the data is read
         task = G2PTask(args.model, model_given, limit=args.limit, valid_limit=args.valid_limit)
-        config = TrainConfig(**given(args, train_names))
         if out is None:
             attention = model_given.get("attention", "luong-general") if args.model == "rnn" else None
             out = Path("runs") / "-".join(x for x in ("g2p", args.model, attention) if x)
@@ -76,7 +94,8 @@ def evaluate(args) -> int:
 
     beam = 5 if args.beam is None else args.beam
     g2p = G2P.load(args.checkpoint)
-    m = g2p.evaluate(args.split, beam=beam, limit=args.limit)
+    with progress.bar(f"decoding {args.split}, beam {beam}") as bar:
+        m = g2p.evaluate(args.split, beam=beam, limit=args.limit, progress=bar)
     print(f"{g2p.path}: {m['words']:,} {args.split} words, beam {beam}")
     table = Table()
     for col in ("", "WER %", "PER %"):
@@ -90,11 +109,16 @@ def evaluate(args) -> int:
     return 0
 
 
+def _word_plot(plot: Path, word: str) -> Path:
+    """The picture of one of several words: FILE-WORD.png."""
+    return plot.with_name(f"{plot.stem}-{word}{plot.suffix}")
+
+
 def add_pronounce_parser(sub) -> None:
     p = sub.add_parser("pronounce", help="phonemes of English words, from the shipped model or a checkpoint")
     p.add_argument("words", nargs="+", metavar="WORD")
     p.add_argument("--model", help="a G2P checkpoint (default: the shipped model)")
-    p.add_argument("--beam", type=int, default=5, help="beam width; 1 = greedy (default 5)")
+    p.add_argument("--beam", type=positive, default=5, help="beam width; 1 = greedy (default 5)")
     p.add_argument(
         "--plot", help="save the letter-to-phoneme alignment to this PNG/SVG (one file per word: FILE-WORD.png)"
     )
@@ -103,10 +127,19 @@ def add_pronounce_parser(sub) -> None:
 def pronounce(args) -> int:
     from ..tasks.g2p import G2P
 
-    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg"):
-        raise AttentionError(f"--plot {args.plot!r} must end in .png or .svg")
+    if args.plot:
+        plot = check_new_file(args.plot, "--plot", (".png", ".svg"))
+        if len(args.words) > 1:  # one file per word: their names must fit too
+            for word in args.words:
+                try:
+                    path = _word_plot(plot, word.strip().lower())
+                except ValueError:  # not a word (a slash, nothing): pronounce names it below
+                    continue
+                check_new_file(path, "--plot")
+        check_pictures("--plot")
     g2p = G2P.load(args.model)
-    results = g2p.pronounce(args.words, beam=args.beam)
+    with progress.bar("pronouncing") as bar:
+        results = g2p.pronounce(args.words, beam=args.beam, progress=bar)
     width = max(len(r.word) for r in results)
     for r in results:
         print(f"{r.word:<{width}}  {' '.join(r.phones)}")
@@ -117,7 +150,7 @@ def pronounce(args) -> int:
         for r in results:
             if r.weights is None:
                 raise AttentionError("this model has no attention (attention=none): there is no alignment to plot")
-            path = plot if len(results) == 1 else plot.with_name(f"{plot.stem}-{r.word}{plot.suffix}")
+            path = plot if len(results) == 1 else _word_plot(plot, r.word)
             rows = list(r.phones) + ["</s>"][: r.weights.shape[0] - len(r.phones)]  # no end row if cut at max length
             alignment(r.weights, list(r.word), rows, path, title=f"{r.word} -> {' '.join(r.phones)}")
             print(f"alignment: {path}")

@@ -4,17 +4,130 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "add_fields",
     "add_shared_fields",
+    "check_folder",
     "check_model_flags",
+    "check_new_file",
+    "check_pictures",
+    "count",
     "fit",
     "flag",
     "fresh_run_folder",
     "given",
+    "number",
+    "positive",
     "resumed_run",
+    "whole",
 ]
+
+IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".pdf", ".gif", ".webp")
+
+
+# -- numbers: argparse types that reject what would run on nothing (or on garbage) ------------------
+def positive(text: str) -> int:
+    """A whole number >= 1 (``--limit``, ``--beam``, sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def whole(text: str) -> int:
+    """A whole number >= 0 (a config's int fields; the config says where 0 is too small)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def number(text: str) -> float:
+    """A finite number >= 0 (a config's float fields: rates, dropout, decay; the config says where 0
+    is too small)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+count = positive  # an alias that reads better for --limit N
+_TYPES = {int: whole, float: number, str: str}
+
+
+# -- files and folders: refused before minutes of work, not after -----------------------------------
+def check_folder(path, option: str) -> Path:
+    """``path`` can be a folder to write into: not an existing file, nor under one."""
+    from ..errors import AttentionError
+
+    path = Path(path)
+    _check_name_lengths(path, option)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"is under {str(p)!r}, a file"
+                raise AttentionError(f"{option} {str(path)!r} {what}; {option} takes a folder")
+            break
+    return path
+
+
+def check_new_file(path, option: str, suffixes: tuple[str, ...] | None = None) -> Path:
+    """``path`` can be a file to write: its folder exists, it is not a folder, its name fits the file
+    system, and (with ``suffixes``) it ends in one of them."""
+    from ..errors import AttentionError
+
+    path = Path(path)
+    _check_name_lengths(path, option)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise AttentionError(f"{option} {str(path)!r} must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise AttentionError(f"{option} {str(path)!r} is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise AttentionError(f"{option} {str(path)!r}: the folder {str(folder)!r} {what}")
+    return path
+
+
+def _check_name_lengths(path: Path, option: str) -> None:
+    from ..errors import AttentionError
+
+    try:
+        limit = os.pathconf(next((p for p in path.parents if p.is_dir()), Path(".")), "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX, or the system does not say
+        limit = 255
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            raise AttentionError(
+                f"{option}: the name {part[:24]!r}... is {len(os.fsencode(part))} bytes long; "
+                f"this file system allows {limit}"
+            )
+
+
+def check_pictures(option: str) -> None:
+    """The ``viz`` extra is there before any work is done."""
+    from ..errors import AttentionError
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise AttentionError(f"{option}: pictures need matplotlib: pip install 'attnkit[viz]'") from None
 
 
 def flag(name: str) -> str:
@@ -33,7 +146,7 @@ def add_fields(parser, cls, skip=()) -> None:
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None)
         else:
             parser.add_argument(
-                flag(f.name), type=kind, default=None, metavar=f.name.upper(), help=f"default {f.default}"
+                flag(f.name), type=_TYPES[kind], default=None, metavar=f.name.upper(), help=f"default {f.default}"
             )
 
 
@@ -51,7 +164,9 @@ def add_shared_fields(parser, configs: dict[str, type], skip=()) -> None:
         if kind is bool:
             parser.add_argument(flag(field_name), action=argparse.BooleanOptionalAction, default=None, help=shown)
         else:
-            parser.add_argument(flag(field_name), type=kind, default=None, metavar=field_name.upper(), help=shown)
+            parser.add_argument(
+                flag(field_name), type=_TYPES[kind], default=None, metavar=field_name.upper(), help=shown
+            )
 
 
 def given(args, names) -> dict:
@@ -73,10 +188,21 @@ def resumed_run(out, changed: dict, task_name: str) -> dict:
         )
     path = out / "last.safetensors"
     meta = checkpoint.read_meta(path)
-    found = (meta.get("task") or {}).get("name")
+    found = checkpoint.task_name(meta)
     if found != task_name:
         raise AttentionError(f"{str(path)!r} is not a {task_name} run (task {found!r})")
     return meta
+
+
+def resumed_train_config(meta: dict, path):
+    """The TrainConfig of a resumed run's metadata, checked field by field."""
+    from ..errors import AttentionError
+    from ..train import TrainConfig, checkpoint, config_from_dict
+
+    try:
+        return config_from_dict(TrainConfig, meta.get("train"), "train")
+    except AttentionError as err:
+        raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
 
 
 def check_model_flags(model: str, fields: dict[str, set[str]], model_given: dict) -> None:
@@ -91,9 +217,10 @@ def check_model_flags(model: str, fields: dict[str, set[str]], model_given: dict
 
 
 def fresh_run_folder(out) -> None:
-    """A new run may not write over another run's checkpoints."""
+    """A new run may not write over another run's checkpoints, nor into a file."""
     from ..errors import AttentionError
 
+    check_folder(out, "--out")
     if (out / "last.safetensors").exists():
         raise AttentionError(f"{str(out)!r} already holds a run; add --resume to continue it or choose another --out")
 
@@ -102,9 +229,28 @@ def fit(trainer, out, resume: bool, summary: str, hint: str) -> int:
     """Print ``summary``, train (or resume), then say where the best model is."""
     params = sum(p.numel() for p in trainer.model.parameters())
     print(f"{summary}: {params:,} parameters -> {out}")
-    state = trainer.fit(resume=resume)
+    try:
+        state = trainer.fit(resume=resume)
+    except KeyboardInterrupt:  # Ctrl-C: where the run can be picked up, in one line
+        print(_interrupted(trainer, out), file=sys.stderr)
+        return 130
     metric = trainer.task.metric
     print(f"done after {state['epoch']} epochs, {state['elapsed']:.0f} s; best validation {metric} {state['best']:.2f}")
     best = out / "best.safetensors"
     print(f"best model: {best}   ({hint.format(best=best)})")
     return 0
+
+
+def _interrupted(trainer, out) -> str:
+    from ..errors import AttentionError
+    from ..train import checkpoint
+
+    last = Path(out) / "last.safetensors"
+    try:  # what is on disk, even if the interrupt came between the rename and the bookkeeping
+        step = checkpoint.read_meta(last)["progress"]["step"]
+    except (AttentionError, KeyError, TypeError):
+        step = None
+    if step is None:
+        return "attnkit: interrupted before the first checkpoint; nothing to resume (run the command again)"
+    command = f"attnkit train {trainer.task.describe()['name']} --out {shlex.quote(str(out))} --resume"
+    return f"attnkit: interrupted; the last checkpoint is {last} (step {step}); continue with: {command}"

@@ -187,6 +187,21 @@ SECTIONS: dict[str, Callable[[_Printer], None]] = {
 }
 
 
+def _check_plot_dir(path: Path) -> Path:
+    """``--plot DIR`` is a folder: not an existing file, not a picture's name (one PNG per table)."""
+    from ..errors import AttentionError
+    from .options import IMAGE_SUFFIXES, check_folder, check_pictures
+
+    check_folder(path, "--plot")
+    if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
+        raise AttentionError(
+            f"--plot takes a folder (the tour saves one picture per table), not a file name like {str(path)!r}; "
+            f"e.g. --plot {str(path.with_suffix(''))!r}"
+        )
+    check_pictures("--plot")
+    return path
+
+
 def run(
     sections: Sequence[str] | None = None,
     list_only: bool = False,
@@ -202,7 +217,9 @@ def run(
         from ..errors import AttentionError
 
         raise AttentionError(f"--section {unknown[0]!r} is unknown; expected one of {list(SECTIONS)}")
-    printer = _Printer(console, None if plot_dir is None else Path(plot_dir))
+    if plot_dir is not None:
+        plot_dir = _check_plot_dir(Path(plot_dir))
+    printer = _Printer(console, plot_dir)
     with torch.no_grad():
         for name in sections or SECTIONS:
             SECTIONS[name](printer)

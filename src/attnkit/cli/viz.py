@@ -26,11 +26,17 @@ def add_viz_parser(sub) -> None:
 
 
 def viz(args) -> int:
-    out = Path(args.out)
+    from . import progress
+    from .options import check_folder, check_pictures
+
+    out = check_folder(args.out, "--out")
+    check_pictures(f"viz {args.model}")  # the PNG beside the page: before anything is written
     if args.model == "bert":
-        written = _bert(args.text, out)
+        with progress.spinner("all-MiniLM-L6-v2: loading, encoding, drawing"):
+            written = _bert(args.text, out)
     else:
-        written = _g2p(args.word, args.checkpoint, out)
+        with progress.spinner("G2P: loading, decoding, drawing"):
+            written = _g2p(args.word, args.checkpoint, out)
     for path in written:
         print(path)
     return 0
