@@ -9,7 +9,7 @@ from . import backends
 from .backends import attention
 from .core import NORMALIZERS, SCORES, masks, reinforce_loss
 from .errors import AttentionError
-from .modules import Attention, AttentionPooling, HierarchicalAttention, MultiHeadAttention, capture
+from .modules import Attention, AttentionPooling, HierarchicalAttention, KVCache, MultiHeadAttention, capture
 
 __all__ = [
     "attention",
@@ -21,6 +21,7 @@ __all__ = [
     "AttentionError",
     "Attention",
     "MultiHeadAttention",
+    "KVCache",
     "AttentionPooling",
     "HierarchicalAttention",
     "capture",

@@ -2,7 +2,7 @@
 
 from .attention import Attention
 from .capture import Recorder, capture
-from .multihead import MultiHeadAttention
+from .multihead import KVCache, MultiHeadAttention
 from .pooling import AttentionPooling, HierarchicalAttention, HierarchicalResult, MaskedEncoder
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "AttentionPooling",
     "HierarchicalAttention",
     "HierarchicalResult",
+    "KVCache",
     "MaskedEncoder",
     "MultiHeadAttention",
     "Recorder",

@@ -3,12 +3,15 @@
 Shape legend: B batch, H heads, Hkv key/value heads, Tq query positions, Tk key positions, D model
 dim, Dh = D / H. Batch-first by default, like ``nn.MultiheadAttention(batch_first=True)``;
 ``batch_first=False`` takes and returns (T, B, D) as torch's default does.
+
+Incremental decoding: ``forward(..., cache=KVCache())`` keeps the keys and values of past calls
+(see :class:`KVCache`), so a decoder step projects only its new positions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +28,87 @@ from ..errors import AttentionError, check_float_input, check_int, check_probabi
 from .attention import score_parameters
 from .capture import is_random, record, recording
 
-__all__ = ["MultiHeadAttention"]
+__all__ = ["KVCache", "MultiHeadAttention"]
+
+
+@dataclass(eq=False)
+class KVCache:
+    """The projected keys and values of one ``MultiHeadAttention``'s past calls, for decoding one
+    step at a time: ``mha(x_t, cache=cache)`` projects only the new positions.
+
+    ``k``, ``v``: (B, Hkv, T, Dh), the projections before ``add_bias_kv``/``add_zero_attn``'s extra
+    keys (those are appended at every call); None while empty. ``cross``:
+
+    - False (self-attention): every call appends its keys and values (by default its queries'), and
+      its Tq queries sit at positions T .. T + Tq - 1, after the T cached ones: the module's own
+      ``causal`` and ``window`` masks are shifted by T, so step-by-step calls equal one causal call
+      over the whole sequence.
+    - True (cross-attention): the first call projects ``key`` and ``value`` (the source) and stores
+      them; later calls reuse them, with ``key``/``value`` omitted or the same source.
+
+    The module updates the cache in place (as Hugging Face's ``DynamicCache``); other masks of a
+    call with a cache cover all its keys: ``key_padding_mask`` (B, T + Tk_new), ``attn_mask`` and
+    ``mask`` (Tq, T + Tk_new), with query i of the call at position T + i. Beam search calls
+    :meth:`reorder` when it reorders its hypotheses.
+
+    >>> mha = MultiHeadAttention(8, 2, causal=True).eval()
+    >>> x, cache = torch.randn(1, 3, 8), KVCache()
+    >>> steps = torch.cat([mha(x[:, t : t + 1], cache=cache).output for t in range(3)], 1)
+    >>> cache.length, torch.allclose(steps, mha(x).output, atol=1e-6)
+    (3, True)
+    """
+
+    cross: bool = False
+    k: Tensor | None = field(default=None, repr=False)
+    v: Tensor | None = field(default=None, repr=False)
+    # storage (B, Hkv, capacity, Dh) whose first T positions are k and v: appending writes into it,
+    # doubling it when full, so T steps copy O(T) positions in all, not O(T^2) as torch.cat would
+    _storage: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if (self.k is None) != (self.v is None):
+            raise AttentionError("KVCache needs both k and v (B, Hkv, T, Dh), or neither (an empty cache)")
+
+    @property
+    def length(self) -> int:
+        """T, the key positions held (0 while empty)."""
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add keys and values (B, Hkv, Tnew, Dh) after the T held; return all T + Tnew of them.
+
+        Written into the storage in place, except where autograd needs the earlier tensors
+        intact (gradients enabled and k, v or the cache requiring them): then a new tensor."""
+        if self.k is None:
+            self.k, self.v, self._storage = k, v, None
+            return k, v
+        t, n = self.length, k.shape[2]
+        tracked = torch.is_grad_enabled() and any(x.requires_grad for x in (k, v, self.k, self.v))
+        if tracked:
+            self.k, self.v, self._storage = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2), None
+            return self.k, self.v
+        own = self._storage is not None and self.k._base is self._storage[0] and self.v._base is self._storage[1]
+        if not own or self._storage[0].shape[2] < t + n:  # (re)allocate with room to grow
+            capacity = max(2 * (t + n), 16)
+            storage = tuple(x.new_empty(*x.shape[:2], capacity, x.shape[3]) for x in (self.k, self.v))
+            storage[0][:, :, :t], storage[1][:, :, :t] = self.k, self.v
+            self._storage = storage
+        self._storage[0][:, :, t : t + n], self._storage[1][:, :, t : t + n] = k, v
+        self.k, self.v = self._storage[0][:, :, : t + n], self._storage[1][:, :, : t + n]  # (B, Hkv, T + Tnew, Dh)
+        return self.k, self.v
+
+    def reorder(self, index: Tensor) -> KVCache:
+        """Take rows ``index`` (B',) along the batch dim, in place (beam search's reordering); returns self."""
+        if self.k is None:
+            return self
+        own = self._storage is not None and self.k._base is self._storage[0] and self.v._base is self._storage[1]
+        if own:  # keep the room to grow
+            t = self.length
+            self._storage = tuple(x.index_select(0, index) for x in self._storage)
+            self.k, self.v = self._storage[0][:, :, :t], self._storage[1][:, :, :t]
+        else:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        return self
 
 
 class MultiHeadAttention(nn.Module):
@@ -76,6 +159,9 @@ class MultiHeadAttention(nn.Module):
     - ``need_weights`` (default False here, True in torch) and ``average_attn_weights`` (alias
       ``average_weights``, default True): weights (B, Tq, Tk) averaged over heads, or
       (B, H, Tq, Tk) per head, or None when not asked for.
+    - ``cache``: a :class:`KVCache`, updated in place: self-attention appends the call's keys and
+      values to it and attends all of them (Tk = cached + new), cross-attention projects its source
+      once and reuses it. With ``causal=True`` the step-by-step calls equal one causal call.
 
     Returns ``(output (B, Tq, D), weights)`` (output (Tq, B, D) with ``batch_first=False``). A
     query with no allowed key gets a zero attention output (so ``out_proj``'s bias), never NaN.
@@ -135,7 +221,8 @@ class MultiHeadAttention(nn.Module):
             self.groups.setdefault(s.name, []).append(h)
         self.normalize = _normalizers.resolve(normalize)
         self.dropout, self.causal = dropout, causal
-        self.region = masks.and_masks(masks.causal() if causal else None, as_window(window))
+        self.window = as_window(window)
+        self.region = masks.and_masks(masks.causal() if causal else None, self.window)
         if backend != "auto" and backend not in BACKENDS:
             raise AttentionError(f"backend={backend!r} is unknown; expected 'auto' or one of {sorted(BACKENDS)}")
         self.backend = backend  # "auto", or a name in attnkit.backends.BACKENDS to force one
@@ -218,9 +305,21 @@ class MultiHeadAttention(nn.Module):
         return new
 
     def _heads_mask(
-        self, mask, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool, b: int, tq: int, tk: int
+        self,
+        mask,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        is_causal: bool,
+        b: int,
+        tq: int,
+        tk: int,
+        *,
+        past: int = 0,
+        cached: KVCache | None = None,
     ) -> masks.Mask | None:
-        """Every mask of a call as one, over scores (B, H, Tq, Tk) of the Tk given keys."""
+        """Every mask of a call as one, over scores (B, H, Tq, Tk) of the Tk keys (cached ones
+        included); the call's query i is at position ``past`` + i (``past`` keys cached by
+        self-attention before the call)."""
         if mask is not None and attn_mask is not None:
             raise AttentionError(
                 "pass mask= (attnkit's polarity: True = may attend) or attn_mask= (nn.MultiheadAttention's: "
@@ -235,15 +334,22 @@ class MultiHeadAttention(nn.Module):
                     "so it needs attn_mask, e.g. nn.Transformer.generate_square_subsequent_mask(Tq); for causal "
                     "attention without one, use MultiHeadAttention(..., causal=True) or mask=masks.causal()"
                 )
-            if not torch.compiler.is_compiling() and not _is_causal(attn_mask):
+            if not torch.compiler.is_compiling() and not _is_causal(attn_mask, past):
+                where = f"key j > query i + {past} (query i at position {past} + i after the cache)" if past else ""
                 raise AttentionError(
                     f"is_causal=True says attn_mask {shape_str(attn_mask.shape)} is the causal mask (blocked "
-                    f"exactly where key j > query i), but it is not; drop is_causal to apply attn_mask as given"
+                    f"exactly where {where or 'key j > query i'}), but it is not; drop is_causal to apply "
+                    f"attn_mask as given"
                 )
-            torch_mask = masks.causal()  # the same mask, in a form the fast paths recognise
-        return masks.and_masks(
-            self.region, _per_example(masks.as_mask(mask)), torch_mask, _padding(key_padding_mask, b, tk)
-        )
+            torch_mask = masks.causal(past)  # the same mask, in a form the fast paths recognise
+        region = self.region if cached is None else self._region_after(past, tq)
+        return masks.and_masks(region, _per_example(masks.as_mask(mask)), torch_mask, _padding(key_padding_mask, b, tk))
+
+    def _region_after(self, past: int, tq: int) -> masks.Mask | None:
+        """The module's own causal / window mask for Tq queries after ``past`` cached positions."""
+        window = None if self.window is None else masks.sliding_window(self.window.left, self.window.right, past)
+        causal = masks.causal(past) if self.causal and tq > 1 else None  # one query may attend every key
+        return masks.and_masks(causal, window)
 
     def _from_attn_mask(self, attn_mask: Tensor, b: int, tq: int, tk: int) -> masks.Mask:
         """``nn.MultiheadAttention``'s ``attn_mask`` (Tq, Tk) or (B·H, Tq, Tk), True = blocked."""
@@ -272,6 +378,7 @@ class MultiHeadAttention(nn.Module):
         *,
         mask: masks.Mask | Tensor | None = None,
         average_weights: bool | None = None,
+        cache: KVCache | None = None,
     ) -> AttentionResult:
         if average_attn_weights is not None and average_weights is not None and average_attn_weights != average_weights:
             raise AttentionError(
@@ -279,29 +386,46 @@ class MultiHeadAttention(nn.Module):
                 f"they are one option (average_weights is the older name): pass one"
             )
         average = next((a for a in (average_attn_weights, average_weights) if a is not None), True)
-        key = query if key is None else key
+        reuse = self._check_cache(cache, query)  # a filled cross-attention cache: no key/value projection
+        key = query if key is None and not reuse else key
         value = key if value is None else value
         for name, x, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
+            if x is None:  # key and value omitted: a filled cross-attention cache holds them
+                continue
             layout = f"(B, T, {dim}) (batch first)" if self.batch_first else f"(T, B, {dim}) (batch_first=False)"
             check_rank(name, x, 3, layout)
             check_float_input(name, x, self.q_proj.weight.dtype, "the module's parameters")
             if x.dim() != 3 or x.shape[-1] != dim:
                 raise AttentionError(f"{name} has shape {shape_str(x.shape)} but expected {layout}")
         if not self.batch_first:
-            query, key, value = (x.transpose(0, 1) for x in (query, key, value))  # (T, B, .) -> (B, T, .)
-        if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
+            query, key, value = (x if x is None else x.transpose(0, 1) for x in (query, key, value))  # (B, T, .)
+        if key is not None and (key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]):
             raise AttentionError(
                 f"query {shape_str(query.shape)}, key {shape_str(key.shape)} and value {shape_str(value.shape)} "
                 f"(batch first) must share B, and key and value must share Tk"
             )
-        (b, tq, _), tk = query.shape, key.shape[1]
-        region = self._heads_mask(mask, attn_mask, key_padding_mask, is_causal, b, tq, tk)
+        (b, tq, _), past = query.shape, 0 if cache is None or cache.cross else cache.length
+        if reuse:
+            _check_same_source(cache, key)
+        elif cache is not None and not cache.cross and key.shape[1] != tq:
+            raise AttentionError(
+                f"a self-attention cache (KVCache()) appends the call's keys at the positions of its queries, so "
+                f"key must have Tq = {tq} positions, got key {shape_str(key.shape)} (batch first); for keys of a "
+                f"fixed source (cross-attention) use KVCache(cross=True)"
+            )
+        tk = cache.length if reuse else past + key.shape[1]  # every key of the call, cached ones included
+        region = self._heads_mask(mask, attn_mask, key_padding_mask, is_causal, b, tq, tk, past=past, cached=cache)
         q = rearrange(self.q_proj(query), "B Tq (H Dh) -> B H Tq Dh", H=self.num_heads)
-        k, v = self._keys(self.k_proj(key), self.v_proj(value))  # (B, Tk', Hkv·Dh), Tk' = Tk + extra keys
-        if k.shape[1] > tk and region is not None:
-            region = _ExtraKeys(region, k.shape[1] - tk)
-        k = rearrange(k, "B Tk (H Dh) -> B H Tk Dh", H=self.kv_heads)
-        v = rearrange(v, "B Tk (H Dh) -> B H Tk Dh", H=self.kv_heads)
+        if reuse:
+            k, v = cache.k, cache.v  # (B, Hkv, Tk, Dh)
+        else:
+            k = rearrange(self.k_proj(key), "B Tk (H Dh) -> B H Tk Dh", H=self.kv_heads)
+            v = rearrange(self.v_proj(value), "B Tk (H Dh) -> B H Tk Dh", H=self.kv_heads)
+            if cache is not None:  # self-attention: after the cached positions; cross: the source
+                k, v = cache.append(k, v)  # (B, Hkv, Tk, Dh)
+        k, v = self._keys(k, v)  # (B, Hkv, Tk', Dh), Tk' = Tk + extra keys
+        if k.shape[2] > tk and region is not None:
+            region = _ExtraKeys(region, k.shape[2] - tk)
         watched = recording(self)
         random = is_random(self.normalize)
         dropout = self.dropout if self.training else 0.0
@@ -319,16 +443,50 @@ class MultiHeadAttention(nn.Module):
         return AttentionResult(out, weights, result.log_prob)
 
     def _keys(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Projected keys and values (B, Tk, Hkv·Dh) with torch's extra keys appended: ``bias_k``/``bias_v``
+        """Projected keys and values (B, Hkv, Tk, Dh) with torch's extra keys appended: ``bias_k``/``bias_v``
         (add_bias_kv), then a zero key and value (add_zero_attn)."""
         b = k.shape[0]
         if self.bias_k is not None:
-            k = torch.cat([k, self.bias_k.expand(b, 1, -1)], dim=1)
-            v = torch.cat([v, self.bias_v.expand(b, 1, -1)], dim=1)
+            for name, extra in (("k", self.bias_k), ("v", self.bias_v)):
+                extra = rearrange(extra, "1 1 (H Dh) -> 1 H 1 Dh", H=self.kv_heads).expand(b, -1, -1, -1)
+                if name == "k":
+                    k = torch.cat([k, extra], dim=2)
+                else:
+                    v = torch.cat([v, extra], dim=2)
         if self.add_zero_attn:
-            k = torch.cat([k, k.new_zeros(b, 1, k.shape[-1])], dim=1)
-            v = torch.cat([v, v.new_zeros(b, 1, v.shape[-1])], dim=1)
+            k = torch.cat([k, k.new_zeros(b, k.shape[1], 1, k.shape[-1])], dim=2)
+            v = torch.cat([v, v.new_zeros(b, v.shape[1], 1, v.shape[-1])], dim=2)
         return k, v
+
+    def _check_cache(self, cache: KVCache | None, query: Tensor) -> bool:
+        """Raise unless ``cache`` is None or a KVCache that fits this module and ``query``; return
+        whether it is a filled cross-attention cache (whose keys and values are reused)."""
+        if cache is None:
+            return False
+        if not isinstance(cache, KVCache):
+            raise AttentionError(
+                f"cache must be an attnkit.KVCache (KVCache() for self-attention, KVCache(cross=True) for "
+                f"cross-attention), got {type(cache).__name__}"
+            )
+        if cache.k is None:
+            return False
+        b = query.shape[0 if self.batch_first else 1] if isinstance(query, Tensor) and query.dim() == 3 else None
+        expected = (b, self.kv_heads, "T", self.head_dim)
+        for name, t in (("k", cache.k), ("v", cache.v)):
+            ok = isinstance(t, Tensor) and t.dim() == 4 and t.shape[1] == self.kv_heads and t.shape[3] == self.head_dim
+            if not ok or (b is not None and t.shape[0] != b) or t.shape[2] != cache.k.shape[2]:
+                got = shape_str(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise AttentionError(
+                    f"cache.{name} has shape {got} but expected (B, Hkv, T, Dh) = ({', '.join(map(str, expected))}) "
+                    f"with T shared by k and v: B of the query, this module's kv_heads and head dim; a cache "
+                    f"belongs to one module and one batch (reorder it with cache.reorder(index))"
+                )
+            check_float_input(f"cache.{name}", t, self.q_proj.weight.dtype, "the module's parameters")
+            if t.device != self.q_proj.weight.device:
+                raise AttentionError(
+                    f"cache.{name} is on {t.device} but the module's parameters are on {self.q_proj.weight.device}"
+                )
+        return cache.cross
 
     def _recompute(self, q: Tensor, k: Tensor, v: Tensor, region):
         """A function that recomputes this call's weights (B, H, Tq, Tk) on the reference path,
@@ -420,11 +578,21 @@ def _padding(key_padding_mask: Tensor | None, b: int, tk: int) -> masks.Mask | N
     return masks.Dense(kpm[:, None, None, :])  # (B, 1, 1, Tk)
 
 
-def _is_causal(attn_mask: Tensor) -> bool:
-    """Whether torch's ``attn_mask`` (..., Tq, Tk) blocks exactly the keys j > i (bool True, or -inf
-    with 0 elsewhere)."""
+def _check_same_source(cache: KVCache, key: Tensor | None) -> None:
+    """A filled cross-attention cache is reused: a ``key`` passed with it must be its source's shape."""
+    if key is not None and (key.shape[0] != cache.k.shape[0] or key.shape[1] != cache.k.shape[2]):
+        raise AttentionError(
+            f"cache holds the keys of a source (B, Tk) = {shape_str((cache.k.shape[0], cache.k.shape[2]))} "
+            f"(KVCache(cross=True) projects its first call's key and reuses it) but key has shape "
+            f"{shape_str(key.shape)} (batch first); pass the same source, or key=None, or a new KVCache for a new source"
+        )
+
+
+def _is_causal(attn_mask: Tensor, past: int = 0) -> bool:
+    """Whether torch's ``attn_mask`` (..., Tq, Tk) blocks exactly the keys j > i + ``past`` (bool
+    True, or -inf with 0 elsewhere)."""
     tq, tk = attn_mask.shape[-2:]
-    above = torch.ones(tq, tk, dtype=torch.bool, device=attn_mask.device).triu(1)  # (Tq, Tk)
+    above = torch.ones(tq, tk, dtype=torch.bool, device=attn_mask.device).triu(1 + past)  # (Tq, Tk)
     if attn_mask.dtype == torch.bool:
         return bool((attn_mask == above).all())
     blocked = attn_mask == float("-inf")
