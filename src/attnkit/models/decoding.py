@@ -5,7 +5,9 @@ Shape legend: B batch, K beam, S source positions, V target vocabulary.
 A model offers ``encode(src) -> Memory``, ``start(memory) -> state`` and
 ``step(memory, state, token, t, need_weights) -> (logits (B, V), state, weights (B, S) | None, _)``;
 both decoders return, for every source, a :class:`Hypothesis` that carries the cross-attention
-weights of each of its steps.
+weights of each of its steps. A state with a ``reorder(index)`` method (the Transformer's
+key/value cache) is reordered in place when beam search reorders its hypotheses; any other state
+(tensors, tuples, dataclasses of them) is indexed along its batch dim.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ def length_penalty(length: Tensor, alpha: float) -> Tensor:
 def _score_dtype(memory) -> torch.dtype:
     """Log-probabilities are summed in the model's dtype, and never below float32."""
     return torch.promote_types(memory.states.dtype, torch.float32)
+
+
+def _reorder(state, index: Tensor):
+    """``state`` at rows ``index`` (B K,) along the batch dim."""
+    reorder = getattr(state, "reorder", None)
+    return reorder(index) if callable(reorder) else select(state, index)
 
 
 def _max_len(src: Tensor, max_len: int | None) -> int:
@@ -116,7 +124,7 @@ def beam_search(
         top, idx = cand.topk(k, dim=-1)  # (B, K)
         origin = (torch.arange(b, device=device)[:, None] * k + idx // v).view(-1)  # (B K,) parent rows
         token = (idx % v).view(-1)
-        state = select(state, origin)
+        state = _reorder(state, origin)
         tokens = torch.cat([tokens[origin], token[:, None]], 1)
         if w is not None:
             step_w = w[origin][:, None]  # (B K, 1, S)

@@ -6,21 +6,26 @@ Encoder layer: x += SelfAttention(LN(x)); x += FF(LN(x)). Decoder layer: y += Ca
 y += CrossAttention(LN(y), memory); y += FF(LN(y)). Layer norm comes first in each block (pre-LN,
 which trains without a long warm-up); sinusoidal positions are added to scaled embeddings.
 The alignment a model reports is the last decoder layer's cross-attention, averaged over heads.
+
+Step-by-step decoding keeps a :class:`DecoderCache`: per decoder layer, the self-attention's keys and
+values of the prefix (one position appended per step) and the cross-attention's keys and values of
+the source (projected at the first step). A step runs one position through the decoder (its
+attention reads the t cached keys) instead of all t positions of the prefix again.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import AttentionError
-from ..modules import MultiHeadAttention
+from ..modules import KVCache, MultiHeadAttention
 from .base import Decoded, Memory, source_padding
 
-__all__ = ["TransformerConfig", "TransformerSeq2Seq"]
+__all__ = ["DecoderCache", "TransformerConfig", "TransformerSeq2Seq"]
 
 
 @dataclass
@@ -96,17 +101,46 @@ class DecoderLayer(nn.Module):
         self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, y: Tensor, memory: Memory, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, y: Tensor, memory: Memory, need_weights: bool, cache: tuple[KVCache, KVCache] | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``y`` (B, T, D): the whole target, or its next T positions after the ``cache``'s (self,
+        cross) keys and values, which the call updates."""
+        self_cache, cross_cache = (None, None) if cache is None else cache
         h = self.norm1(y)
-        y = y + self.drop(self.self_attn(h, key_padding_mask=None).output)  # (B, T, D), causal
+        y = y + self.drop(self.self_attn(h, cache=self_cache).output)  # (B, T, D), causal
         h = self.norm2(y)
-        cross, weights = self.cross_attn(h, memory.states, key_padding_mask=memory.padding, need_weights=need_weights)
+        cross, weights = self.cross_attn(
+            h, memory.states, key_padding_mask=memory.padding, need_weights=need_weights, cache=cross_cache
+        )
         y = y + self.drop(cross)
         return y + self.drop(self.ff(self.norm3(y))), weights  # weights (B, T, S) averaged over heads
 
 
+@dataclass(eq=False)
+class DecoderCache:
+    """The decoder state of cached step-by-step decoding: per decoder layer, a (self-attention,
+    cross-attention) :class:`KVCache` pair; ``length`` target positions decoded so far."""
+
+    layers: list[tuple[KVCache, KVCache]] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].length if self.layers else 0
+
+    def reorder(self, index: Tensor) -> DecoderCache:
+        """Take rows ``index`` along the batch dim of every layer's keys and values, in place."""
+        for self_cache, cross_cache in self.layers:
+            self_cache.reorder(index)
+            cross_cache.reorder(index)
+        return self
+
+
 class TransformerSeq2Seq(nn.Module):
-    """Transformer encoder-decoder; ``decode`` is parallel over target positions.
+    """Transformer encoder-decoder; ``decode`` is parallel over target positions, ``step`` decodes
+    one position from a :class:`DecoderCache` (``use_cache``, an attribute, default True; False
+    re-runs the decoder over the whole prefix at every step, the reference the cache is tested
+    against).
 
     >>> model = TransformerSeq2Seq(TransformerConfig(10, 12, d_model=16, heads=2, ff_dim=32)).eval()
     >>> src = torch.tensor([[4, 5, 6], [7, 8, 0]])
@@ -129,16 +163,21 @@ class TransformerSeq2Seq(nn.Module):
         self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.tgt_vocab)
         self.drop = nn.Dropout(cfg.dropout)
+        self.use_cache = True  # step() with a key/value cache; False: re-run the decoder over the prefix
         for table in (self.src_embed, self.tgt_embed):  # std D^-1/2: unit scale after the sqrt(D) factor
             nn.init.normal_(table.weight, std=cfg.d_model**-0.5)
             nn.init.zeros_(table.weight[0])  # padding
 
-    def _embed(self, table: nn.Embedding, ids: Tensor, name: str) -> Tensor:
-        if ids.shape[1] > self.config.max_len:
+    def _embed(self, table: nn.Embedding, ids: Tensor, name: str, start: int = 0) -> Tensor:
+        """``ids`` (B, T) at positions ``start`` .. ``start`` + T - 1 -> (B, T, D)."""
+        if start + ids.shape[1] > self.config.max_len:
+            at = f" at positions from {start}" if start else ""
             raise AttentionError(
-                f"{name} has shape {tuple(ids.shape)} but the model's positions end at max_len={self.config.max_len}"
+                f"{name} has shape {tuple(ids.shape)}{at} but the model's positions end at "
+                f"max_len={self.config.max_len}"
             )
-        x = table(ids) * math.sqrt(self.config.d_model) + self.positions[: ids.shape[1]]  # (B, T, D)
+        positions = self.positions[start : start + ids.shape[1]]  # (T, D)
+        x = table(ids) * math.sqrt(self.config.d_model) + positions  # (B, T, D)
         return self.drop(x)
 
     def encode(self, src: Tensor) -> Memory:
@@ -157,16 +196,34 @@ class TransformerSeq2Seq(nn.Module):
             y, weights = layer(y, memory, need_weights and i == len(self.decoder) - 1)
         return Decoded(self.out(self.dec_norm(y)), weights)
 
-    def start(self, memory: Memory) -> Tensor:
-        """The decoder state is the prefix decoded so far: (B, 0) at the start."""
+    def start(self, memory: Memory) -> DecoderCache | Tensor:
+        """The decoder state: an empty :class:`DecoderCache`, or with ``use_cache=False`` the
+        prefix decoded so far, (B, 0) at the start."""
+        if self.use_cache:
+            return DecoderCache([(KVCache(), KVCache(cross=True)) for _ in self.decoder])
         return memory.states.new_zeros(memory.states.shape[0], 0, dtype=torch.long)
 
-    def step(self, memory: Memory, state: Tensor, token: Tensor, t: int, need_weights: bool = True):
-        """Extend the prefix by ``token`` (B,) and decode it -> (logits (B, V), prefix, weights (B, S), None)."""
-        prefix = torch.cat([state, token[:, None]], 1)  # (B, t + 1)
-        out = self.decode(memory, prefix, need_weights)
-        weights = None if out.weights is None else out.weights[:, -1]
-        return out.logits[:, -1], prefix, weights, None
+    def step(self, memory: Memory, state: DecoderCache | Tensor, token: Tensor, t: int, need_weights: bool = True):
+        """Decode ``token`` (B,) at position ``t`` -> (logits (B, V), state, weights (B, S), None).
+
+        With a :class:`DecoderCache` (updated in place) only position t runs through the decoder;
+        with a prefix (B, t) the whole prefix does again."""
+        if not isinstance(state, DecoderCache):
+            prefix = torch.cat([state, token[:, None]], 1)  # (B, t + 1)
+            out = self.decode(memory, prefix, need_weights)
+            weights = None if out.weights is None else out.weights[:, -1]
+            return out.logits[:, -1], prefix, weights, None
+        if len(state.layers) != len(self.decoder) or state.length != t:
+            raise AttentionError(
+                f"step t={t} needs a DecoderCache of {len(self.decoder)} layers holding t positions, got "
+                f"{len(state.layers)} layers holding {state.length}; start one with model.start(memory)"
+            )
+        y = self._embed(self.tgt_embed, token[:, None], "token", start=t)  # (B, 1, D)
+        weights = None
+        for i, (layer, cache) in enumerate(zip(self.decoder, state.layers)):
+            y, weights = layer(y, memory, need_weights and i == len(self.decoder) - 1, cache)
+        logits = self.out(self.dec_norm(y[:, 0]))  # (B, V)
+        return logits, state, None if weights is None else weights[:, 0], None
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Decoded:
         return self.decode(self.encode(src), tgt_in, need_weights=False)
