@@ -5,7 +5,8 @@ cached greedy and beam search equal its uncached decoding (tokens, scores, weigh
 import pytest
 import torch
 
-from attnkit import AttentionError, KVCache, MultiHeadAttention
+from attnkit import AttentionError, KVCache, MultiHeadAttention, capture
+from attnkit.data.vocab import EOS
 from attnkit.models import TransformerConfig, TransformerSeq2Seq, beam_search, greedy
 from attnkit.models.transformer import DecoderCache
 
@@ -245,3 +246,20 @@ def test_transformer_step_rejects_a_cache_that_does_not_match_the_step():
     memory = model.encode(SRC)
     with pytest.raises(AttentionError, match=r"step t=2 needs a DecoderCache of 2 layers holding t positions"):
         model.step(memory, model.start(memory), torch.tensor([1, 1, 1]), 2)
+
+
+def test_capture_of_cached_decoding_records_each_steps_weights():
+    """capture() recomputes weights when read, from the keys of the call: views of the cache's
+    storage, which later steps write into past their end and must leave intact."""
+    model = make_transformer(0, **TRANSFORMERS["small"])
+    with torch.no_grad():
+        model.out.bias[EOS] = -1e9  # 20 steps: past the storage's first 16 positions, so it grows once
+    with capture(model) as rec:
+        (hyp,) = greedy(model, SRC[:1], max_len=20)
+    assert len(hyp.tokens) == 20
+    tgt = torch.tensor([[1, *hyp.tokens]])  # BOS, then the output: teacher forcing the same steps
+    with capture(model) as full:
+        model.decode(model.encode(SRC[:1]), tgt)
+    whole = full["decoder.1.self_attn"][0]  # (H, T, T)
+    for t, step in enumerate(rec.calls("decoder.1.self_attn")):
+        torch.testing.assert_close(step[0, :, 0], whole[:, t, : t + 1])
