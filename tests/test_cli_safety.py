@@ -341,6 +341,12 @@ def test_eval_and_pronounce_show_progress_on_a_terminal(run, capsys, monkeypatch
     assert "3/3" in shown(capsys.readouterr().err)
 
 
+def test_viz_shows_a_spinner_on_a_terminal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert main(["viz", "g2p", "cat", "--out", str(tmp_path)]) == 0
+    assert "G2P: loading, decoding, drawing" in shown(capsys.readouterr().err)
+
+
 def test_no_progress_where_stderr_is_not_a_terminal(run, capsys, monkeypatch):
     monkeypatch.delenv("FORCE_COLOR", raising=False)
     monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
