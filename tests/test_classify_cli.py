@@ -210,3 +210,37 @@ def test_a_killed_run_resumes_exactly(tmp_path):
     assert resumed.losses == whole.losses[4:]
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+def test_eval_shows_progress_on_a_terminal(runs, capsys, monkeypatch):
+    import re
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich draws as on a terminal
+    assert main(["eval", str(runs / "gloss-rnn"), "--limit", "30"]) == 0
+    err = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().err)
+    assert "classifying test" in err and "30/30" in err
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        ("model_config", "rnn", "task.model_config must be an object, got a string 'rnn'"),
+        ("words", {"cat": 1}, "task.words must be a list, got an object"),
+        ("labels", [], "labels is empty"),
+        ("task", "poems", "task='poems' is unknown"),
+        ("freeze_vectors", "yes", "task.freeze_vectors must be a boolean"),
+    ],
+)
+def test_damaged_classifier_metadata_is_one_line(runs, tmp_path, capsys, path, value, expected):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(runs / "gloss-rnn" / "best.safetensors"), framework="pt") as f:
+        header = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta = json.loads(header["attnkit"])
+    meta["task"][path] = value
+    header["attnkit"] = json.dumps(meta)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=header)
+    one_line_error(capsys, ["eval", str(tmp_path / "bad.safetensors"), "--limit", "5"], expected)
+    one_line_error(capsys, ["explain", str(tmp_path / "bad.safetensors"), "a cat"], expected)
