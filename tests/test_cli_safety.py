@@ -110,6 +110,7 @@ RESUME_DAMAGED = {
     "progress a list": (_set("progress", []), "progress must be an object"),
     "optimizer a list": (_set("optimizer", []), "does not hold a resumable optimizer"),
     "limit of -5": (_set("task.limit", -5), "limit must be a whole number >= 1"),
+    "hidden_dim as a string": (_set("task.model_config.hidden_dim", "8"), "model_config.hidden_dim must be an int"),
 }
 
 

@@ -142,6 +142,10 @@ class G2PTask:
         _check_limit("limit", self.limit)
         _check_limit("valid_limit", self.valid_limit)
         self.model_config = dict(self.model_config or {})
+        if self.model not in MODELS:
+            raise AttentionError(f"model={self.model!r} is unknown; expected one of {sorted(MODELS)}")
+        sizes = {"src_vocab": len(SPECIALS) + 1, "tgt_vocab": len(SPECIALS) + 1}  # bad fields fail before loading
+        config_from_dict(MODELS[self.model][0], {**self.model_config, **sizes}, "model_config")
         self.letters, self.phonemes = cmudict.letters(), cmudict.phonemes()
         train = cmudict.load("train")[: self.limit]
         self.valid = cmudict.load("valid")[: self.valid_limit]
