@@ -40,3 +40,19 @@ def test_smoke_python_dash_m_runs_a_section(section):
     )
     assert done.returncode == 0, done.stderr
     assert "le" in done.stdout and "noir" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, status",
+    [
+        (["train", "g2p", "--limit", "0"], 2),
+        (["pronounce", "cat", "--model", "no/such/model.safetensors"], 2),
+    ],
+)
+def test_python_dash_m_fails_in_one_line_without_a_traceback(argv, status):
+    done = subprocess.run(
+        [sys.executable, "-m", "attnkit", *argv], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == status
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("attnkit: error: ") and "Traceback" not in done.stderr, lines
