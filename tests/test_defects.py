@@ -237,3 +237,26 @@ def test_modules_pickle_and_save_whole(make):
     loaded = torch.load(buffer, weights_only=False)
     for copy in (restored, loaded):
         assert torch.equal(copy(*args)[0], want)
+
+
+# a NaN query row: NaN in that output row only, on every backend that takes the call (flex forced)
+@pytest.mark.parametrize("normalize", ["softmax", "sparsemax", "entmax15", "hard", "topk"])
+@pytest.mark.parametrize("window", [None, (2, 0)])
+def test_nan_query_row_is_nan_in_its_row_only_on_every_backend(normalize, window):
+    from attnkit.backends import BACKENDS
+    from attnkit.core.functional import prepare
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 64, 8), torch.randn(1, 2, 64, 8), torch.randn(1, 2, 64, 8)
+    q[0, 0, 5, 0] = float("nan")
+    call = prepare(q, k, v, normalize=normalize, window=window)
+    ran = []
+    for name, backend in BACKENDS.items():
+        if backend.reason(call, forced=True) is None:
+            out = backend.run(call).output
+            assert torch.isnan(out[0, 0, 5]).all(), name
+            nan_rows = torch.isnan(out).any(-1)
+            nan_rows[0, 0, 5] = False
+            assert not nan_rows.any(), name
+            ran.append(name)
+    assert "reference" in ran

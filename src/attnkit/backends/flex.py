@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..core.functional import AttentionResult, Call
 from ..core.masks import And, BlockSparse, Causal, KeyPadding, Mask, Or, SlidingWindow
+from ..core.nonfinite import maybe_any, nonfinite_rows, poison, reaches
 from .registry import register
 from .sdpa import as_dot_product
 from .sdpa import supports as sdpa_supports
@@ -109,7 +110,20 @@ def run(call: Call) -> AttentionResult:
         mask_mod(call.region), b if _depends_on_batch(call.region) else None, None, tq, tk, device=q.device
     )
     out: Tensor = _compiled()(q, k, v, block_mask=block_mask, scale=scale)
-    return AttentionResult(out.squeeze(1) if squeeze else out, None, None)
+    out = out.squeeze(1) if squeeze else out
+    return AttentionResult(_nan_queries(call, out), None, None)
+
+
+def _nan_queries(call: Call, out: Tensor) -> Tensor:
+    """A query row holding NaN or inf gives a NaN output row wherever it may attend a key, as on
+    every other backend (the compiled CPU kernel under a window mask returned finite rows)."""
+    bad_q = nonfinite_rows(call.query)  # (..., Tq)
+    if not maybe_any(bad_q):
+        return out
+    shape = call.scores_shape
+    every_key = torch.ones(shape[-1], dtype=torch.bool, device=out.device).expand(*shape[:-2], shape[-1])
+    has_key = reaches(call.region, every_key, shape)  # (..., Tq, 1)
+    return poison(out, has_key & bad_q[..., None])
 
 
 register(

@@ -43,7 +43,7 @@ from .masks import And, Causal, KeyPadding, Mask, SlidingWindow
 if TYPE_CHECKING:
     from .functional import AttentionResult, Call
 
-__all__ = ["Bad", "clean", "finish", "guarded", "poison", "reaches"]
+__all__ = ["Bad", "clean", "finish", "guarded", "maybe_any", "nonfinite_rows", "poison", "reaches"]
 
 
 class Bad:
@@ -55,7 +55,7 @@ class Bad:
         self.any = key | value
 
 
-def _rows_nonfinite(x: Tensor) -> Tensor:
+def nonfinite_rows(x: Tensor) -> Tensor:
     """(..., T, D) -> (..., T): True where the row holds NaN or ±inf.
 
     One summing pass (``torch.isfinite`` is ~50x slower on CPU): a row's sum is finite exactly when
@@ -66,7 +66,7 @@ def _rows_nonfinite(x: Tensor) -> Tensor:
     return ~torch.isfinite(x.sum(-1, dtype=wide))
 
 
-def _any(bad: Tensor) -> bool:
+def maybe_any(bad: Tensor) -> bool:
     """Whether ``bad`` may hold a True: read on the host in eager CPU runs (no row bad, the common
     case: nothing to clean or poison); assumed elsewhere, so that compiled graphs and CUDA streams
     have no data-dependent branch and no synchronisation (the steps are then no-ops)."""
@@ -82,9 +82,9 @@ def clean(call: Call) -> tuple[Call, Bad | None]:
     Without a mask every key is attended, so nothing needs zeroing: the call is returned as it is
     (its non-finite rows poison every query anyway).
     """
-    bad_key, bad_value = _rows_nonfinite(call.key), _rows_nonfinite(call.value)  # (..., Tk) each
+    bad_key, bad_value = nonfinite_rows(call.key), nonfinite_rows(call.value)  # (..., Tk) each
     bad = Bad(bad_key, bad_value)
-    if not _any(bad.any):
+    if not maybe_any(bad.any):
         return call, None
     if call.region is None:
         return call, bad
