@@ -83,7 +83,7 @@ DAMAGED = {
     "unknown model": (_set("task.model", "lstm"), "model='lstm' is unknown"),
     "limit a string": (_set("task.limit", "40"), "task.limit must be an int or null"),
     "bool as an int": (_set("task.model_config.bidirectional", 1), "bidirectional must be a boolean"),
-    "negative size": (_set("task.model_config.hidden_dim", -3), "hidden_dim must be >= 1"),
+    "negative size": (_set("task.model_config.hidden_dim", -3), "hidden_dim must be an int in 1..2**62, got -3"),
     "unknown config key": (_set("task.model_config.heads", 2), "has unknown keys ['heads']"),
     "dropout a string": (_set("task.model_config.dropout", "nan"), "dropout must be a finite number"),
     "unknown attention": (_set("task.model_config.attention", "luong"), "attention='luong' is unknown"),

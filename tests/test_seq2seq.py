@@ -109,7 +109,9 @@ def test_beam_must_be_a_positive_int():
     [
         (lambda: RNNConfig(5, 5, attention="luong"), "attention='luong' is unknown; expected one of"),
         (lambda: RNNConfig(5, 5, cell="rnn"), "cell='rnn' is unknown"),
-        (lambda: RNNConfig(5, 5, dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+        (lambda: RNNConfig(5, 5, dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
+        (lambda: RNNConfig(5, 5, hidden_dim=-3), r"hidden_dim must be an int in 1\.\.2\*\*62, got -3"),
+        (lambda: TransformerConfig(5, 5, heads=2.0), r"heads must be an int in 1\.\.2\*\*62, got 2.0 \(float\)"),
         (lambda: TransformerConfig(5, 5, d_model=10, heads=4), "heads=4 must divide d_model=10"),
     ],
 )

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.scores import SCORES
-from ..errors import AttentionError, shape_str
+from ..errors import AttentionError, check_int, check_probability, shape_str
 from ..modules import AttentionPooling, MaskedEncoder, MultiHeadAttention
 from .rnn import CELLS
 
@@ -61,10 +61,8 @@ class Classified(NamedTuple):
 def check_fields(config, positive: tuple[str, ...]) -> None:
     """The config checks every model shares: ``positive`` fields >= 1, ``dropout`` in [0, 1)."""
     for name in positive:
-        if getattr(config, name) < 1:
-            raise AttentionError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if not 0.0 <= config.dropout < 1.0:
-        raise AttentionError(f"dropout must be in [0, 1), got {config.dropout!r}")
+        check_int(name, getattr(config, name))
+    check_probability("dropout", config.dropout)
 
 
 def check_cell(cell: str) -> None:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.normalizers import Sample
-from ..errors import AttentionError
+from ..errors import AttentionError, check_int, check_probability
 from ..modules import Attention
 from .base import Decoded, Memory, source_padding
 
@@ -66,10 +66,8 @@ class RNNConfig:
         if self.cell not in CELLS:
             raise AttentionError(f"cell={self.cell!r} is unknown; expected one of {sorted(CELLS)}")
         for name in ("src_vocab", "tgt_vocab", "embed_dim", "hidden_dim", "layers", "window"):
-            if getattr(self, name) < 1:
-                raise AttentionError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise AttentionError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            check_int(name, getattr(self, name))
+        check_probability("dropout", self.dropout)
 
 
 class RNNState(NamedTuple):

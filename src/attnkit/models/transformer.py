@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..errors import AttentionError
+from ..errors import AttentionError, check_int, check_probability
 from ..modules import KVCache, MultiHeadAttention
 from .base import Decoded, Memory, source_padding
 
@@ -51,12 +51,10 @@ class TransformerConfig:
             "decoder_layers",
             "max_len",
         ):
-            if getattr(self, name) < 1:
-                raise AttentionError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_int(name, getattr(self, name))
         if self.d_model % self.heads:
             raise AttentionError(f"heads={self.heads} must divide d_model={self.d_model}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise AttentionError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_probability("dropout", self.dropout)
 
 
 def sinusoids(length: int, dim: int) -> Tensor:
