@@ -116,17 +116,33 @@ def save(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict) -> Non
 
 
 def _read(path: str | os.PathLike, tensors: bool) -> tuple[dict[str, Tensor], dict]:
-    from safetensors import SafetensorError, safe_open
+    """The tensors (when asked for) and the JSON of one checkpoint, from one open of the file.
+
+    A writer may replace the file at any moment (``os.replace`` of a new one), so everything is
+    read through a single file handle: the whole file for the tensors (``safe_open`` may map the
+    path a second time and mix the old header with the new tensors), the header alone for the JSON.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as from_bytes
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            meta = json.loads(header.get("attnkit", "null"))
-            found = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 (a method, not a dict)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        with path.open("rb") as f:
+            if tensors:
+                data = f.read()
+                size = int.from_bytes(data[:8], "little")
+                head = data[8 : 8 + size]
+            else:
+                size = int.from_bytes(f.read(8), "little")
+                head = f.read(min(size, 100_000_000))
+        if len(head) != size:
+            raise ValueError(f"the header says {size} bytes but the file holds {len(head)}")
+        header = (json.loads(head) or {}).get("__metadata__") or {}
+        meta = json.loads(header.get("attnkit", "null"))
+        found = from_bytes(data) if tensors else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a safetensors file ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} was not written by attnkit (no {FORMAT!r} metadata)")
