@@ -33,14 +33,17 @@ def check_rank(name: str, x: Tensor, min_rank: int, expected: str) -> None:
         raise AttentionError(f"{name} has shape {shape_str(x.shape)} but expected {expected}")
 
 
-
 def check_int(name: str, value, minimum: int = 1, maximum: int = MAX_INT) -> int:
     """Raise unless ``value`` is an int (not a bool) in ``minimum`` .. ``maximum``; return it."""
     if isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum:
         return value
     lo = "-2**62" if minimum == -MAX_INT else str(minimum)
     hi = "2**62" if maximum == MAX_INT else str(maximum)
-    got = f"{value!r}" if isinstance(value, int) and not isinstance(value, bool) else f"{value!r} ({type(value).__name__})"
+    got = (
+        f"{value!r}"
+        if isinstance(value, int) and not isinstance(value, bool)
+        else f"{value!r} ({type(value).__name__})"
+    )
     raise AttentionError(f"{name} must be an int in {lo}..{hi}, got {got}")
 
 
@@ -58,8 +61,18 @@ def check_float_input(name: str, x: Tensor, dtype: torch.dtype | None = None, ag
             f"{name} has dtype {x.dtype} but expected a real floating dtype (float16, bfloat16, float32, "
             f"float64); convert it with .float()"
         )
-    if dtype is not None and x.dtype != dtype:
+    if dtype is not None and x.dtype != dtype and not _autocast_pair(x, dtype):
         raise AttentionError(
             f"{name} has dtype {x.dtype} but expected {dtype}, the dtype of {against}: convert one of them "
             f"with .to(dtype) (a module with module.to(dtype))"
         )
+
+
+def _autocast_pair(x: Tensor, dtype: torch.dtype) -> bool:
+    """Whether ``x`` and ``dtype`` are float32 and the autocast dtype of an enabled ``torch.autocast``
+    on ``x``'s device: a module's float32 parameters meet its lower-precision activations there, and
+    attention itself runs in the autocast dtype (:func:`attnkit.core.functional.prepare`)."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return False
+    return {x.dtype, dtype} == {torch.float32, torch.get_autocast_dtype(device)}

@@ -151,6 +151,7 @@ def prepare(
     enable_gqa: bool = False,
 ) -> Call:
     """Validate the arguments of :func:`attnkit.attention` into a :class:`Call` (raises AttentionError)."""
+    query, key, value, score_params = _autocast(query, key, value, score_params)
     kv, groups = (key, value), 1
     if enable_gqa:  # validate against stand-ins with the query's head count; the Call keeps Hkv heads
         key, value, groups = _grouped(query, key, value)
@@ -182,6 +183,22 @@ def prepare(
     if scale is not None:
         query, score_params = _fold_scale(scale, score_fn, query, key, score_params)
     return Call(query, *kv, score_fn, normalizer, region, gauss, score_params, dropout, need_weights, groups)
+
+
+def _autocast(query, key, value, score_params):
+    """Under an enabled ``torch.autocast`` on the query's device, attention runs in the autocast
+    dtype, as torch's own ``scaled_dot_product_attention`` does there: float32 query, key, value and
+    score parameters (a module's float32 parameters beside its lower-precision projections) are cast
+    to it, so every backend sees one dtype. Other dtypes are left to the dtype check."""
+    if not isinstance(query, Tensor) or not torch.is_autocast_enabled(query.device.type):
+        return query, key, value, score_params
+    low = torch.get_autocast_dtype(query.device.type)
+
+    def cast(t):
+        return t.to(low) if isinstance(t, Tensor) and t.dtype == torch.float32 else t
+
+    params = None if score_params is None else {name: cast(p) for name, p in score_params.items()}
+    return cast(query), cast(key), cast(value), params
 
 
 def _stand_in(t: Tensor, groups: int) -> Tensor:
