@@ -46,6 +46,8 @@ from ..data.vocab import PAD, SPECIALS, UNK, Vocab
 from ..errors import AttentionError
 from ..models import CLASSIFIERS, Classified
 from ..train import checkpoint, config_from_dict
+from ..train.batching import token_batches
+from ..train.precision import autocast
 from ..train.schema import from_dict
 
 __all__ = [
@@ -187,18 +189,19 @@ def predict(model: nn.Module, kind: str, xs: list, batch_size: int = 256, progre
     """(N, C) class probabilities of encoded examples ``xs``, in their order; ``progress(done,
     total)`` is called before the first batch and after each one."""
     model.eval()
+    device = next(model.parameters()).device
     order = sorted(range(len(xs)), key=lambda i: _length(xs[i], kind))
     probs = [None] * len(xs)
     if progress is not None:
         progress(0, len(xs))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        out = model(*collate(kind, [xs[i] for i in idx]))
+        out = model(*(x.to(device) for x in collate(kind, [xs[i] for i in idx])))
         for i, p in zip(idx, out.logits.softmax(-1)):
             probs[i] = p
         if progress is not None:
             progress(start + len(idx), len(xs))
-    return torch.stack(probs) if probs else torch.zeros(0, 0)
+    return torch.stack(probs).float().cpu() if probs else torch.zeros(0, 0)
 
 
 def _average_precision(scores: list[float], relevant: list[bool]) -> float:
@@ -241,6 +244,13 @@ def score(probs: Tensor, labels: list[int], groups: list[str] | None = None) -> 
 
 
 # -- the task the trainer runs ----------------------------------------------------------------------
+
+
+_PADDED = {  # an input kind -> the padded size of a batch of ``rows`` whose longest dims are ``longest``
+    "text": lambda rows, longest: rows * longest[0],
+    "pair": lambda rows, longest: rows * (longest[0] + longest[1]),
+    "document": lambda rows, longest: rows * longest[0] * longest[1],
+}
 
 
 @dataclass
@@ -305,12 +315,17 @@ class ClassifyTask:
             "labels": list(self.labels),
         }
 
-    def batches(self, epoch: int, generator: torch.Generator, batch_size: int) -> list:
-        """Shuffle, group similar lengths (sort within windows of 50 batches), shuffle the batches."""
+    def batches(self, epoch: int, generator: torch.Generator, batch_size: int, batch_tokens: int | None = None) -> list:
+        """Shuffle, group similar lengths (sort within windows of 50 batches), shuffle the batches.
+        With ``batch_tokens``: sort the shuffle by length and cut batches whose padded tokens (the
+        size of the collated input: rows x words; rows x sentences x words for a document; rows x
+        (first + second) for a pair) stay within it; then shuffle the batches."""
         perm = torch.randperm(len(self.train), generator=generator).tolist()
-        window = 50 * batch_size
         groups = []
-        for start in range(0, len(perm), window):
+        if batch_tokens is not None:
+            groups = token_batches(perm, self._dims, _PADDED[self.kind], batch_tokens)
+        window = 50 * batch_size
+        for start in range(0, len(perm) if batch_tokens is None else 0, window):
             chunk = sorted(perm[start : start + window], key=lambda i: _length(self.train[i][0], self.kind))
             groups += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
         order = torch.randperm(len(groups), generator=generator).tolist()
@@ -321,6 +336,18 @@ class ClassifyTask:
             )
             for g in order
         ]
+
+    def _dims(self, i: int) -> tuple[int, ...]:
+        x = self.train[i][0]
+        if self.kind == "text":
+            return (len(x),)
+        if self.kind == "pair":
+            return (len(x[0]), len(x[1]))
+        return (len(x), max(map(len, x)))  # (sentences, longest sentence)
+
+    def weight(self, batch) -> int:
+        """What :meth:`loss` averages over: the batch's examples."""
+        return int(batch[1].shape[0])
 
     def loss(self, model: nn.Module, batch, config) -> tuple[Tensor, int]:
         """Label-smoothed cross-entropy per example; the count is the batch's words."""
@@ -456,13 +483,17 @@ class Classifier:
         attention = [None if t is None else t[0] for t in out[1:]]  # words, sentences, matrix, conv_matrix
         return Explanation(self.labels[k], probs[k].item(), tokens, *attention)
 
-    def evaluate(self, split: str = "test", *, limit: int | None = None, progress=None) -> dict[str, float]:
+    def evaluate(
+        self, split: str = "test", *, limit: int | None = None, progress=None, precision: str = "fp32"
+    ) -> dict[str, float]:
         """The task's metrics on a WordNet split, with the examples counted and classified per
-        second; ``progress`` as in :func:`predict`."""
+        second; ``progress`` as in :func:`predict`; ``precision`` fp32 or bf16
+        (:mod:`attnkit.train.precision`)."""
         records = _records(self.task, split)[:limit]
         xs = [self.encoder.input(_texts(r)) for r in records]
         started = time.perf_counter()
-        probs = predict(self.model, self.kind, xs, progress=progress)
+        with autocast(precision, next(self.model.parameters()).device):
+            probs = predict(self.model, self.kind, xs, progress=progress)
         seconds = time.perf_counter() - started
         groups = [r.synset for r in records] if self.task == "pair" else None
         metrics = score(probs, [_label(r, self.labels) for r in records], groups)

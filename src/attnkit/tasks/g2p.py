@@ -26,7 +26,8 @@ from ..data import cmudict
 from ..data.vocab import PAD, SPECIALS, Vocab
 from ..errors import AttentionError
 from ..models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq, beam_search, greedy
-from ..train import checkpoint, config_from_dict
+from ..train import checkpoint, config_from_dict, precision
+from ..train.batching import token_batches
 from ..train.schema import from_dict
 
 __all__ = ["G2P", "MODELS", "SHIPPED", "G2PDoc", "G2PTask", "build_model", "edit_distance", "score"]
@@ -108,11 +109,13 @@ def decode_words(
     """Hypotheses for ``words`` in their order; beam 1 is greedy. ``progress(done, total)`` is
     called before the first batch and after each one with the number of words decoded so far."""
     model.eval()
+    device = next(model.parameters()).device
     out = [None] * len(words)
     done = 0
     if progress is not None:
         progress(done, len(words))
     for idx, src in _sorted_batches(words, letters, batch_size):
+        src = src.to(device)
         hyps = greedy(model, src) if beam == 1 else beam_search(model, src, beam=beam, alpha=alpha)
         for i, h in zip(idx, hyps):
             out[i] = h._replace(tokens=tuple(phonemes.decode(h.tokens)))
@@ -165,12 +168,20 @@ class G2PTask:
             "phonemes": self.phonemes.symbols,
         }
 
-    def batches(self, epoch: int, generator: torch.Generator, batch_size: int) -> list[tuple[Tensor, Tensor]]:
-        """Shuffle, group similar lengths (sort within windows of 50 batches), shuffle the batches."""
+    def batches(
+        self, epoch: int, generator: torch.Generator, batch_size: int, batch_tokens: int | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Shuffle, group similar lengths (sort within windows of 50 batches), shuffle the batches.
+        With ``batch_tokens``: sort the shuffle by (source, target) length and cut batches whose
+        padded tokens, rows x (longest source + longest target with its start or end mark), stay
+        within it (:func:`attnkit.train.batching.token_batches`); then shuffle the batches."""
         perm = torch.randperm(len(self.pairs), generator=generator).tolist()
-        window = 50 * batch_size
         groups = []
-        for start in range(0, len(perm), window):
+        if batch_tokens is not None:
+            dims = lambda i: (len(self.pairs[i][0]), len(self.pairs[i][1]) + 1)
+            groups = token_batches(perm, dims, lambda rows, longest: rows * sum(longest), batch_tokens)
+        window = 50 * batch_size
+        for start in range(0, len(perm) if batch_tokens is None else 0, window):
             chunk = sorted(perm[start : start + window], key=lambda i: (len(self.pairs[i][0]), len(self.pairs[i][1])))
             groups += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
         order = torch.randperm(len(groups), generator=generator).tolist()
@@ -195,6 +206,10 @@ class G2PTask:
             baseline = (ll * real).sum(0) / real.sum(0).clamp(min=1)  # (T,) batch mean per step
             loss = loss + reinforce_loss(out.log_prob[real], ll[real], baseline.expand_as(ll)[real])
         return loss, int(real.sum())
+
+    def weight(self, batch) -> int:
+        """What :meth:`loss` averages over: the batch's target tokens (the end marks included)."""
+        return int(batch[1][:, 1:].ne(PAD).sum())
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         hyps = decode_words(model, [e.word for e in self.valid], self.letters, self.phonemes)
@@ -278,9 +293,11 @@ class G2P:
         checkpoint.load_model(model, tensors, path)
         return loaded
 
-    def pronounce(self, words: list[str], *, beam: int = 5, progress=None) -> list[Pronunciation]:
+    def pronounce(
+        self, words: list[str], *, beam: int = 5, progress=None, precision: str = "fp32"
+    ) -> list[Pronunciation]:
         """Phonemes of each word (lower-cased; letters a-z, ' - . only); ``progress`` as in
-        :func:`decode_words`."""
+        :func:`decode_words`; ``precision`` fp32 or bf16 (:mod:`attnkit.train.precision`)."""
         clean = []
         for w in words:
             if not w or not w.strip():
@@ -288,14 +305,15 @@ class G2P:
             clean.append(w.strip().lower())
         for w in clean:
             self.letters.encode(w)  # names any character outside the alphabet
-        hyps = decode_words(self.model, clean, self.letters, self.phonemes, beam=beam, progress=progress)
+        with self._autocast(precision):
+            hyps = decode_words(self.model, clean, self.letters, self.phonemes, beam=beam, progress=progress)
         return [Pronunciation(w, h.tokens, h.weights) for w, h in zip(clean, hyps)]
 
     def evaluate(
-        self, split: str = "test", *, beam: int = 5, limit: int | None = None, progress=None
+        self, split: str = "test", *, beam: int = 5, limit: int | None = None, progress=None, precision: str = "fp32"
     ) -> dict[str, float]:
         """WER/PER on a cmudict split, plus the words decoded per second; ``progress`` as in
-        :func:`decode_words`."""
+        :func:`decode_words`; ``precision`` as in :meth:`pronounce`."""
         if self.letters != cmudict.letters() or self.phonemes != cmudict.phonemes():
             raise AttentionError(
                 f"checkpoint {self.path!r} was trained with other letters or phonemes than this cmudict"
@@ -303,10 +321,14 @@ class G2P:
         entries = cmudict.load(split)[:limit]
         started = time.perf_counter()
         words = [e.word for e in entries]
-        hyps = decode_words(self.model, words, self.letters, self.phonemes, beam=beam, progress=progress)
+        with self._autocast(precision):
+            hyps = decode_words(self.model, words, self.letters, self.phonemes, beam=beam, progress=progress)
         seconds = time.perf_counter() - started
         metrics = score([h.tokens for h in hyps], [e.pronunciations for e in entries])
         return {**metrics, "words": len(entries), "words_per_s": len(entries) / seconds}
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    def _autocast(self, name: str):
+        return precision.autocast(name, next(self.model.parameters()).device)

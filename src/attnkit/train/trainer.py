@@ -2,12 +2,15 @@
 
 A *task* supplies the data and the objective; the trainer owns everything else:
 
-- ``task.batches(epoch, generator, batch_size) -> list`` the epoch's batches, a pure function of
-  the generator (seeded from ``seed`` and ``epoch``), so a resumed run sees the same batches;
+- ``task.batches(epoch, generator, batch_size, batch_tokens=None) -> list`` the epoch's batches, a
+  pure function of the generator (seeded from ``seed`` and ``epoch``), so a resumed run sees the same
+  batches; with ``batch_tokens``, batches of similar lengths whose padded size stays within it;
 - ``task.loss(model, batch, config) -> (loss, count)``: the mean loss and how many items (tokens)
   it averages over, for the throughput column;
 - ``task.validate(model) -> dict`` of metrics, one of which is ``task.metric``
   (``task.higher_is_better`` says which way is better);
+- ``task.weight(batch) -> int``: what the loss of ``batch`` is a mean over (target tokens,
+  examples), so that processes of a distributed run weigh their parts of a batch exactly;
 - ``task.describe() -> dict``: the JSON config a checkpoint carries to rebuild task and model;
 - ``task.build() -> nn.Module``: a freshly initialised model.
 
@@ -15,6 +18,11 @@ Files in ``out``: ``last.safetensors`` (model, optimizer, RNG and progress: what
 written every ``checkpoint_every`` steps and after every epoch; ``best.safetensors`` (the model at
 its best validation score, with its config: what evaluation and inference read);
 ``config.json`` and ``history.json`` (one record per epoch), for people.
+
+Under ``torchrun`` (:mod:`attnkit.train.distributed`) every process runs this loop on its share of
+each global batch inside ``DistributedDataParallel``; rank 0 alone validates, writes the files and
+draws the progress bar. ``config.precision`` runs the forward passes (training and validation) under
+``torch.autocast`` (:mod:`attnkit.train.precision`).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import AttentionError
-from . import checkpoint
+from . import checkpoint, distributed, precision
 from .schema import check_value, from_dict
 
 __all__ = ["FILES", "Progress", "TrainConfig", "Trainer", "config_from_dict"]
@@ -49,12 +57,16 @@ class TrainConfig:
     patience: int = 5  # stop after this many epochs without a better validation score
     checkpoint_every: int = 200  # steps between checkpoints (and one after every epoch)
     seed: int = 0  # model initialisation, batch order and dropout all follow from it
+    precision: str = "fp32"  # fp32, or mixed: bf16 (CPU, CUDA) or fp16 (CUDA, loss-scaled); weights stay fp32
+    batch_tokens: int | None = None  # instead of batch_size: padded tokens per batch, batches of similar lengths
 
     def __post_init__(self):
         kinds = get_type_hints(type(self))
         for f in fields(self):
             value = getattr(self, f.name)
             check_value(value, kinds[f.name], f.name)
+            if value is None or isinstance(value, str):
+                continue
             if f.name in ("warmup_steps", "weight_decay", "label_smoothing", "seed"):
                 if value < 0:
                     raise AttentionError(f"{f.name} must be >= 0, got {value!r}")
@@ -62,6 +74,7 @@ class TrainConfig:
                 raise AttentionError(f"{f.name} must be > 0, got {value!r}")
         if self.label_smoothing >= 1:
             raise AttentionError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        precision.check(self.precision, "cuda")  # a known name; whether it runs here is the Trainer's check
 
 
 @dataclass
@@ -75,11 +88,14 @@ class Progress:
     bad_epochs: int = 0  # epochs since the best one
     elapsed: float = 0.0  # seconds of training and validation
     history: list[dict] = field(default_factory=list)  # one record per epoch
+    world_size: int = 1  # processes that took the latest steps (torchrun's WORLD_SIZE)
 
     def __post_init__(self):
         for name in ("epoch", "batch", "step", "bad_epochs"):
             if getattr(self, name) < 0:
                 raise AttentionError(f"progress.{name} must be >= 0, got {getattr(self, name)}")
+        if self.world_size < 1:
+            raise AttentionError(f"progress.world_size must be >= 1, got {self.world_size}")
 
 
 def config_from_dict(cls, doc: dict, what: str):
@@ -99,28 +115,61 @@ class Trainer:
     """Train ``task.build()``'s model on ``task`` into the folder ``out``; ``fit(resume=True)``
     continues a killed run from ``out/last.safetensors`` exactly: same batches, same dropout draws,
     same next-step loss. The model is built right after seeding, so ``seed`` fixes its initial
-    weights too."""
+    weights too. ``device``: where it trains (default the CPU). In a process group of several
+    processes (:func:`attnkit.train.distributed.init`), the model is wrapped in
+    ``DistributedDataParallel`` and each process takes its share of every batch."""
 
-    def __init__(self, task, config: TrainConfig, out: str | Path, *, progress: bool = True):
+    def __init__(self, task, config: TrainConfig, out: str | Path, *, progress: bool = True, device=None):
         self.task, self.config, self.out = task, config, Path(out)
-        self.progress = progress
+        self.device = torch.device(device or "cpu")
+        precision.check(config.precision, self.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.progress = progress and self.rank == 0
         torch.manual_seed(config.seed)
-        self.model = model = task.build()
+        self.model = model = task.build().to(self.device)  # the model itself: what checkpoints hold
+        self.net = model  # what the training steps call: the model, or its DistributedDataParallel wrapper
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(model, device_ids=ids)
+            if self.rank > 0:  # each process its own dropout draws; rank 0 those of a single process
+                torch.manual_seed(_rank_seed(config.seed, 0, self.rank))
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.state = asdict(Progress())
-        self.losses: list[float] = []  # training loss of every step taken by this process
+        self.scaler = precision.scaler(config.precision, self.device)
+        self.state = asdict(Progress(world_size=self.world))
+        self.losses: list[float] = []  # training loss of every step taken by this process (of the whole batch)
         self.saved_step: int | None = None  # the step of the last.safetensors on disk, once there is one
 
     # -- checkpoints -------------------------------------------------------------------------
     def describe(self) -> dict:
         return {"task": self.task.describe(), "train": asdict(self.config)}
 
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        """Every process's torch RNG state (``rng.torch`` for rank 0, ``rng.torch.R`` for rank R),
+        gathered to rank 0, and rank 0's CUDA one when it trains on CUDA."""
+        own = torch.get_rng_state()
+        states = [own]
+        if self.world > 1:
+            states = [None] * self.world
+            torch.distributed.all_gather_object(states, own)
+        out = {"rng.torch" if r == 0 else f"rng.torch.{r}": s for r, s in enumerate(states)}
+        if self.device.type == "cuda":
+            out["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        return out
+
     def _save_last(self) -> None:
+        rng = self._rng_states()  # every process takes part; rank 0 writes
+        if self.rank != 0:
+            self.saved_step = self.state["step"]
+            return
         opt_tensors, opt_meta = checkpoint.optimizer_tensors(self.optimizer)
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(opt_tensors)
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update(rng)
         meta = {**self.describe(), "progress": self.state, "optimizer": opt_meta}
+        if self.scaler.is_enabled():
+            meta["scaler"] = self.scaler.state_dict()
         checkpoint.save(self.out / "last.safetensors", tensors, meta)
         self.saved_step = self.state["step"]
 
@@ -132,24 +181,39 @@ class Trainer:
     def _resume(self) -> None:
         path = self.out / "last.safetensors"
         tensors, meta = checkpoint.load(path)
-        if meta.get("task") != self.task.describe() or meta.get("train") != asdict(self.config):
+        try:
+            train = from_dict(TrainConfig, meta.get("train"), "train")  # older runs: the new fields' defaults
+        except AttentionError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
+        if meta.get("task") != self.task.describe() or train != self.config:
             raise AttentionError(f"checkpoint {str(path)!r} was written for another configuration; see its config.json")
         progress = from_dict(Progress, meta.get("progress"), f"checkpoint {str(path)!r}: progress")
         checkpoint.load_model(self.model, tensors, path)
         try:
             checkpoint.load_optimizer(self.optimizer, tensors, meta["optimizer"])
-            torch.set_rng_state(tensors["rng.torch"])
+            own = tensors.get("rng.torch" if self.rank == 0 else f"rng.torch.{self.rank}")
+            if own is not None and progress.world_size == self.world:
+                torch.set_rng_state(own)
+            else:  # another world size: this process's draws start afresh from the seed and the step
+                torch.manual_seed(_rank_seed(self.config.seed, progress.step, self.rank))
+            if self.device.type == "cuda" and "rng.cuda" in tensors:
+                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            if self.scaler.is_enabled() and "scaler" in meta:
+                self.scaler.load_state_dict(meta["scaler"])
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
             raise checkpoint.CheckpointError(
                 f"checkpoint {str(path)!r} does not hold a resumable optimizer and RNG state ({type(err).__name__}: {err})"
             ) from None
         self.state = asdict(progress)
+        self.state["world_size"] = self.world
         self.saved_step = self.state["step"]
 
     # -- the loop ----------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> list:
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        return self.task.batches(epoch, generator, self.config.batch_size)
+        if self.config.batch_tokens is None:
+            return self.task.batches(epoch, generator, self.config.batch_size)
+        return self.task.batches(epoch, generator, self.config.batch_size, batch_tokens=self.config.batch_tokens)
 
     def _better(self, score: float) -> bool:
         best = self.state["best"]
@@ -161,15 +225,16 @@ class Trainer:
         """Train until ``config.epochs`` or early stopping (or ``max_steps`` more steps, for tests);
         returns the final progress record."""
         cfg = self.config
-        checkpoint.remove_temporaries(self.out, FILES)  # what writes killed before their rename left
+        if self.rank == 0:
+            checkpoint.remove_temporaries(self.out, FILES)  # what writes killed before their rename left
         if resume:
             self._resume()
-        else:
-            checkpoint.write_json(self.out / "config.json", self.describe())
+        if self.rank == 0:  # for people: the configuration, and how many processes train it now
+            checkpoint.write_json(self.out / "config.json", {**self.describe(), "world_size": self.world})
         steps_per_epoch = len(self._epoch_batches(0))
         total = cfg.epochs * steps_per_epoch
         taken = 0
-        with _Progress(self.progress, total, self.state["step"]) as bar:
+        with _Progress(self.progress, total, self.state["step"], log=self.rank == 0) as bar:
             while self.state["epoch"] < cfg.epochs and self.state["bad_epochs"] < cfg.patience:
                 batches = self._epoch_batches(self.state["epoch"])
                 self.model.train()
@@ -192,27 +257,56 @@ class Trainer:
         lr = _lr(self.config, self.state["step"], total)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss, count = self.task.loss(self.model, batch, self.config)
-        if not torch.isfinite(loss):
-            raise AttentionError(f"training loss became {loss.item()} at step {self.state['step']}; lower --lr")
+        part, share = distributed.shard(batch, self._weigh, self.rank, self.world)
+        part = _to(part, self.device)
+        with precision.autocast(self.config.precision, self.device):
+            loss, count = self.task.loss(self.net, part, self.config)
+        if self.world > 1:  # the whole batch's loss and tokens; DDP averages the gradients over the world
+            shown = torch.stack([loss.detach().float() * share, torch.tensor(float(count), device=loss.device)])
+            torch.distributed.all_reduce(shown)
+            whole, count = shown[0], int(shown[1].item())
+            loss = loss * (share * self.world)
+        else:
+            whole = loss.detach()
+        if not torch.isfinite(whole):
+            raise AttentionError(f"training loss became {whole.item()} at step {self.state['step']}; lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
-        self.optimizer.step()
-        self.losses.append(loss.item())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.losses.append(whole.item())
         return self.losses[-1], count
+
+    def _weigh(self, batch) -> int:
+        weigh = getattr(self.task, "weight", None)
+        return weigh(batch) if weigh is not None else distributed._count(batch)
+
+    def _validate(self) -> dict:
+        """Rank 0 validates (under the run's precision); the other processes receive its metrics."""
+        metrics = None
+        if self.rank == 0:
+            with torch.no_grad(), precision.autocast(self.config.precision, self.device):
+                metrics = self.task.validate(self.model)
+        if self.world > 1:
+            box = [metrics]
+            torch.distributed.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics
 
     def _end_epoch(self, bar) -> None:
         started = time.perf_counter()
         self.model.eval()
-        metrics = self.task.validate(self.model)
+        metrics = self._validate()
         score = metrics[self.task.metric]
         record = {"epoch": self.state["epoch"] + 1, "step": self.state["step"], **metrics}
         record["train_loss"] = sum(self.losses[-50:]) / max(1, len(self.losses[-50:]))
         improved = self._better(score)
         if improved:
             self.state["best"], self.state["bad_epochs"] = score, 0
-            self._save_best()
+            if self.rank == 0:
+                self._save_best()
         else:
             self.state["bad_epochs"] += 1
         self.state["history"].append(record)
@@ -221,15 +315,30 @@ class Trainer:
         self.state["elapsed"] += time.perf_counter() - started
         record["elapsed_s"] = round(self.state["elapsed"], 1)
         self._save_last()
-        checkpoint.write_json(self.out / "history.json", self.state["history"])
+        if self.rank == 0:
+            checkpoint.write_json(self.out / "history.json", self.state["history"])
         bar.log(record, improved)
+
+
+def _rank_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of a process's dropout draws where no saved state continues them."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % 2**63
+
+
+def _to(batch, device: torch.device):
+    """``batch`` (tensors in nested tuples and lists) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(x, device) for x in batch)
+    return batch
 
 
 class _Progress:
     """A rich progress bar with loss, tokens/s and ETA; silent when ``enabled`` is False."""
 
-    def __init__(self, enabled: bool, total: int, completed: int):
-        self.enabled, self.total, self.completed = enabled, total, completed
+    def __init__(self, enabled: bool, total: int, completed: int, log: bool = True):
+        self.enabled, self.total, self.completed, self.logs = enabled, total, completed, log
         self.tokens, self.seconds = 0, 0.0
 
     def __enter__(self):
@@ -258,6 +367,8 @@ class _Progress:
     def log(self, record: dict, improved: bool) -> None:
         shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
         shown += "  (best)" if improved else ""
+        if not self.logs:  # a distributed run's other processes: rank 0 says it
+            return
         if self.enabled:
             self.bar.console.print(shown, soft_wrap=True)
         else:
