@@ -10,6 +10,7 @@ from ..errors import AttentionError
 from . import progress
 from .options import (
     add_fields,
+    add_run_flags,
     add_shared_fields,
     check_model_flags,
     check_new_file,
@@ -20,6 +21,7 @@ from .options import (
     given,
     resumed_run,
     resumed_train_config,
+    train_config,
 )
 
 __all__ = ["add_explain_parser", "add_train_parser", "evaluate", "explain", "train"]
@@ -68,6 +70,7 @@ def add_train_parser(sub) -> None:
         "--freeze-vectors", action="store_true", default=None, help="keep the pretrained vectors fixed in training"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+    add_run_flags(p)
     configs = {}
     for name, spec in CLASSIFIERS.items():
         configs.setdefault(spec.config, []).append(name)
@@ -80,6 +83,16 @@ def add_train_parser(sub) -> None:
 
 
 def train(args) -> int:
+    from ..train import distributed
+
+    device = distributed.init(args.device)
+    try:
+        return _train(args, device)
+    finally:
+        distributed.finish()
+
+
+def _train(args, device) -> int:
     from ..tasks.classify import DEFAULT_MODEL, TASKS, ClassifyDoc, ClassifyTask
     from ..train import TrainConfig, Trainer
     from ..train.checkpoint import CheckpointError
@@ -105,14 +118,14 @@ def train(args) -> int:
             raise AttentionError(f"--task {args.task!r} is unknown; expected one of {list(TASKS)}")
         model = args.model or DEFAULT_MODEL[args.task]
         check_model_flags(model, fields, model_given)
-        config = TrainConfig(**given(args, train_names))  # bad numbers before the data is read
+        config = train_config(args, train_names)  # bad numbers before the data is read
         task = ClassifyTask(args.task, model, model_given, **given(args, RUN_FIELDS))
         if out is None:
             vectors = None if args.vectors == "none" else args.vectors
             parts = ("classify", args.task, model, model_given.get("pooling"), vectors)
             out = Path("runs") / "-".join(x for x in parts if x)
         fresh_run_folder(out)
-    trainer = Trainer(task, config, out, progress=not args.no_progress)
+    trainer = Trainer(task, config, out, progress=not args.no_progress, device=device)
     frozen = " (frozen)" if task.freeze_vectors else ""
     vectors = "" if task.vectors == "none" else f", {task.vectors} vectors{frozen}"
     summary = (
@@ -132,7 +145,7 @@ def evaluate(args) -> int:
         raise AttentionError("--beam applies to G2P checkpoints only; drop it for a classifier")
     clf = Classifier.load(args.checkpoint)
     with progress.bar(f"classifying {args.split}") as bar:
-        m = clf.evaluate(args.split, limit=args.limit, progress=bar)
+        m = clf.evaluate(args.split, limit=args.limit, progress=bar, precision=args.precision)
     print(f"{clf.path}: {clf.name} on the {clf.task} task, {m['examples']:,} {args.split} examples")
     table = Table()
     table.add_column("metric")

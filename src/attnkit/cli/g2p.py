@@ -10,6 +10,7 @@ from ..errors import AttentionError
 from . import progress
 from .options import (
     add_fields,
+    add_run_flags,
     check_model_flags,
     check_new_file,
     check_pictures,
@@ -18,8 +19,10 @@ from .options import (
     fresh_run_folder,
     given,
     positive,
+    read_words,
     resumed_run,
     resumed_train_config,
+    train_config,
 )
 
 __all__ = ["add_pronounce_parser", "add_train_parser", "evaluate", "pronounce", "train"]
@@ -49,6 +52,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--limit", type=count, help="train on the first N training words only")
     p.add_argument("--valid-limit", type=count, help="validate on the first N validation words only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+    add_run_flags(p)
     model = p.add_argument_group("model (fields of RNNConfig / TransformerConfig)")
     add_fields(model, RNNConfig, skip=("src_vocab", "tgt_vocab"))
     add_fields(model, TransformerConfig, skip=("src_vocab", "tgt_vocab"))
@@ -56,6 +60,16 @@ def add_train_parser(sub) -> None:
 
 
 def train(args) -> int:
+    from ..train import distributed
+
+    device = distributed.init(args.device)
+    try:
+        return _train(args, device)
+    finally:
+        distributed.finish()
+
+
+def _train(args, device) -> int:
     from ..tasks.g2p import G2PDoc, G2PTask
     from ..train import TrainConfig, Trainer
     from ..train.checkpoint import CheckpointError
@@ -75,13 +89,13 @@ def train(args) -> int:
         config = resumed_train_config(meta, path)
     else:
         check_model_flags(args.model, fields, model_given)
-        config = TrainConfig(**given(args, train_names))  # bad numbers before the data is read
+        config = train_config(args, train_names)  # bad numbers before the data is read
         task = G2PTask(args.model, model_given, limit=args.limit, valid_limit=args.valid_limit)
         if out is None:
             attention = model_given.get("attention", "luong-general") if args.model == "rnn" else None
             out = Path("runs") / "-".join(x for x in ("g2p", args.model, attention) if x)
         fresh_run_folder(out)
-    trainer = Trainer(task, config, out, progress=not args.no_progress)
+    trainer = Trainer(task, config, out, progress=not args.no_progress, device=device)
     summary = f"g2p {task.model} {json.dumps(task.model_config)}, {len(task.pairs):,} training pairs"
     return fit(trainer, out, args.resume, summary, "attnkit eval {best}")
 
@@ -95,7 +109,7 @@ def evaluate(args) -> int:
     beam = 5 if args.beam is None else args.beam
     g2p = G2P.load(args.checkpoint)
     with progress.bar(f"decoding {args.split}, beam {beam}") as bar:
-        m = g2p.evaluate(args.split, beam=beam, limit=args.limit, progress=bar)
+        m = g2p.evaluate(args.split, beam=beam, limit=args.limit, progress=bar, precision=args.precision)
     print(f"{g2p.path}: {m['words']:,} {args.split} words, beam {beam}")
     table = Table()
     for col in ("", "WER %", "PER %"):
@@ -103,7 +117,7 @@ def evaluate(args) -> int:
     table.add_row("stress kept", f"{m['wer']:.2f}", f"{m['per']:.2f}")
     table.add_row("stress removed", f"{m['wer_nostress']:.2f}", f"{m['per_nostress']:.2f}")
     Console().print(table)
-    print(f"{g2p.parameters():,} parameters; {m['words_per_s']:.0f} words/s")
+    print(f"{g2p.parameters():,} parameters; {m['words_per_s']:.0f} words/s ({_threads()}, {args.precision})")
     if args.json:
         Path(args.json).write_text(json.dumps({**m, "parameters": g2p.parameters(), "beam": beam}, indent=2))
     return 0
@@ -114,19 +128,68 @@ def _word_plot(plot: Path, word: str) -> Path:
     return plot.with_name(f"{plot.stem}-{word}{plot.suffix}")
 
 
+def _threads() -> str:
+    """How many threads decoding uses: torch's intra-op threads (one per core unless
+    OMP_NUM_THREADS or torch.set_num_threads says otherwise)."""
+    import torch
+
+    n = torch.get_num_threads()
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
 def add_pronounce_parser(sub) -> None:
-    p = sub.add_parser("pronounce", help="phonemes of English words, from the shipped model or a checkpoint")
-    p.add_argument("words", nargs="+", metavar="WORD")
+    p = sub.add_parser(
+        "pronounce",
+        help="phonemes of English words, from the shipped model or a checkpoint",
+        description=(
+            "Phonemes of the words given, or of a word list: --file PATH (or a lone - : standard input), "
+            "whitespace-separated words, one result per line in their order. Decoding runs in batches of "
+            "256 on torch's threads (one per core)."
+        ),
+    )
+    p.add_argument("words", nargs="*", metavar="WORD", help="words; a lone - reads them from standard input")
+    p.add_argument("--file", metavar="PATH", help="read the words from this file (- : standard input)")
     p.add_argument("--model", help="a G2P checkpoint (default: the shipped model)")
     p.add_argument("--beam", type=positive, default=5, help="beam width; 1 = greedy (default 5)")
     p.add_argument(
         "--plot", help="save the letter-to-phoneme alignment to this PNG/SVG (one file per word: FILE-WORD.png)"
     )
+    p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16 (mixed precision on CPU or CUDA)")
+
+
+def _source(args) -> str | None:
+    """Where the words come from: None (the arguments), a file, or ``-`` (standard input)."""
+    if args.file is not None and args.words:
+        raise AttentionError("give words or --file, not both")
+    source = "-" if args.words == ["-"] else args.file
+    if source is None and not args.words:
+        raise AttentionError("give words to pronounce, --file PATH, or - to read them from standard input")
+    if source is not None and args.plot:
+        raise AttentionError("--plot draws one picture per word; give the words as arguments, not a list")
+    return source
+
+
+def _checked(found: list[tuple[str, int]], source: str, letters) -> list[str]:
+    """The words read from ``source``, each checked against the model's alphabet; a bad one is
+    named with its line."""
+    where = "standard input" if source == "-" else repr(source)
+    if not found:
+        raise AttentionError(f"{where} holds no words")
+    for word, line in found:
+        try:
+            letters.encode(word.lower())
+        except AttentionError as err:
+            raise AttentionError(f"{where} line {line}: {err}") from None
+    return [w for w, _ in found]
 
 
 def pronounce(args) -> int:
     from ..tasks.g2p import G2P
+    from ..train.precision import check
 
+    check(args.precision)
+    source = _source(args)
+    found = None if source is None else read_words(source)  # the file's errors before the model loads
     if args.plot:
         plot = check_new_file(args.plot, "--plot", (".png", ".svg"))
         if len(args.words) > 1:  # one file per word: their names must fit too
@@ -138,8 +201,9 @@ def pronounce(args) -> int:
                 check_new_file(path, "--plot")
         check_pictures("--plot")
     g2p = G2P.load(args.model)
-    with progress.bar("pronouncing") as bar:
-        results = g2p.pronounce(args.words, beam=args.beam, progress=bar)
+    words = args.words if source is None else _checked(found, source, g2p.letters)
+    with progress.bar(f"pronouncing {len(words):,} words, {_threads()}") as bar:
+        results = g2p.pronounce(words, beam=args.beam, progress=bar, precision=args.precision)
     width = max(len(r.word) for r in results)
     for r in results:
         print(f"{r.word:<{width}}  {' '.join(r.phones)}")

@@ -13,6 +13,7 @@ from pathlib import Path
 __all__ = [
     "IMAGE_SUFFIXES",
     "add_fields",
+    "add_run_flags",
     "add_shared_fields",
     "check_folder",
     "check_model_flags",
@@ -25,7 +26,9 @@ __all__ = [
     "given",
     "number",
     "positive",
+    "read_words",
     "resumed_run",
+    "train_config",
     "whole",
 ]
 
@@ -137,9 +140,12 @@ def flag(name: str) -> str:
 
 def add_fields(parser, cls, skip=()) -> None:
     """A flag for each field of the dataclass ``cls`` (default None: "not given"), unless skipped
-    or already there."""
+    or already there. A field whose default is None (``int | None``) takes a whole number >= 1."""
     for f in dataclasses.fields(cls):
         if f.name in skip or f.name in {a.dest for a in parser._actions}:
+            continue
+        if f.default is None:
+            parser.add_argument(flag(f.name), type=positive, default=None, metavar=f.name.upper(), help="default none")
             continue
         kind = type(f.default)
         if kind is bool:
@@ -167,6 +173,45 @@ def add_shared_fields(parser, configs: dict[str, type], skip=()) -> None:
             parser.add_argument(
                 flag(field_name), type=_TYPES[kind], default=None, metavar=field_name.upper(), help=shown
             )
+
+
+def add_run_flags(parser) -> None:
+    """Where a training run computes: ``--device``; ``--precision`` and ``--batch-tokens`` are
+    TrainConfig fields (their help is here, the flags come with the config's)."""
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default) or cuda; under torchrun, cuda means cuda:LOCAL_RANK and NCCL, cpu means gloo",
+    )
+
+
+def train_config(args, names):
+    """The TrainConfig of a new run from the flags (bad numbers before the data is read)."""
+    from ..errors import AttentionError
+    from ..train import TrainConfig
+
+    fields = given(args, names)
+    if "batch_tokens" in fields and "batch_size" in fields:
+        raise AttentionError("--batch-tokens replaces --batch-size (batches by token budget); give one of them")
+    return TrainConfig(**fields)
+
+
+def read_words(source: str) -> list[tuple[str, int]]:
+    """The words of a file (``-``: standard input), whitespace-separated, with their line numbers."""
+    from ..errors import AttentionError
+
+    try:
+        if source == "-":
+            text = sys.stdin.read()
+        else:
+            path = Path(source)
+            if path.is_dir():
+                raise AttentionError(f"--file {source!r} is a folder; give a file of words")
+            text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        where = "standard input" if source == "-" else repr(source)
+        raise AttentionError(f"{where} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return [(w, n) for n, line in enumerate(text.splitlines(), 1) for w in line.split()]
 
 
 def given(args, names) -> dict:
@@ -226,14 +271,24 @@ def fresh_run_folder(out) -> None:
 
 
 def fit(trainer, out, resume: bool, summary: str, hint: str) -> int:
-    """Print ``summary``, train (or resume), then say where the best model is."""
+    """Print ``summary``, train (or resume), then say where the best model is. In a distributed
+    run only rank 0 speaks."""
+    main = trainer.rank == 0
     params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"{summary}: {params:,} parameters -> {out}")
+    cfg = trainer.config
+    how = [] if trainer.world == 1 else [f"{trainer.world} processes"]
+    how += [] if cfg.precision == "fp32" else [cfg.precision]
+    how += [] if cfg.batch_tokens is None else [f"batches of <= {cfg.batch_tokens} tokens"]
+    if main:
+        print(f"{summary}: {params:,} parameters -> {out}{''.join(f', {h}' for h in how)}")
     try:
         state = trainer.fit(resume=resume)
     except KeyboardInterrupt:  # Ctrl-C: where the run can be picked up, in one line
-        print(_interrupted(trainer, out), file=sys.stderr)
+        if main:
+            print(_interrupted(trainer, out), file=sys.stderr)
         return 130
+    if not main:
+        return 0
     metric = trainer.task.metric
     print(f"done after {state['epoch']} epochs, {state['elapsed']:.0f} s; best validation {metric} {state['best']:.2f}")
     best = out / "best.safetensors"
