@@ -140,3 +140,18 @@ def test_smoke_opennmt(data):
         assert r["train"]["tokens_per_s"] > 0 and all(math.isfinite(x) for x in r["train"]["loss"])
     for q in report["ratios"]:
         assert q["train"] > 0 and q["greedy"] is None and q["beam"] is None
+
+
+def test_attnkit_bench_only_train_writes_its_report(tmp_path, monkeypatch):
+    """``attnkit bench --only train --quick`` runs this benchmark (here at the toy size) into train.md / .json."""
+    import json
+
+    from attnkit.bench import run
+
+    monkeypatch.setattr(bench, "QUICK", TOY)
+    monkeypatch.setattr(bench, "KINDS", ("luong-dot",))
+    monkeypatch.setattr(bench, "CONTENDERS", ("attnkit", "plain"))
+    assert run(only=["train"], quick=True, out=tmp_path, memory=False, log=lambda _: None) == []
+    report = json.loads((tmp_path / "train.json").read_text())
+    assert {(r["kind"], r["contender"]) for r in report["rows"]} == {("luong-dot", "attnkit"), ("luong-dot", "plain")}
+    assert "| luong-dot | attnkit |" in (tmp_path / "train.md").read_text()

@@ -81,11 +81,19 @@ def run(
     budget_s: float | None = None,
     log=print,
 ) -> list[Row]:
-    """Run the cases (all, or ``only``), write ``bench.md`` and ``bench.json`` into ``out``."""
+    """Run the cases (all, or ``only``), write ``bench.md`` and ``bench.json`` into ``out``; ``"train"``
+    in ``only`` also runs :mod:`attnkit.bench.train` into ``train.md`` and ``train.json``."""
     budget_s = budget_s if budget_s is not None else (0.5 if quick else 3.0)
     runs = QUICK_RUNS if quick else RUNS
     rows: list[Row] = []
     for name in only or list(CASES):
+        if name == "train":  # the training and decoding benchmark: its own report, train.md / train.json
+            from . import train
+
+            report = train.run(settings=train.QUICK if quick else train.Settings(), memory=memory, log=log)
+            if out is not None:
+                train.write(report, out)
+            continue
         for sizes in runs[name]:
             case = CASES[name](**sizes)
             for peer, how in case.missing.items():

@@ -323,8 +323,8 @@ def machine() -> dict:
 
 
 def run(
-    kinds: Sequence[str] = KINDS,
-    contenders: Sequence[str] = CONTENDERS,
+    kinds: Sequence[str] | None = None,
+    contenders: Sequence[str] | None = None,
     settings: Settings | None = None,
     *,
     modes: Sequence[str] = ("quiet", "contended"),
@@ -333,10 +333,11 @@ def run(
     data: Data | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measure ``kinds`` x ``contenders`` in each of ``modes``; the report (JSON-ready): ``machine``,
+    """Measure ``kinds`` x ``contenders`` (default: all) in each of ``modes``; the report (JSON-ready): ``machine``,
     ``settings``, ``rows`` (:class:`Row` as dicts), ``ratios`` and ``profiles`` (top ops of a
     steady train step for ``profile_contenders``, quiet). ``data``: the batches and words, if
     already read with these settings."""
+    kinds, contenders = kinds or KINDS, contenders or CONTENDERS
     settings = settings or Settings()
     data = data or Data(settings)
     rows, profiles = [], {}

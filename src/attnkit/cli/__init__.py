@@ -131,12 +131,13 @@ def _run(args) -> int:
         from ..bench import run as bench
         from ..bench.cases import CASES
 
-        unknown = [c for c in args.only or [] if c not in CASES]
+        unknown = [c for c in args.only or [] if c not in CASES and c != "train"]
         if unknown:
-            raise AttentionError(f"--only {unknown[0]!r} is unknown; expected one of {list(CASES)}")
+            raise AttentionError(f"--only {unknown[0]!r} is unknown; expected one of {[*CASES, 'train']}")
         out = check_folder(args.out, "--out")
         bench(only=args.only, quick=args.quick, out=out, memory=not args.no_memory)
-        print(f"results: {out / 'bench.md'}, {out / 'bench.json'}")
+        extra = ", train.md, train.json" if "train" in (args.only or []) else ""
+        print(f"results: {out / 'bench.md'}, {out / 'bench.json'}{extra}")
         return 0
     if args.command == "train":
         return {"g2p": g2p.train, "classify": classify.train}[args.trainee](args)
