@@ -44,6 +44,7 @@ def _check_rows(report, kinds, contenders, modes):
         assert t["cold_s"] == t["step_s"][0]
         assert t["timed_s"] == pytest.approx(sum(t["step_s"][-TOY.steps :]))
         assert t["tokens_per_s"] == pytest.approx(sum(t["tokens"][-TOY.steps :]) / t["timed_s"])
+        assert t["cold_x"] > 0 and len(t["padded"]) == len(t["step_s"])
         assert 0 <= t["steps_to_steady"] <= len(t["step_s"])
         assert t["to_steady_s"] == pytest.approx(sum(t["step_s"][: t["steps_to_steady"]]))
         assert all(math.isfinite(x) for x in t["loss"])
@@ -155,3 +156,12 @@ def test_attnkit_bench_only_train_writes_its_report(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "train.json").read_text())
     assert {(r["kind"], r["contender"]) for r in report["rows"]} == {("luong-dot", "attnkit"), ("luong-dot", "plain")}
     assert "| luong-dot | attnkit |" in (tmp_path / "train.md").read_text()
+
+
+def test_steady_state_from_step_times():
+    """The cold step's slowdown and the time to steady state are per padded position (batches differ)."""
+    cold = bench.steady_state([3.0, 2.0, 1.0, 2.0, 1.0], [1, 1, 1, 2, 1], 3)
+    assert cold["cold_x"] == 3.0 and cold["steps_to_steady"] == 2 and cold["to_steady_s"] == 5.0
+    assert cold["steady_step_s"] == 1.0 and cold["timed_s"] == 4.0
+    warm = bench.steady_state([1.0, 2.0, 1.0, 1.0], [1, 2, 1, 1], 2)  # a longer batch is not a slow step
+    assert warm["cold_x"] == 1.0 and warm["steps_to_steady"] == 0 and warm["to_steady_s"] == 0

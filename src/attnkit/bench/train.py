@@ -12,7 +12,8 @@ A train step is what the trainer does: forward, label-smoothed cross-entropy, ba
 clipping, AdamW step, and ``loss.item()``. Each contender takes a cold first step, ``warmup``
 more, then ``steps`` timed ones; the steady state is the timed steps (tokens/s = their target
 tokens / their time), and the time to reach it is the time of the steps before the first one
-from which every step's time per token stays within 1.25x of the steady median. Decoding
+whose time per padded position (the batches differ in length) is within 1.25x of the steady
+median (:func:`steady_state`). Decoding
 (greedy and beam) runs twice over the validation words in batches sorted by length: the first
 pass is the cold one, the second the steady figure. Every figure is taken quiet and under
 :func:`attnkit.bench.contention.competing` (another CPU-bound process on the same cores). Peak
@@ -51,7 +52,7 @@ __all__ = ["CONTENDERS", "KINDS", "QUICK", "Row", "Settings", "markdown", "ratio
 
 KINDS = ("none", "bahdanau", "luong-dot", "luong-general", "luong-concat", "local-m", "local-p", "hard", "transformer")
 CONTENDERS = ("attnkit", "plain", "opennmt")
-STEADY = 1.25  # a step is steady when its time per token is within this factor of the steady median
+STEADY = 1.25  # a step is steady when its time per padded position is within this factor of the steady median
 
 
 @dataclass
@@ -174,22 +175,29 @@ def measure_train(c: Contender, data: Data, settings: Settings) -> dict:
         times.append(time.perf_counter() - start)
         tokens.append(count)
         losses.append(loss)
-    timed = slice(len(times) - settings.steps, None)
-    per_token = [t / n for t, n in zip(times, tokens)]
-    steady = statistics.median(per_token[timed])
-    first = len(times)
-    while first > 0 and per_token[first - 1] <= STEADY * steady:
-        first -= 1
+    padded = [src.numel() + tgt[:, 1:].numel() for src, tgt in data.batches]  # B x (S + T) of each step
+    figures = steady_state(times, padded, settings.steps)
+    figures["tokens_per_s"] = sum(tokens[-settings.steps :]) / figures["timed_s"]
+    return {**figures, "step_s": times, "tokens": tokens, "padded": padded, "loss": losses}
+
+
+def steady_state(times: Sequence[float], padded: Sequence[int], steps: int) -> dict:
+    """The figures of a run of training steps (seconds ``times`` of steps over ``padded`` source +
+    target positions): the last ``steps`` are the steady state; steady speed is their median time
+    per padded position; the first steady step is the first whose time per position is within
+    ``STEADY`` of it, and the time to steady state is the time of the steps before it; ``cold_x``
+    is how many times slower per position than the steady state the cold first step ran."""
+    timed = slice(len(times) - steps, None)
+    per_position = [t / n for t, n in zip(times, padded)]
+    steady = statistics.median(per_position[timed])
+    first = next((i for i, x in enumerate(per_position) if x <= STEADY * steady), len(times))
     return {
         "cold_s": times[0],
+        "cold_x": per_position[0] / steady,
         "steady_step_s": statistics.median(times[timed]),
         "timed_s": sum(times[timed]),
-        "tokens_per_s": sum(tokens[timed]) / sum(times[timed]),
         "steps_to_steady": first,
         "to_steady_s": sum(times[:first]),
-        "step_s": times,
-        "tokens": tokens,
-        "loss": losses,
     }
 
 
@@ -368,8 +376,16 @@ def run(
 
 
 def merge(reports: Sequence[dict]) -> dict:
-    """One report from several runs' (each of some kinds), ratios recomputed."""
+    """One report from several runs' (each of some kinds), ratios recomputed; rows of runs from
+    before ``padded`` was recorded get their steady-state figures recomputed from their step times."""
     rows = [r for rep in reports for r in rep["rows"]]
+    settings, padded = _settings(reports[0]["settings"]), None
+    for r in rows:
+        t = r["train"]
+        if t is not None and "padded" not in t:
+            padded = padded or [src.numel() + tgt[:, 1:].numel() for src, tgt in Data(settings).batches]
+            t["padded"] = padded
+            t.update(steady_state(t["step_s"], padded, settings.steps))
     profiles = {k: v for rep in reports for k, v in rep["profiles"].items()}
     return {
         "machine": reports[0]["machine"],
@@ -425,7 +441,7 @@ def markdown(report: dict) -> str:
             f"### {mode}",
             "",
             (
-                "| kind | contender | params | train tokens/s | step ms | cold first step ms | to steady s (steps) "
+                "| kind | contender | params | train tokens/s | step ms | cold first step ms (x steady) | to steady s (steps) "
                 "| attnkit faster, train | greedy words/s (cold pass) | beam words/s (cold pass) "
                 "| attnkit faster, greedy / beam | peak MB train / beam | load | note |"
             ),
@@ -439,7 +455,8 @@ def markdown(report: dict) -> str:
             p = peaks.get((r["kind"], r["contender"]), {})
             cells = [r["kind"], r["contender"], f"{r['params']:,}" if r["params"] else "-"]
             if t:
-                cells += [f"{t['tokens_per_s']:.0f}", f"{t['steady_step_s'] * 1e3:.0f}", f"{t['cold_s'] * 1e3:.0f}",
+                cells += [f"{t['tokens_per_s']:.0f}", f"{t['steady_step_s'] * 1e3:.0f}",
+                          f"{t['cold_s'] * 1e3:.0f} ({t['cold_x']:.1f}x)",
                           f"{t['to_steady_s']:.2f} ({t['steps_to_steady']})", _x(ratio.get("train"))]  # fmt: skip
             else:
                 cells += ["-"] * 5
