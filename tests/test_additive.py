@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 
 import pytest
 import torch
@@ -41,13 +44,16 @@ ROW_TILES = {"compile": "never", "eager_tile": 4096, "key_tile": 1 << 17}
 
 
 @pytest.fixture(autouse=True)
-def tiles(monkeypatch):
-    """Eager tiny tiles unless a test asks otherwise; compilation state reset after each test."""
+def tiles(monkeypatch, tmp_path):
+    """Eager tiny tiles unless a test asks otherwise; compilation state reset after each test, and
+    compiled kernels kept in a fresh cache folder."""
     for name, value in SMALL_TILES.items():
         monkeypatch.setattr(additive.config, name, value)
     monkeypatch.setattr(additive, "_compile_failed", False)
-    monkeypatch.setattr(additive, "_compiled_shapes", set())
+    monkeypatch.setattr(additive, "_building", {})
+    monkeypatch.setattr(additive, "_loaded", {})
     monkeypatch.setattr(additive, "_calls", {})
+    monkeypatch.setenv("ATTNKIT_CACHE", str(tmp_path / "cache"))
 
 
 def _configure(monkeypatch, **options):
@@ -385,23 +391,49 @@ def _has_cxx() -> bool:
     return bool(os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++"))
 
 
-@pytest.mark.skipif(not _has_cxx(), reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not _has_cxx(), reason="AOTInductor on CPU needs a C++ compiler")
 def test_compiled_tiles_match_reference_and_compile_once(monkeypatch):
-    """Tiles of 16 queries × 16 keys (Tk = 37: three key tiles, padded); a second call compiles nothing."""
+    """Tiles of 16 queries × 16 keys (Tk = 37: three key tiles, padded), built by AOTInductor in a
+    separate process ("always" waits for it); a second call builds nothing, nor does a new process."""
     _configure(monkeypatch, compile="always", compiled_tile=16 * 16 * 8 * 2, key_tile=16 * 8)
     q, k, value, params = _problem(lead=(2,), tq=20, tk=37, dtype=F32)
     mask = masks.padding([37, 30], max_len=37)
     _assert_matches_reference(q, k, value, params, mask=mask, need_weights=True)
     assert not additive._compile_failed
-    assert len(additive._compiled_shapes) == 1
-    with torch.compiler.set_stance("fail_on_recompile"):
-        _assert_matches_reference(q, k, value, params, mask=mask, need_weights=True)
-    assert not additive._compile_failed  # a recompilation would have raised, and been caught
+    assert len(additive._loaded) == 1 and not additive._building
+
+    def no_build(*args):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(additive, "_start_build", no_build)
+    _assert_matches_reference(q, k, value, params, mask=mask, need_weights=True)
+    monkeypatch.setattr(additive, "_loaded", {})  # a new process: loads the packages from the cache
+    _assert_matches_reference(q, k, value, params, mask=mask, need_weights=True)
+    assert len(additive._loaded) == 1 and not additive._compile_failed
 
 
-def test_auto_compiles_a_tile_shape_from_its_third_call(monkeypatch):
-    """``compile="auto"`` runs a shape's first calls eagerly, then compiled (kernels stubbed: no compiler run here)."""
-    used = []
+class _FinishedBuild:
+    """A stand-in for the build process: done at once, having written the packages."""
+
+    returncode = 0
+
+    def __init__(self, kernel_key, paths):
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("stub")
+
+    def poll(self):
+        return 0
+
+    def wait(self):
+        return 0
+
+
+def test_auto_builds_a_tile_shape_in_the_background_from_its_second_call(monkeypatch):
+    """``compile="auto"`` runs a shape's first call eagerly and starts the build on its second; calls use
+    the kernels once built, and a process that finds them built uses them from its first call (build and
+    kernels stubbed: no compiler run here)."""
+    used, builds = [], []
 
     def stub(kernel):
         def call(*args):
@@ -410,26 +442,93 @@ def test_auto_compiles_a_tile_shape_from_its_third_call(monkeypatch):
 
         return call
 
-    _configure(monkeypatch, compile="auto", compile_min_work=0, compile_after=3)
-    monkeypatch.setattr(additive, "_compiled", (stub(additive._scores_eager), stub(additive._grads_eager)))
+    def start(kernel_key, paths):
+        builds.append(kernel_key)
+        return _FinishedBuild(kernel_key, paths)
+
+    _configure(monkeypatch, compile="auto", compile_min_work=0, compile_after=2)
+    monkeypatch.setattr(additive, "_start_build", start)
+    monkeypatch.setattr(
+        additive, "_load_kernels", lambda paths: (stub(additive._scores_eager), stub(additive._grads_eager))
+    )
     q, k, value, params = _problem(dtype=F32)
-    for call in range(4):
+    for call in range(3):
         used.clear()
         _assert_matches_reference(q, k, value, params, mask=masks.causal())
-        assert bool(used) == (call >= 2), call  # forward and backward of calls 3 and 4
-    assert len(additive._compiled_shapes) == 1
+        assert bool(used) == (call >= 1), call
+    assert len(builds) == 1 and len(additive._loaded) == 1
+    monkeypatch.setattr(additive, "_loaded", {})
+    monkeypatch.setattr(additive, "_calls", {})
+    used.clear()
+    _assert_matches_reference(q, k, value, params, mask=masks.causal())
+    assert used and len(builds) == 1
+
+
+def test_a_build_that_is_not_done_leaves_the_call_eager(monkeypatch):
+    class Running(_FinishedBuild):
+        def __init__(self, kernel_key, paths):  # writes nothing yet
+            pass
+
+        def poll(self):
+            return None
+
+    _configure(monkeypatch, compile="auto", compile_min_work=0, compile_after=1)
+    monkeypatch.setattr(additive, "_start_build", Running)
+    q, k, value, params = _problem(dtype=F32)
+    for _ in range(2):
+        _assert_matches_reference(q, k, value, params, mask=masks.causal(), need_weights=True)
+    assert len(additive._building) == 1 and not additive._loaded and not additive._compile_failed
 
 
 def test_compile_failure_falls_back_to_eager_tiles(monkeypatch):
-    def broken(fn, **options):
-        def call(*args):
-            raise RuntimeError("no compiler here")
-
-        return call
+    def broken(kernel_key, paths):
+        log = tempfile.TemporaryFile("w+")  # noqa: SIM115  closed with the build
+        build = subprocess.Popen([sys.executable, "-c", "raise SystemExit('no compiler here')"], stderr=log)
+        build.log = log
+        return build
 
     _configure(monkeypatch, compile="always")
-    monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(additive, "_compiled", None)
+    monkeypatch.setattr(additive, "_start_build", broken)
     q, k, value, params = _problem(dtype=F32)
     _assert_matches_reference(q, k, value, params, mask=masks.causal(), need_weights=True)
     assert additive._compile_failed
+    _assert_matches_reference(q, k, value, params, mask=masks.causal(), need_weights=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the walk over the tiles: workers of one thread each
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("mask", ["padding", "float", "empty_row"])
+def test_workers_match_reference(monkeypatch, workers, mask):
+    """Any number of workers, each taking whole blocks: outputs, weights and every gradient as the
+    reference (the float mask's own gradient included); tiny tiles, so each worker takes many blocks."""
+    _configure(monkeypatch, workers=workers)
+    q, k, value, params = _problem(lead=(3,), dtype=F64)
+    _assert_matches_reference(q, k, value, params, mask=_mask(mask, (3,), 7, 11), need_weights=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_call_leaves_the_callers_thread_count(monkeypatch, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _configure(monkeypatch, workers=0)  # as many workers as the caller's threads
+        q, k, value, params = _problem(dtype=F32)
+        _assert_matches_reference(q, k, value, params, mask=masks.causal())
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_failing_block_raises_in_the_caller(monkeypatch):
+    _configure(monkeypatch, workers=2)
+
+    def broken(*args):
+        raise RuntimeError("tile failed")
+
+    monkeypatch.setattr(additive, "_scores_eager", broken)
+    q, k, value, params = _problem(dtype=F32)
+    with pytest.raises(RuntimeError, match="tile failed"):
+        attnkit.attention(q, k, value, score="additive", score_params=params, backend="additive_fused")
