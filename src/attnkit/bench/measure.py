@@ -1,7 +1,10 @@
 """Time and peak memory of one contender's step.
 
-Time: a warm-up step (which also pays for any compilation), then the median of repeated steps,
-as many as fit in the time budget (at least 3, or 1 when one step is slower than the budget).
+Time (:func:`timing`): a freshly built contender's first step (the cold first call: whatever it
+compiles, allocates or loads on first use, in a process that has run other contenders before), then
+repeated steps, as many as fit in the time budget (at least 3). The steady state is the median of the
+later half of the steps; the time to reach it is the number of steps up to the first one within 10%
+of that median, first call included, and the time they took together.
 
 Peak memory: in a fresh process per contender, after a warm-up step, the kernel's high-water
 mark of resident memory is reset (``/proc/self/clear_refs`` <- 5) and read back after one step
@@ -22,23 +25,55 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .cases import CASES, Step
 
 
-def time_step(step: Step, backward: bool, budget_s: float) -> float:
-    """Median seconds of one step."""
-    start = time.perf_counter()
-    step(backward)  # warm-up
-    first = time.perf_counter() - start
-    repeats = 1 if first > budget_s else max(3, min(50, int(budget_s / max(first, 1e-6))))
-    times = []
-    for _ in range(repeats):
+STEADY_WITHIN = 0.10  # a step within 10% of the steady median has reached the steady state
+
+
+@dataclass
+class Timing:
+    """One contender's steps, cold to steady: seconds."""
+
+    first_s: float  # the cold first call
+    steady_s: float  # median of the later half of the steps
+    steps_to_steady: int | None  # steps up to the first within STEADY_WITHIN of steady_s (first call = 1)
+    to_steady_s: float | None  # their total time
+    steps: int  # steps run, first call included
+
+
+def steady(times: list[float]) -> Timing:
+    """The cold first call, the steady state and the time to reach it, from a run's step times."""
+    later = times[len(times) // 2 :] if len(times) > 1 else times
+    median = statistics.median(later)
+    reached = next((i for i, t in enumerate(times) if t <= median * (1 + STEADY_WITHIN)), None)
+    return Timing(
+        first_s=times[0],
+        steady_s=median,
+        steps_to_steady=None if reached is None else reached + 1,
+        to_steady_s=None if reached is None else sum(times[: reached + 1]),
+        steps=len(times),
+    )
+
+
+def timing(factory: Callable[[], Step], backward: bool, budget_s: float, max_steps: int = 50) -> Timing:
+    """Build a fresh contender and time its first step and the ones after it (see the module docstring)."""
+    step = factory()
+    times: list[float] = []
+    while len(times) < 4 or (sum(times[1:]) < budget_s and len(times) < max_steps):
         start = time.perf_counter()
         step(backward)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return steady(times)
+
+
+def time_step(step: Step, backward: bool, budget_s: float) -> float:
+    """Median seconds of one step, after a warm-up step."""
+    return timing(lambda: step, backward, budget_s).steady_s
 
 
 def _status_kb(field: str) -> int:

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", action="append", help="only these cases (repeatable); default: all")
     bench.add_argument("--out", default="bench-results", help="folder for bench.md and bench.json")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    bench.add_argument(
+        "--no-contended", action="store_true", help="skip the runs with a competing CPU-bound load (quiet only)"
+    )
     train = sub.add_parser("train", help="train a model on a real dataset").add_subparsers(
         dest="trainee", required=True
     )
@@ -135,7 +138,8 @@ def _run(args) -> int:
         if unknown:
             raise AttentionError(f"--only {unknown[0]!r} is unknown; expected one of {[*CASES, 'train']}")
         out = check_folder(args.out, "--out")
-        bench(only=args.only, quick=args.quick, out=out, memory=not args.no_memory)
+        modes = ("quiet",) if args.no_contended else ("quiet", "contended")
+        bench(only=args.only, quick=args.quick, out=out, memory=not args.no_memory, modes=modes)
         extra = ", train.md, train.json" if "train" in (args.only or []) else ""
         print(f"results: {out / 'bench.md'}, {out / 'bench.json'}{extra}")
         return 0
