@@ -192,3 +192,19 @@ def test_pronounce_and_eval_in_bf16(capsys):
     assert sum(a == b for a, b in zip(fp32.splitlines(), bf16.splitlines())) >= 4  # rounding may flip a close call
     assert main(["eval", "--limit", "20", "--beam", "1", "--precision", "bf16"]) == 0
     assert "bf16" in capsys.readouterr().out
+
+
+def test_damaged_metadata_of_the_new_fields_names_the_field():
+    from attnkit.train.schema import from_dict
+    from attnkit.train.trainer import Progress
+
+    with pytest.raises(AttentionError, match="train.precision must be a string, got an int 16"):
+        from_dict(TrainConfig, {"precision": 16}, "train")
+    with pytest.raises(AttentionError, match="train.batch_tokens must be an int or null, got a string '4096'"):
+        from_dict(TrainConfig, {"batch_tokens": "4096"}, "train")
+    with pytest.raises(AttentionError, match="batch_tokens must be > 0, got 0"):
+        from_dict(TrainConfig, {"batch_tokens": 0}, "train")
+    with pytest.raises(AttentionError, match="progress.world_size must be an int, got a number 2.5"):
+        from_dict(Progress, {"world_size": 2.5}, "progress")
+    with pytest.raises(AttentionError, match="progress.world_size must be >= 1, got 0"):
+        from_dict(Progress, {"world_size": 0}, "progress")
