@@ -389,6 +389,7 @@ class MultiHeadAttention(nn.Module):
         reuse = self._check_cache(cache, query)  # a filled cross-attention cache: no key/value projection
         key = query if key is None and not reuse else key
         value = key if value is None else value
+        shared = (key is query, value is key)  # one input projected twice or thrice: one fused matmul
         for name, x, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
             if x is None:  # key and value omitted: a filled cross-attention cache holds them
                 continue
@@ -415,12 +416,18 @@ class MultiHeadAttention(nn.Module):
             )
         tk = cache.length if reuse else past + key.shape[1]  # every key of the call, cached ones included
         region = self._heads_mask(mask, attn_mask, key_padding_mask, is_causal, b, tq, tk, past=past, cached=cache)
-        q = rearrange(self.q_proj(query), "B Tq (H Dh) -> B H Tq Dh", H=self.num_heads)
         if reuse:
+            (q,) = self._project(query, self.q_proj)  # (B, H, Tq, Dh)
             k, v = cache.k, cache.v  # (B, Hkv, Tk, Dh)
         else:
-            k = rearrange(self.k_proj(key), "B Tk (H Dh) -> B H Tk Dh", H=self.kv_heads)
-            v = rearrange(self.v_proj(value), "B Tk (H Dh) -> B H Tk Dh", H=self.kv_heads)
+            if all(shared):  # self-attention: [q; k; v] = x [W_Q; W_K; W_V]ᵀ in one matmul
+                q, k, v = self._project(query, self.q_proj, self.k_proj, self.v_proj)
+            elif shared[1]:  # key is value (a cross-attention source): [k; v] in one matmul
+                (q,), (k, v) = self._project(query, self.q_proj), self._project(key, self.k_proj, self.v_proj)
+            else:
+                (q,), (k,), (v,) = (
+                    self._project(x, p) for x, p in ((query, self.q_proj), (key, self.k_proj), (value, self.v_proj))
+                )
             if cache is not None:  # self-attention: after the cached positions; cross: the source
                 k, v = cache.append(k, v)  # (B, Hkv, Tk, Dh)
         k, v = self._keys(k, v)  # (B, Hkv, Tk', Dh), Tk' = Tk + extra keys
@@ -434,13 +441,27 @@ class MultiHeadAttention(nn.Module):
         )
         if watched:
             record(self, result.weights.detach() if random else self._recompute(q, k, v, region))
-        out = self.out_proj(rearrange(result.output, "B H Tq Dh -> B Tq (H Dh)"))  # (B, Tq, D)
+        out = self.out_proj(result.output.transpose(1, 2).flatten(2))  # (B, H, Tq, Dh) -> (B, Tq, D)
         if not self.batch_first:
             out = out.transpose(0, 1)  # (Tq, B, D)
         weights = result.weights if need_weights else None  # (B, H, Tq, Tk) | None
         if weights is not None and average:
             weights = weights.mean(dim=1)  # (B, Tq, Tk)
         return AttentionResult(out, weights, result.log_prob)
+
+    def _project(self, x: Tensor, *projs: nn.Module) -> list[Tensor]:
+        """``x`` (B, T, Din) through each of ``projs`` -> per projection (B, heads, T, Dh), views of
+        one (B, T, Σ widths) output: several plain ``nn.Linear`` projections of the same input run as
+        one matmul with their weights stacked (the parameters stay ``q_proj``, ``k_proj``, ``v_proj``,
+        so state dicts and ``from_torch`` are unchanged). A projection that is not a plain
+        ``nn.Linear`` without hooks (a parametrization, a quantized or wrapped module) is called as it is."""
+        heads = [self.num_heads if p is self.q_proj else self.kv_heads for p in projs]
+        if len(projs) > 1 and all(_plain_linear(p) for p in projs):
+            bias = None if projs[0].bias is None else torch.cat([p.bias for p in projs])
+            outs = F.linear(x, torch.cat([p.weight for p in projs]), bias).split([p.out_features for p in projs], -1)
+        else:
+            outs = [p(x) for p in projs]
+        return [y.unflatten(-1, (h, self.head_dim)).transpose(1, 2) for y, h in zip(outs, heads)]  # (B, H, T, Dh)
 
     def _keys(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Projected keys and values (B, Hkv, Tk, Dh) with torch's extra keys appended: ``bias_k``/``bias_v``
@@ -548,6 +569,12 @@ class MultiHeadAttention(nn.Module):
         return AttentionResult(
             cat([p.output for p in parts]), cat([p.weights for p in parts]), cat([p.log_prob for p in parts])
         )
+
+
+def _plain_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Linear`` whose forward is ``F.linear(x, weight, bias)`` and
+    nothing else (no subclass, parametrization or hook), so its weight may be stacked with others'."""
+    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
 
 
 def _per_example(mask: masks.Mask | None) -> masks.Mask | None:
