@@ -15,13 +15,7 @@ from attnkit.tasks.g2p import G2PTask
 from attnkit.train import TrainConfig, Trainer, checkpoint
 from attnkit.train.batching import token_batches
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_token_batches_fill_the_budget_in_length_order():

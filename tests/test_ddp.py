@@ -61,12 +61,7 @@ def _close(a, b):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("model", ["rnn", "transformer"])
@@ -110,26 +105,17 @@ def test_torchrun_trains_and_resumes_through_python_m_attnkit(tmp_path):
     tiny = ["--hidden-dim", "8", "--embed-dim", "4", "--limit", "30", "--valid-limit", "3", "--batch-size", "8"]
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [*base, "-m", "attnkit", "train", "g2p", *tiny, "--epochs", "1", "--out", str(out), "--no-progress"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+
+    def torchrun(*flags):
+        cmd = [*base, "-m", "attnkit", "train", "g2p", *flags, "--out", str(out), "--no-progress"]
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
+
+    run = torchrun(*tiny, "--epochs", "1")
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("parameters ->") == 1 and "2 processes" in run.stdout  # rank 0 alone speaks
     assert run.stdout.count("done after 1 epochs") == 1
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
-    again = subprocess.run(
-        [*base, "-m", "attnkit", "train", "g2p", "--out", str(out), "--resume", "--no-progress"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    again = torchrun("--resume")
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("done after 1 epochs") == 1
 

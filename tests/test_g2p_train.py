@@ -20,12 +20,7 @@ TINY_RNN = {"hidden_dim": 64, "embed_dim": 32, "dropout": 0.0}
 TINY_TRANSFORMER = {"d_model": 64, "heads": 2, "ff_dim": 128, "encoder_layers": 2, "decoder_layers": 2, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices; and the tests run two at a time
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_loss_falls_on_a_small_training_set(tmp_path):

@@ -18,12 +18,7 @@ from attnkit.train.precision import autocast
 BF16 = {"rtol": 4e-2, "atol": 4e-2}  # bfloat16 has 8 bits of mantissa: ~0.4% per rounding, a few roundings deep
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("score", ["scaled_dot", "general", "additive", "cosine", "concat"])

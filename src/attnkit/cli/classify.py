@@ -85,11 +85,7 @@ def add_train_parser(sub) -> None:
 def train(args) -> int:
     from ..train import distributed
 
-    device = distributed.init(args.device)
-    try:
-        return _train(args, device)
-    finally:
-        distributed.finish()
+    return distributed.run(lambda device: _train(args, device), args.device)
 
 
 def _train(args, device) -> int:

@@ -36,26 +36,24 @@ IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".pdf", ".gif", ".webp")
 
 
 # -- numbers: argparse types that reject what would run on nothing (or on garbage) ------------------
-def positive(text: str) -> int:
-    """A whole number >= 1 (``--limit``, ``--beam``, sizes)."""
+def _at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}")
     return value
+
+
+def positive(text: str) -> int:
+    """A whole number >= 1 (``--limit``, ``--beam``, sizes)."""
+    return _at_least(text, 1)
 
 
 def whole(text: str) -> int:
     """A whole number >= 0 (a config's int fields; the config says where 0 is too small)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
+    return _at_least(text, 0)
 
 
 def number(text: str) -> float:

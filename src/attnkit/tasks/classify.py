@@ -48,7 +48,6 @@ from ..models import CLASSIFIERS, Classified
 from ..train import checkpoint, config_from_dict
 from ..train.batching import token_batches
 from ..train.precision import autocast
-from ..train.schema import from_dict
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -410,13 +409,7 @@ class ClassifyDoc:
     @classmethod
     def read(cls, meta: dict, path) -> ClassifyDoc:
         """The checked task document of the checkpoint metadata ``meta`` read from ``path``."""
-        found = checkpoint.task_name(meta)
-        if found != "classify":
-            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r} is not a classifier (task {found!r})")
-        try:
-            return from_dict(cls, meta["task"], "task")
-        except AttentionError as err:
-            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
+        return checkpoint.read_task(cls, meta, path, "classify", "a classifier")
 
 
 class Classifier:

@@ -28,7 +28,6 @@ from ..errors import AttentionError
 from ..models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq, beam_search, greedy
 from ..train import checkpoint, config_from_dict, precision
 from ..train.batching import token_batches
-from ..train.schema import from_dict
 
 __all__ = ["G2P", "MODELS", "SHIPPED", "G2PDoc", "G2PTask", "build_model", "edit_distance", "score"]
 
@@ -238,13 +237,7 @@ class G2PDoc:
     @classmethod
     def read(cls, meta: dict, path) -> G2PDoc:
         """The checked task document of the checkpoint metadata ``meta`` read from ``path``."""
-        found = checkpoint.task_name(meta)
-        if found != "g2p":
-            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r} is not a g2p model (task {found!r})")
-        try:
-            return from_dict(cls, meta["task"], "task")
-        except AttentionError as err:
-            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
+        return checkpoint.read_task(cls, meta, path, "g2p", "a g2p model")
 
 
 class Pronunciation(NamedTuple):

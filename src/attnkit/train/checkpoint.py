@@ -34,6 +34,7 @@ __all__ = [
     "load_optimizer",
     "optimizer_tensors",
     "read_meta",
+    "read_task",
     "remove_temporaries",
     "save",
     "task_name",
@@ -167,6 +168,21 @@ def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
 def read_meta(path: str | os.PathLike) -> dict:
     """The JSON of a checkpoint without its tensors (only the header is read); errors as :func:`load`."""
     return _read(path, tensors=False)[1]
+
+
+def read_task(cls, meta: dict, path, task: str, what: str):
+    """The task document ``meta["task"]`` checked against the dataclass ``cls`` (see
+    :func:`~attnkit.train.schema.from_dict`); a checkpoint of another task, or a damaged document,
+    raises a CheckpointError naming ``path``. ``what`` names the task's models in the message."""
+    from .schema import from_dict
+
+    found = task_name(meta)
+    if found != task:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not {what} (task {found!r})")
+    try:
+        return from_dict(cls, meta["task"], "task")
+    except AttentionError as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
 
 
 def task_name(meta: dict):

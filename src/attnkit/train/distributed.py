@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import AttentionError
 
-__all__ = ["active", "finish", "init", "is_main", "rank", "shard", "world_size"]
+__all__ = ["active", "finish", "init", "is_main", "rank", "run", "shard", "world_size"]
 
 
 def active() -> bool:
@@ -65,6 +65,16 @@ def finish() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run(fn, device: str = "cpu"):
+    """``fn(device)`` inside :func:`init` / :func:`finish`: one process of a torchrun job, or the
+    only one; the process group is torn down also when ``fn`` raises."""
+    dev = init(device)
+    try:
+        return fn(dev)
+    finally:
+        finish()
 
 
 def _rows(batch, index):
