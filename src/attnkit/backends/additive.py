@@ -113,11 +113,7 @@ def additive_softmax_problem(call: Call) -> str | None:
         return f"dropout={call.dropout} on the weights is not supported; pass dropout=0 (e.g. at eval time)"
     if call.gauss is not None:
         return "local-p's Gaussian factor is applied after the softmax, which this backend does not do"
-    tensors = {"query": call.query, "key": call.key, "value": call.value, **call.score_params}
-    dtypes = {t.dtype for t in tensors.values()}
-    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
-        got = ", ".join(f"{name} {str(t.dtype).removeprefix('torch.')}" for name, t in tensors.items())
-        return f"query, key, value and score_params must share one floating dtype, got {got}"
+    # one floating dtype for q, k, v and the parameters: prepare() has checked it
     score_lead = call.scores_shape[:-2]
     if torch.broadcast_shapes(score_lead, call.value.shape[:-2]) != score_lead:
         return (
