@@ -70,7 +70,7 @@ def test_key_padding_mask_shape_and_dtype():
 
 def test_unknown_score_and_normalizer_names():
     q, k, v = qkv()
-    with raises("score='bahdanau' is unknown; expected one of ['additive', 'concat', 'cosine', 'dot', 'general', 'scaled_dot']"):
+    with raises("score='bahdanau' is unknown; expected one of ['additive', 'concat', 'cosine', 'dot', 'general', 'scaled_dot', 'scaled_general']"):
         attnkit.attention(q, k, v, score="bahdanau")
     with raises("normalize='argmax' is unknown; expected one of ['entmax15', 'gumbel', 'hard', 'sample', 'softmax', 'sparsemax', 'topk']"):
         attnkit.attention(q, k, v, normalize="argmax")

@@ -141,7 +141,7 @@ def test_entmax15_hand_computed_cases():
 # ---------------------------------------------------------------------------------------------
 # gradcheck for every differentiable (score x normalizer) pair, through attnkit.attention
 
-SCORE_CASES = ["dot", "scaled_dot", "general", "cosine", "cosine_temp", "concat", "additive"]
+SCORE_CASES = ["dot", "scaled_dot", "general", "scaled_general", "cosine", "cosine_temp", "concat", "additive"]
 
 NORMALIZER_CASES = {
     "softmax": lambda: Softmax(),

@@ -22,7 +22,7 @@ from attnkit import NORMALIZERS, SCORES
 F64, F32 = torch.float64, torch.float32
 # |Σ weights - 1| on a row with an allowed key; Tk <= 7, so a few ulps of each dtype
 SUM_TOL = {F64: 1e-12, F32: 1e-5}
-SCORE_CASES = ["dot", "scaled_dot", "general", "cosine", "cosine_temp", "concat", "additive"]
+SCORE_CASES = ["dot", "scaled_dot", "general", "scaled_general", "cosine", "cosine_temp", "concat", "additive"]
 # derandomized: the same examples every run, so the suite is reproducible and its runtime stable
 SETTINGS = dict(deadline=None, database=None, derandomize=True)
 

@@ -31,6 +31,8 @@ def _pair_score(name: str, q: torch.Tensor, k: torch.Tensor, p: dict[str, torch.
         return float(sum(q[d] * k[d] for d in range(len(q)))) / math.sqrt(len(k))
     if name == "general":  # qᵀ W k = Σ_a Σ_b q_a W_ab k_b
         return float(sum(q[a] * p["W"][a, b] * k[b] for a in range(len(q)) for b in range(len(k))))
+    if name == "scaled_general":
+        return _pair_score("general", q, k, p) / math.sqrt(len(k))
     if name == "cosine":
         nq = math.sqrt(sum(float(x) ** 2 for x in q))
         nk = math.sqrt(sum(float(x) ** 2 for x in k))
@@ -67,7 +69,7 @@ def _params(name: str, dq: int, dk: int, hidden: int, lead: tuple[int, ...], gen
     def rnd(*shape):
         return torch.randn(*lead, *shape, generator=gen, dtype=F64)
 
-    if name == "general":
+    if name in ("general", "scaled_general"):
         return {"W": rnd(dq, dk)}
     if name == "cosine_temp":
         return {"temperature": torch.rand(lead, generator=gen, dtype=F64) + 0.25}
@@ -83,6 +85,7 @@ CASES = [
     ("dot", "dot"),
     ("scaled_dot", "scaled_dot"),
     ("general", "general"),
+    ("scaled_general", "scaled_general"),
     ("cosine", "cosine"),
     ("cosine_temp", "cosine"),
     ("concat", "concat"),
@@ -172,6 +175,7 @@ def _expected_trailing(name: str, dq: int, dk: int, hidden: int) -> dict[str, tu
         "dot": {},
         "scaled_dot": {},
         "general": {"W": (dq, dk)},
+        "scaled_general": {"W": (dq, dk)},
         "cosine": {"temperature": ()},
         "concat": {"w": (dq + dk,)},
         "additive": {"W_q": (dq, hidden), "W_k": (dk, hidden), "v": (hidden,)},

@@ -8,7 +8,13 @@ from attnkit.data.vocab import BOS, EOS
 from attnkit.models import ATTENTIONS, RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq, beam_search, greedy
 from attnkit.models.decoding import length_penalty
 
-KINDS = [("rnn", a) for a in ATTENTIONS] + [("rnn-gru", "luong-general"), ("transformer", None)]
+LUONG = [a for a in ATTENTIONS if a not in ("none", "bahdanau")]
+KINDS = (
+    [("rnn", a) for a in ATTENTIONS]
+    + [("rnn-nofeed", a) for a in LUONG]  # teacher forcing in one RNN call
+    + [("rnn-gru", "luong-general"), ("rnn-gru-nofeed", "luong-general"), ("rnn-scaled", "luong-general")]
+    + [("transformer", None)]
+)
 
 
 def make(kind, attention, seed=0):
@@ -18,10 +24,10 @@ def make(kind, attention, seed=0):
             TransformerConfig(12, 14, d_model=16, heads=2, ff_dim=32, encoder_layers=2, decoder_layers=2)
         )
     else:
-        cell = "gru" if kind == "rnn-gru" else "lstm"
-        model = RNNSeq2Seq(
-            RNNConfig(12, 14, attention=attention, cell=cell, embed_dim=8, hidden_dim=8, layers=2, window=1)
-        )
+        cell = "gru" if "gru" in kind else "lstm"
+        flags = {"input_feed": "nofeed" not in kind, "scaled": "scaled" in kind}
+        config = RNNConfig(12, 14, attention=attention, cell=cell, embed_dim=8, hidden_dim=8, layers=2, window=1, **flags)
+        model = RNNSeq2Seq(config)
     return model.double().eval()
 
 
@@ -111,6 +117,14 @@ def test_beam_must_be_a_positive_int():
         (lambda: RNNConfig(5, 5, cell="rnn"), "cell='rnn' is unknown"),
         (lambda: RNNConfig(5, 5, dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
         (lambda: RNNConfig(5, 5, hidden_dim=-3), r"hidden_dim must be an int in 1\.\.2\*\*62, got -3"),
+        (
+            lambda: RNNConfig(5, 5, attention="bahdanau", scaled=True),
+            "scaled=True divides a dot or general score by √M, but attention='bahdanau' has score 'additive'",
+        ),
+        (
+            lambda: RNNConfig(5, 5, attention="none", input_feed=False),
+            "input_feed=False turns off Luong's input feeding; attention='none' has none to turn off",
+        ),
         (lambda: TransformerConfig(5, 5, heads=2.0), r"heads must be an int in 1\.\.2\*\*62, got 2.0 \(float\)"),
         (lambda: TransformerConfig(5, 5, d_model=10, heads=4), "heads=4 must divide d_model=10"),
     ],
@@ -124,3 +138,27 @@ def test_transformer_rejects_a_source_longer_than_its_positions():
     model = TransformerSeq2Seq(TransformerConfig(12, 14, d_model=8, heads=2, ff_dim=8, max_len=4))
     with pytest.raises(AttentionError, match=r"src has shape \(1, 5\) but the model's positions end at max_len=4"):
         model.encode(torch.ones(1, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_min_len_rules_out_an_earlier_end(beam):
+    """min_len == max_len decodes exactly that many steps (how the training benchmark times decoding);
+    a smaller min_len still lets an output end after it."""
+    model = make("rnn", "luong-general")
+    with torch.no_grad():
+        model.out.bias[EOS] += 5.0  # EOS first, unless min_len rules it out
+    decode = (lambda **kw: greedy(model, SRC, **kw)) if beam == 1 else (lambda **kw: beam_search(model, SRC, beam=3, **kw))
+    for h in decode(max_len=6, min_len=6):
+        assert len(h.tokens) == 6 and EOS not in h.tokens
+        assert h.weights.shape[0] == 6  # one row per step
+    assert max(len(h.tokens) for h in decode(max_len=12)) < 3
+    assert all(len(h.tokens) >= 3 for h in decode(max_len=12, min_len=3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"min_len": -1}, "min_len must be an int >= 0, got -1"), ({"min_len": 9, "max_len": 8}, "min_len=9 is above max_len=8")],
+)
+def test_bad_min_len_is_rejected(kwargs, message):
+    with pytest.raises(AttentionError, match=message):
+        greedy(make("rnn", "none"), SRC, **kwargs)

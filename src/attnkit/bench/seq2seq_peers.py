@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -42,19 +41,13 @@ OPENNMT: dict[str, tuple[str, str] | None] = {
     "bahdanau": ("mlp", "additive score, but attends after the RNN step with input feeding (Luong's order)"),
     "luong-dot": ("dot", ""),
     "luong-general": ("general", ""),
+    "luong-general-nofeed": ("general", "-input_feed 0: its StdRNNDecoder, one RNN call then one batched attention"),
     "luong-concat": None,  # its "mlp" is the additive score, not w^T[q; k]
     "local-m": None,
     "local-p": None,
     "hard": None,
     "transformer": ("transformer", "pre-LN as attnkit's; LayerNorm eps 1e-6, its own positional encoding"),
 }
-
-
-@dataclass
-class PlainMemory(Memory):
-    """:class:`Memory` plus ``keys`` (B, S, M): Bahdanau's W_k h_j, projected once per source."""
-
-    keys: Tensor | None = None
 
 
 class PlainState(NamedTuple):
@@ -92,7 +85,7 @@ class PlainRNN(nn.Module):
         self.out = nn.Linear(m, cfg.tgt_vocab)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def encode(self, src: Tensor) -> PlainMemory:
+    def encode(self, src: Tensor) -> Memory:
         padding = source_padding(src)  # (B, S)
         lengths = (~padding).sum(-1).clamp(min=1).cpu()
         x = self.drop(self.src_embed(src))  # (B, S, E)
@@ -102,14 +95,14 @@ class PlainRNN(nn.Module):
         context = torch.cat([h[0], h[1]], -1)  # (B, M): forward's last, backward's first
         p = self.attention.score_params
         keys = states @ p["W_k"] if "W_k" in p else None  # (B, S, M), once per source
-        return PlainMemory(states, padding, context, keys)
+        return Memory(states, padding, context, keys)
 
-    def start(self, memory: PlainMemory) -> PlainState:
+    def start(self, memory: Memory) -> PlainState:
         h = torch.tanh(self.bridge(memory.context))  # (B, M)
         feed = torch.zeros_like(h) if self.config.attention.startswith("luong") else None
         return PlainState(h, torch.zeros_like(h), feed)
 
-    def _attend(self, q: Tensor, memory: PlainMemory) -> tuple[Tensor, Tensor]:
+    def _attend(self, q: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
         """``q`` (B, M) over memory.states (B, S, M) -> context (B, M), weights (B, S)."""
         p, kind, h = self.attention.score_params, self.config.attention, memory.states
         if kind == "bahdanau":
@@ -123,7 +116,7 @@ class PlainRNN(nn.Module):
         weights = scores.masked_fill(memory.padding, float("-inf")).softmax(-1)  # (B, S)
         return torch.bmm(weights[:, None], h).squeeze(1), weights  # (B, 1, S) x (B, S, M) -> (B, M)
 
-    def step(self, memory: PlainMemory, state: PlainState, token: Tensor, t: int, need_weights: bool = True):
+    def step(self, memory: Memory, state: PlainState, token: Tensor, t: int, need_weights: bool = True):
         e = self.drop(self.tgt_embed(token))  # (B, E)
         kind, weights = self.config.attention, None
         if kind == "none":
@@ -273,7 +266,7 @@ def opennmt_model(kind: str, config: RNNConfig | TransformerConfig) -> OnmtG2P:
         hidden = 2 * config.hidden_dim
         args = [
             "-encoder_type", "brnn", "-decoder_type", "rnn", "-rnn_type", "LSTM",
-            "-global_attention", OPENNMT[kind][0], "-input_feed", "1", "-layers", str(config.layers),
+            "-global_attention", OPENNMT[kind][0], "-input_feed", "0" if kind.endswith("-nofeed") else "1", "-layers", str(config.layers),
             "-enc_hid_size", str(hidden), "-dec_hid_size", str(hidden),
             "-word_vec_size", str(config.embed_dim), "-dropout", str(config.dropout), "-bridge",
         ]  # fmt: skip

@@ -50,7 +50,10 @@ from .measure import peak_bytes_here
 
 __all__ = ["CONTENDERS", "KINDS", "QUICK", "Row", "Settings", "markdown", "ratios", "run"]
 
-KINDS = ("none", "bahdanau", "luong-dot", "luong-general", "luong-concat", "local-m", "local-p", "hard", "transformer")
+KINDS = (
+    "none", "bahdanau", "luong-dot", "luong-general", "luong-general-nofeed", "luong-concat", "local-m", "local-p",
+    "hard", "transformer",
+)  # fmt: skip; NAME-nofeed: Luong without input feeding (teacher forcing in one RNN call)
 CONTENDERS = ("attnkit", "plain", "opennmt")
 STEADY = 1.25  # a step is steady when its time per padded position is within this factor of the steady median
 
@@ -61,6 +64,7 @@ class Settings:
     warmup: int = 3  # untimed steps after the cold first one
     steps: int = 10  # timed steps: the steady-state figures
     decode_words: int = 1000  # validation words decoded, greedy and beam
+    decode_steps: int = 10  # decoder steps per word, exactly: untrained models' output lengths vary
     beam: int = 5
     rnn: dict = field(default_factory=dict)  # overrides of RNNConfig's defaults (tests: tiny models)
     transformer: dict = field(default_factory=dict)  # overrides of TransformerConfig's defaults
@@ -147,7 +151,8 @@ def model_config(kind: str, data: Data, settings: Settings) -> RNNConfig | Trans
     sizes = {"src_vocab": len(data.letters), "tgt_vocab": len(data.phonemes)}
     if kind == "transformer":
         return TransformerConfig(**sizes, **settings.transformer)
-    return RNNConfig(**sizes, attention=kind, **settings.rnn)
+    nofeed = kind.endswith("-nofeed")
+    return RNNConfig(**sizes, attention=kind.removesuffix("-nofeed"), **{"input_feed": not nofeed, **settings.rnn})
 
 
 def available(name: str, kind: str) -> str | None:
@@ -209,6 +214,7 @@ def measure_decode(c: Contender, data: Data, settings: Settings, beam: int) -> d
     for _ in range(2):
         marks = []
         decode_words(c.model, data.words, data.letters, data.phonemes, beam=beam, batch_size=settings.batch_size,
+                     steps=settings.decode_steps,
                      progress=lambda done, total, marks=marks: marks.append(time.perf_counter()))  # fmt: skip
         passes.append(marks)
     n = len(data.words)
@@ -275,7 +281,8 @@ def _peak_here(kind: str, name: str, phase: str, settings: Settings) -> int:
     c.model.eval()
     words = data.words[: settings.batch_size]
     return peak_bytes_here(
-        lambda _: decode_words(c.model, words, data.letters, data.phonemes, beam=settings.beam), False
+        lambda _: decode_words(c.model, words, data.letters, data.phonemes, beam=settings.beam,
+                               steps=settings.decode_steps), False  # fmt: skip
     )
 
 
@@ -430,7 +437,9 @@ def markdown(report: dict) -> str:
         (
             f"Batches of {s['batch_size']} CMUdict training words (the trainer's batches, seed {s['seed']}); "
             f"1 cold step + {s['warmup']} warm-up + {s['steps']} timed steps; {s['decode_words']} validation "
-            f"words decoded greedy and with beam {s['beam']} (two passes: cold, steady). Ratios: the other's "
+            f"words decoded greedy and with beam {s['beam']}, exactly {s.get('decode_steps')} steps each "
+            "(EOS ruled out before: untrained models' output lengths do not set the speed; two passes: cold, "
+            "steady). Ratios: the other's "
             "time / attnkit's for the same steps or the same pass (> 1: attnkit faster). Peak memory: quiet, "
             "one step (train) or one batch of beam search, in a fresh process."
         ),

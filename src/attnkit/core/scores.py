@@ -51,6 +51,9 @@ class Score:
     fn: ScoreFn
     params: Callable[[int, int], dict[str, ParamSpec]]  # (Dq, Dk) -> specs of the parameters
     same_dim: bool  # True when the formula needs Dq == Dk
+    # the key side computed once per source: (key, params) -> key', and the score over key'
+    project: Callable[[Tensor, Mapping[str, Tensor]], Tensor] | None = None
+    projected: Score | None = None
 
     @property
     def formula(self) -> str:
@@ -77,6 +80,19 @@ class Score:
                 bound = 1.0 / math.sqrt(trailing[0])
                 out[name] = torch.empty(shape, dtype=dtype).uniform_(-bound, bound)
         return out
+
+    def project_key(self, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        """The key side of the score, computed once per source: ``key'`` with
+        ``self.projected(q, key', self.projected_params(params)) == self(q, key, params)`` for
+        every query. A decoder that attends over the same keys at every step projects them once."""
+        check_rank("key", key, 2, "(..., Tk, Dk)")
+        if self.project is None:
+            raise AttentionError(f"score {self.name!r} has no key-side projection; pass the keys as they are")
+        return self.project(key, params)
+
+    def projected_params(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The parameters that :attr:`projected` reads: those not already applied to the keys."""
+        return {name: params[name] for name in self.projected.params(0, 0) if name in params}
 
     def __call__(self, query: Tensor, key: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
         params = params or {}
@@ -135,9 +151,16 @@ class Score:
 SCORES: dict[str, Score] = {}
 
 
-def _register(name: str, *, same_dim: bool, params: Callable[[int, int], dict[str, ParamSpec]]):
+def _register(
+    name: str,
+    *,
+    same_dim: bool,
+    params: Callable[[int, int], dict[str, ParamSpec]],
+    project: Callable[[Tensor, Mapping[str, Tensor]], Tensor] | None = None,
+    projected: Score | None = None,
+):
     def add(fn: ScoreFn) -> ScoreFn:
-        SCORES[name] = Score(name=name, fn=fn, params=params, same_dim=same_dim)
+        SCORES[name] = Score(name, fn, params, same_dim, project, projected)
         return fn
 
     return add
@@ -182,8 +205,17 @@ def _additive_params(dq: int, dk: int) -> dict[str, ParamSpec]:
     return {"W_q": ParamSpec((dq, A)), "W_k": ParamSpec((dk, A)), "v": ParamSpec((A,))}
 
 
+def _project_general(key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """qᵀ W k = qᵀ (W k): a dot product with W k, projected once per source."""
+    return key @ params["W"].transpose(-2, -1)  # (..., Tk, Dk) x (..., Dk, Dq) -> (..., Tk, Dq)
+
+
+def _project_scaled_general(key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    return _project_general(key, params) / math.sqrt(key.shape[-1])  # (..., Tk, Dq)
+
+
 # named functions: a Score (and every module holding one) must pickle
-@_register("general", same_dim=False, params=_general_params)
+@_register("general", same_dim=False, params=_general_params, project=_project_general, projected=SCORES["dot"])
 def general(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     """score(q, k) = qᵀ W k
 
@@ -191,6 +223,19 @@ def general(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     """
     qw = query @ params["W"]  # (..., Tq, Dq) x (..., Dq, Dk) -> (..., Tq, Dk)
     return qw @ key.transpose(-2, -1)  # (..., Tq, Dk) x (..., Dk, Tk) -> (..., Tq, Tk)
+
+
+@_register(
+    "scaled_general", same_dim=False, params=_general_params, project=_project_scaled_general, projected=SCORES["dot"]
+)
+def scaled_general(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """score(q, k) = qᵀ W k / √Dk
+
+    ``general`` scaled as the Transformer scales its dot product: with unit-variance states and
+    W's initialisation the unscaled score's variance grows with the dims, and a softmax over large
+    scores is a hard argmax whose gradient vanishes.
+    """
+    return general(query, key, params) / math.sqrt(key.shape[-1])  # (..., Tq, Tk)
 
 
 @_register("cosine", same_dim=True, params=_cosine_params)
@@ -226,7 +271,27 @@ def concat(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     return sq + sk  # (..., Tq, Tk)
 
 
-@_register("additive", same_dim=False, params=_additive_params)
+def _additive_projected_params(dq: int, dk: int) -> dict[str, ParamSpec]:
+    return {"W_q": ParamSpec((dq, dk)), "v": ParamSpec((dk,))}
+
+
+def additive_projected(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """score(q, k') = vᵀ tanh(W_q q + k'), k' = W_k k already projected (additive, key side done)."""
+    wq = query @ params["W_q"]  # (..., Tq, Dq) x (..., Dq, A) -> (..., Tq, A)
+    hidden = torch.tanh(wq.unsqueeze(-2) + key.unsqueeze(-3))  # (..., Tq, Tk, A)
+    return (hidden @ params["v"][..., None, :, None]).squeeze(-1)  # (..., Tq, Tk)
+
+
+# not in SCORES: what Score.project_key gives for "additive", never asked for by name
+ADDITIVE_PROJECTED = Score("additive_projected", additive_projected, _additive_projected_params, same_dim=False)
+
+
+def _project_additive(key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """W_k k, once per source; the score over it keeps W_q and v."""
+    return key @ params["W_k"]  # (..., Tk, Dk) x (..., Dk, A) -> (..., Tk, A)
+
+
+@_register("additive", same_dim=False, params=_additive_params, project=_project_additive, projected=ADDITIVE_PROJECTED)
 def additive(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     """score(q, k) = vᵀ tanh(W_q q + W_k k)
 

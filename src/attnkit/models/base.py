@@ -21,11 +21,14 @@ __all__ = ["Decoded", "Memory", "select"]
 @dataclass
 class Memory:
     """The encoder's output. ``states`` (B, S, M); ``padding`` (B, S), True at padded positions;
-    ``context`` (B, M), the whole source as one vector (the fixed context of attention-free models)."""
+    ``context`` (B, M), the whole source as one vector (the fixed context of attention-free models);
+    ``keys`` (B, S, K), the attention score's key side of ``states`` (e.g. W h_j), projected once
+    per source rather than at every decoder step, or None."""
 
     states: Tensor
     padding: Tensor
     context: Tensor | None = None
+    keys: Tensor | None = None
 
 
 def select(obj, index: Tensor):

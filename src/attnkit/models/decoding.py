@@ -50,8 +50,18 @@ def _reorder(state, index: Tensor):
     return reorder(index) if callable(reorder) else select(state, index)
 
 
-def _max_len(src: Tensor, max_len: int | None) -> int:
-    return 2 * src.shape[1] + 10 if max_len is None else max_len
+def _max_len(src: Tensor, max_len: int | None, min_len: int) -> int:
+    if not (isinstance(min_len, int) and min_len >= 0):
+        raise AttentionError(f"min_len must be an int >= 0, got {min_len!r}")
+    n = 2 * src.shape[1] + 10 if max_len is None else max_len
+    if min_len > n:
+        raise AttentionError(f"min_len={min_len} is above max_len={n}")
+    return n
+
+
+def _no_early_end(logp: Tensor, t: int, min_len: int) -> Tensor:
+    """``logp`` (N, V) with EOS ruled out at step ``t`` < ``min_len``: no output shorter than it."""
+    return logp.index_fill(-1, torch.tensor([EOS], device=logp.device), float("-inf")) if t < min_len else logp
 
 
 def _hypotheses(tokens: Tensor, scores: Tensor, weights: Tensor | None, src: Tensor) -> list[Hypothesis]:
@@ -65,9 +75,10 @@ def _hypotheses(tokens: Tensor, scores: Tensor, weights: Tensor | None, src: Ten
 
 
 @torch.no_grad()
-def greedy(model, src: Tensor, *, max_len: int | None = None) -> list[Hypothesis]:
+def greedy(model, src: Tensor, *, max_len: int | None = None, min_len: int = 0) -> list[Hypothesis]:
     """Take the most likely token at every step; ``src`` (B, S) padded with 0. Stops when every row
-    has emitted EOS or after ``max_len`` steps (default 2S + 10)."""
+    has emitted EOS or after ``max_len`` steps (default 2S + 10); EOS is ruled out for the first
+    ``min_len`` steps (``min_len == max_len``: exactly that many steps, as benchmarks decode)."""
     memory = model.encode(src)
     state = model.start(memory)
     b = src.shape[0]
@@ -76,9 +87,9 @@ def greedy(model, src: Tensor, *, max_len: int | None = None) -> list[Hypothesis
     dtype = _score_dtype(memory)
     scores = torch.zeros(b, device=src.device, dtype=dtype)
     tokens, weights = [], []
-    for t in range(_max_len(src, max_len)):
+    for t in range(_max_len(src, max_len, min_len)):
         logits, state, w, _ = model.step(memory, state, token, t, True)
-        logp = logits.to(dtype).log_softmax(-1)  # (B, V)
+        logp = _no_early_end(logits.to(dtype).log_softmax(-1), t, min_len)  # (B, V)
         token = logp.argmax(-1).masked_fill(done, PAD)  # (B,)
         scores += logp.gather(-1, token[:, None]).squeeze(-1).masked_fill(done, 0.0)
         tokens.append(token)
@@ -92,12 +103,12 @@ def greedy(model, src: Tensor, *, max_len: int | None = None) -> list[Hypothesis
 
 @torch.no_grad()
 def beam_search(
-    model, src: Tensor, *, beam: int = 5, alpha: float = 0.6, max_len: int | None = None
+    model, src: Tensor, *, beam: int = 5, alpha: float = 0.6, max_len: int | None = None, min_len: int = 0
 ) -> list[Hypothesis]:
     """Keep the ``beam`` best prefixes of every source at each step; return each source's best
     finished output ranked by score / :func:`length_penalty` (``alpha=0``: raw score). A finished
     prefix stays in the beam with its score, extended by padding at no cost, so ``beam=1`` is
-    exactly :func:`greedy`."""
+    exactly :func:`greedy`. ``max_len`` and ``min_len`` as in :func:`greedy`."""
     if not (isinstance(beam, int) and beam >= 1):
         raise AttentionError(f"beam must be an int >= 1, got {beam!r}")
     b, k = src.shape[0], beam
@@ -113,9 +124,9 @@ def beam_search(
     lengths = torch.zeros(b * k, dtype=torch.long, device=device)
     tokens = torch.zeros(b * k, 0, dtype=torch.long, device=device)
     weights = None
-    for t in range(_max_len(src, max_len)):
+    for t in range(_max_len(src, max_len, min_len)):
         logits, state, w, _ = model.step(memory, state, token, t, True)
-        logp = logits.to(dtype).log_softmax(-1)  # (B K, V)
+        logp = _no_early_end(logits.to(dtype).log_softmax(-1), t, min_len)  # (B K, V)
         v = logp.shape[-1]
         finished = torch.full_like(logp[0], float("-inf"))
         finished[PAD] = 0.0  # a finished prefix continues with padding, at no cost

@@ -15,7 +15,13 @@ The decoder step for each ``attention`` (y the previous target token, s the deco
   õ_t = tanh(W_c [c_t; s_t]). ``local-m`` attends h_{t-D}..h_{t+D}; ``local-p`` predicts a centre
   p_t and weights a Gaussian around it; ``hard`` samples one position from a_t in training (trained
   with REINFORCE, :attr:`Decoded.log_prob`) and takes the argmax at inference (Xu et al. 2015).
+  With ``input_feed=False`` the step reads emb(y) alone: s_t no longer depends on õ_{t-1}, so
+  teacher forcing runs the RNN once over the whole target and attends from all T states at once.
 logits_t = W_out o_t.
+
+``scaled=True`` divides the ``dot`` and ``general`` scores by √M, as the Transformer does, so that
+the softmax over large states does not saturate. The attention's key side (W h_j of ``general``,
+W_k h_j of ``additive``) is projected once per source, in :meth:`RNNSeq2Seq.encode`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.normalizers import Sample
@@ -45,6 +52,7 @@ ATTENTIONS: dict[str, tuple[str, str, str] | None] = {
     "hard": ("general", "global", "sample"),
 }
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+SCALED = {"dot": "scaled_dot", "general": "scaled_general"}  # the scores ``scaled=True`` divides by √M
 
 
 @dataclass
@@ -59,10 +67,22 @@ class RNNConfig:
     bidirectional: bool = True  # Bahdanau's encoder reads both ways
     window: int = 3  # D of local-m and local-p: the region is 2D + 1 source positions
     dropout: float = 0.2  # on embeddings, between layers and before the output layer
+    scaled: bool = False  # divide the dot / general score by √M
+    input_feed: bool = True  # Luong's input feeding; False: teacher forcing runs the decoder in parallel
 
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
             raise AttentionError(f"attention={self.attention!r} is unknown; expected one of {sorted(ATTENTIONS)}")
+        kind = ATTENTIONS[self.attention]
+        if self.scaled and (kind is None or kind[0] not in SCALED):
+            raise AttentionError(
+                f"scaled=True divides a dot or general score by √M, but attention={self.attention!r} "
+                f"has score {kind and kind[0]!r}"
+            )
+        if not self.input_feed and self.attention in ("none", "bahdanau"):
+            raise AttentionError(
+                f"input_feed=False turns off Luong's input feeding; attention={self.attention!r} has none to turn off"
+            )
         if self.cell not in CELLS:
             raise AttentionError(f"cell={self.cell!r} is unknown; expected one of {sorted(CELLS)}")
         for name in ("src_vocab", "tgt_vocab", "embed_dim", "hidden_dim", "layers", "window"):
@@ -108,11 +128,13 @@ class RNNSeq2Seq(nn.Module):
             dropout=between,
         )
         self.bridge = nn.Linear(m, m)  # encoder's final states -> decoder's initial states
-        self.decoder = rnn(cfg.embed_dim + m, m, cfg.layers, batch_first=True, dropout=between)
+        feeds = not self.luong or cfg.input_feed  # a context (fixed, Bahdanau's c_t or õ_{t-1}) enters each step
+        self.decoder = rnn(cfg.embed_dim + (m if feeds else 0), m, cfg.layers, batch_first=True, dropout=between)
         self.kind = ATTENTIONS[cfg.attention]
         self.attention = None
         if self.kind is not None:
             score, region, normalize = self.kind
+            score = SCALED[score] if cfg.scaled else score
             window = cfg.window if region != "global" else None
             self.attention = Attention(
                 m, m, score=score, region=region, window=window, normalize=normalize, hidden_dim=m
@@ -137,23 +159,22 @@ class RNNSeq2Seq(nn.Module):
         dirs = 2 if self.config.bidirectional else 1
         last = h.view(self.config.layers, dirs, *h.shape[1:])[-1]  # (dirs, B, H): top layer
         context = torch.cat(list(last), dim=-1)  # (B, M)
-        return Memory(states, padding, context)
+        keys = None if self.attention is None else self.attention.project_keys(states)  # (B, S, K), once
+        return Memory(states, padding, context, keys)
 
     def start(self, memory: Memory) -> RNNState:
         """The decoder's initial state: every layer starts from tanh(W_b c), c the source summary."""
         b, m = memory.context.shape
         h0 = torch.tanh(self.bridge(memory.context)).unsqueeze(1).expand(b, self.config.layers, m).contiguous()
         c0 = torch.zeros_like(h0) if self.config.cell == "lstm" else None
-        feed = memory.context.new_zeros(b, m) if self.luong else None
+        feed = memory.context.new_zeros(b, m) if self.luong and self.config.input_feed else None
         return RNNState(h0, c0, feed)
 
     def step(self, memory: Memory, state: RNNState, token: Tensor, t: int, need_weights: bool = True):
         """One decoder step at target position ``t`` from the previous tokens (B,) ->
         (logits (B, V), next state, weights (B, S) or None, log_prob (B,) or None)."""
         e = self.drop(self.tgt_embed(token))  # (B, E)
-        att_kwargs = {"key_padding_mask": memory.padding, "need_weights": need_weights}
-        if not self.training and isinstance(getattr(self.attention, "normalize", None), Sample):
-            att_kwargs["normalize"] = "hard"  # sampled in training, argmax at inference
+        att_kwargs = self._att_kwargs(memory, need_weights)
         weights = log_prob = None
         if self.kind is None:
             c = memory.context  # (B, M): the same fixed context at every step
@@ -165,23 +186,43 @@ class RNNSeq2Seq(nn.Module):
             s, state = self._rnn(torch.cat([e, c], -1), state)
             o = torch.tanh(self.combine(torch.cat([s, c], -1)))
         else:  # Luong: step, then attend from the new state; õ_t is fed to the next step
-            s, state = self._rnn(torch.cat([e, state.feed], -1), state)
+            s, state = self._rnn(e if state.feed is None else torch.cat([e, state.feed], -1), state)
             r = self.attention(s, memory.states, query_start=t, **att_kwargs)
             c, weights, log_prob = r.output, r.weights, r.log_prob
             o = torch.tanh(self.combine(torch.cat([c, s], -1)))  # (B, M)
-            state = state._replace(feed=o)
+            state = state if state.feed is None else state._replace(feed=o)
         return self.out(self.drop(o)), state, weights, log_prob
 
+    def _att_kwargs(self, memory: Memory, need_weights: bool) -> dict:
+        kwargs = {"key_padding_mask": memory.padding, "need_weights": need_weights, "projected_key": memory.keys}
+        if not self.training and isinstance(getattr(self.attention, "normalize", None), Sample):
+            kwargs["normalize"] = "hard"  # sampled in training, argmax at inference
+        return kwargs
+
     def _rnn(self, x: Tensor, state: RNNState) -> tuple[Tensor, RNNState]:
-        h = state.h.transpose(0, 1).contiguous()  # (B, L, M) -> (L, B, M)
-        if state.c is None:
-            out, h = self.decoder(x.unsqueeze(1), h)
-            return out.squeeze(1), state._replace(h=h.transpose(0, 1))
-        out, (h, c) = self.decoder(x.unsqueeze(1), (h, state.c.transpose(0, 1).contiguous()))
-        return out.squeeze(1), state._replace(h=h.transpose(0, 1), c=c.transpose(0, 1))
+        """One step of the stacked decoder RNN on ``x`` (B, In): the cell function over each layer's
+        weights of ``self.decoder`` (an ``nn.LSTM`` / ``nn.GRU``, whose one-step call costs more
+        than the cell's), with its dropout between layers in training."""
+        rnn, hs, cs = self.decoder, [], []
+        for layer in range(rnn.num_layers):
+            weights = [getattr(rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            if layer > 0 and self.training and rnn.dropout > 0:
+                x = F.dropout(x, rnn.dropout)
+            if state.c is None:
+                x = torch.gru_cell(x, state.h[:, layer], *weights)  # (B, M)
+            else:
+                x, c = torch.lstm_cell(x, (state.h[:, layer], state.c[:, layer]), *weights)
+                cs.append(c)
+            hs.append(x)
+        c = None if state.c is None else torch.stack(cs, 1)  # (B, L, M)
+        return x, state._replace(h=torch.stack(hs, 1), c=c)
 
     def decode(self, memory: Memory, tgt_in: Tensor, need_weights: bool = True) -> Decoded:
-        """Teacher forcing: ``tgt_in`` (B, T) starts with BOS -> logits (B, T, V) and alignment (B, T, S)."""
+        """Teacher forcing: ``tgt_in`` (B, T) starts with BOS -> logits (B, T, V) and alignment (B, T, S).
+        One RNN call over the whole target when no step depends on the last one's attention (no
+        attention; Luong without input feeding), else a loop over the steps."""
+        if self.kind is None or (self.luong and not self.config.input_feed):
+            return self._decode_parallel(memory, tgt_in, need_weights)
         state = self.start(memory)
         logits, weights, log_probs = [], [], []
         for t in range(tgt_in.shape[1]):
@@ -190,6 +231,21 @@ class RNNSeq2Seq(nn.Module):
             weights.append(w)
             log_probs.append(lp)
         return Decoded(torch.stack(logits, 1), _stack_steps(weights), _stack_steps(log_probs))
+
+    def _decode_parallel(self, memory: Memory, tgt_in: Tensor, need_weights: bool) -> Decoded:
+        """:meth:`decode` with every step at once: the same maths as the step loop."""
+        state = self.start(memory)
+        e = self.drop(self.tgt_embed(tgt_in))  # (B, T, E)
+        if self.kind is None:
+            e = torch.cat([e, memory.context[:, None].expand(-1, e.shape[1], -1)], -1)  # (B, T, E + M)
+        h0 = state.h.transpose(0, 1).contiguous()  # (L, B, M)
+        s, _ = self.decoder(e, h0 if state.c is None else (h0, state.c.transpose(0, 1).contiguous()))  # (B, T, M)
+        if self.kind is None:
+            o = torch.tanh(self.combine(torch.cat([s, memory.context[:, None].expand_as(s)], -1)))
+            return Decoded(self.out(self.drop(o)))
+        r = self.attention(s, memory.states, **self._att_kwargs(memory, need_weights))  # query t at position t: local-m's window follows it
+        o = torch.tanh(self.combine(torch.cat([r.output, s], -1)))  # (B, T, M)
+        return Decoded(self.out(self.drop(o)), r.weights, r.log_prob)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Decoded:
         return self.decode(self.encode(src), tgt_in, need_weights=False)

@@ -117,11 +117,19 @@ class Attention(nn.Module):
                 }
             )
 
-    def _recompute(self, query: Tensor, key: Tensor, value: Tensor, call: dict, step: bool):
+    def project_keys(self, key: Tensor) -> Tensor | None:
+        """The score's key side for ``key`` (B, Tk, Dk), computed once per source (``W k`` of
+        ``general``, ``W_k k`` of ``additive``): pass it as ``projected_key=`` to every call over
+        the same keys, as a decoder does at each step. None for a score without one."""
+        if self.score.project is None:
+            return None
+        return self.score.project_key(key, dict(self.score_params))
+
+    def _recompute(self, query: Tensor, key: Tensor, value: Tensor, call: dict, params: dict, step: bool):
         """A function that recomputes this call's weights on the reference path, from detached
         inputs and a snapshot of the score parameters."""
         query, key, value = query.detach(), key.detach(), value.detach()
-        params = {name: p.detach().clone() for name, p in self.score_params.items()}
+        params = {name: p.detach().clone() for name, p in params.items()}
         if call["centre"] is not None:
             call = {**call, "centre": call["centre"].detach()}
 
@@ -146,14 +154,23 @@ class Attention(nn.Module):
         need_weights: bool = False,
         query_start: int = 0,
         normalize: str | object | None = None,
+        projected_key: Tensor | None = None,
     ) -> AttentionResult:
         """``query_start``: absolute position of the first query, for local-m one step at a time.
 
         ``normalize``: a normalizer for this call only, in place of the module's; e.g. ``"hard"``
         (argmax) at inference for a model trained with sampled hard attention.
+
+        ``projected_key``: :meth:`project_keys` of ``key``, computed once for many calls; the
+        scores are then taken against it (same result, less work per call).
         """
         key = query if key is None else key
         value = key if value is None else value
+        score, params = self.score, dict(self.score_params)
+        if projected_key is not None:
+            if self.score.project is None:
+                raise AttentionError(f"projected_key is given but score {self.score.name!r} has no key projection")
+            score, params, key = score.projected, score.projected_params(params), projected_key
         step = query.dim() == 2
         if step:
             query = query.unsqueeze(1)  # (B, Dq) -> (B, 1, Dq): one decoder step
@@ -168,7 +185,7 @@ class Attention(nn.Module):
                 lengths = (~key_padding_mask).sum(-1)
             centre = predict_centre(query, self.centre_params, lengths)  # (B, Tq)
         call = {
-            "score": self.score,
+            "score": score,
             "normalize": self.normalize if normalize is None else _normalizers.resolve(normalize),
             "mask": region,
             "window": window,
@@ -181,14 +198,14 @@ class Attention(nn.Module):
             key,
             value,
             **call,
-            score_params=dict(self.score_params),
+            score_params=params,
             dropout=self.dropout if self.training else 0.0,
             need_weights=need_weights or (watched and random),
         )
         if watched:
             record(
                 self,
-                _squeeze(result.weights.detach(), step) if random else self._recompute(query, key, value, call, step),
+                _squeeze(result.weights.detach(), step) if random else self._recompute(query, key, value, call, params, step),
             )
         if watched and random and not need_weights:
             result = AttentionResult(result.output, None, result.log_prob)  # asked for by the recorder only

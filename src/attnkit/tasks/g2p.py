@@ -104,9 +104,12 @@ def decode_words(
     batch_size: int = 256,
     alpha: float = 0.6,
     progress: Callable[[int, int], None] | None = None,
+    steps: int | None = None,
 ):
     """Hypotheses for ``words`` in their order; beam 1 is greedy. ``progress(done, total)`` is
-    called before the first batch and after each one with the number of words decoded so far."""
+    called before the first batch and after each one with the number of words decoded so far.
+    ``steps``: decode exactly that many steps per word (EOS ruled out before), as benchmarks do so
+    that an untrained model's output lengths do not set the speed."""
     model.eval()
     device = next(model.parameters()).device
     out = [None] * len(words)
@@ -115,7 +118,8 @@ def decode_words(
         progress(done, len(words))
     for idx, src in _sorted_batches(words, letters, batch_size):
         src = src.to(device)
-        hyps = greedy(model, src) if beam == 1 else beam_search(model, src, beam=beam, alpha=alpha)
+        lengths = {"max_len": steps, "min_len": steps or 0}
+        hyps = greedy(model, src, **lengths) if beam == 1 else beam_search(model, src, beam=beam, alpha=alpha, **lengths)
         for i, h in zip(idx, hyps):
             out[i] = h._replace(tokens=tuple(phonemes.decode(h.tokens)))
         done += len(idx)
