@@ -66,8 +66,12 @@ def g2p_run(tmp_path_factory):
 
 def test_eval_still_scores_g2p_checkpoints(g2p_run, tmp_path, capsys):
     assert main(["eval", str(g2p_run), "--limit", "5", "--beam", "1", "--json", str(tmp_path / "m.json")]) == 0
-    assert "WER %" in capsys.readouterr().out
-    assert json.loads((tmp_path / "m.json").read_text())["beam"] == 1
+    out = capsys.readouterr().out
+    assert "WER %" in out and "WER % by word length" in out and "% with a weight above 0.99" in out
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["beam"] == 1
+    assert sum(b["words"] for b in m["by_length"].values()) == m["words"] == 5
+    assert m["attention"]["rows"] >= 5 and 0 <= m["attention"]["saturated"] <= 1
 
 
 def test_resume_of_a_finished_run_changes_nothing(runs, capsys):

@@ -113,6 +113,18 @@ def evaluate(args) -> int:
     table.add_row("stress kept", f"{m['wer']:.2f}", f"{m['per']:.2f}")
     table.add_row("stress removed", f"{m['wer_nostress']:.2f}", f"{m['per_nostress']:.2f}")
     Console().print(table)
+    lengths = Table(title="WER % by word length")
+    for col in ("letters", "words", "stress kept", "stress removed"):
+        lengths.add_column(col, justify="right")
+    for name, b in m["by_length"].items():
+        lengths.add_row(name, f"{b['words']:,}", f"{b['wer']:.2f}", f"{b['wer_nostress']:.2f}")
+    Console().print(lengths)
+    a = m["attention"]
+    if a is not None:
+        print(
+            f"attention over {a['rows']:,} decoder steps: {100 * a['saturated']:.1f}% with a weight above 0.99, "
+            f"mean largest weight {a['max']:.3f}, mean entropy {a['entropy']:.3f} nats"
+        )
     print(f"{g2p.parameters():,} parameters; {m['words_per_s']:.0f} words/s ({_threads()}, {args.precision})")
     if args.json:
         Path(args.json).write_text(json.dumps({**m, "parameters": g2p.parameters(), "beam": beam}, indent=2))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.normalizers import reinforce_loss
+from ..core.stats import sharpness
 from ..data import cmudict
 from ..data.vocab import PAD, SPECIALS, Vocab
 from ..errors import AttentionError
@@ -29,10 +30,13 @@ from ..models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Se
 from ..train import checkpoint, config_from_dict, precision
 from ..train.batching import token_batches
 
-__all__ = ["G2P", "MODELS", "SHIPPED", "G2PDoc", "G2PTask", "build_model", "edit_distance", "score"]
+__all__ = [
+    "G2P", "LENGTHS", "MODELS", "SHIPPED", "G2PDoc", "G2PTask", "build_model", "by_length", "edit_distance", "score",
+]  # fmt: skip
 
 MODELS = {"rnn": (RNNConfig, RNNSeq2Seq), "transformer": (TransformerConfig, TransformerSeq2Seq)}
 SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
+LENGTHS = ((1, 5), (6, 8), (9, 11), (12, None))  # word-length buckets in letters, for by_length
 
 
 def edit_distance(a, b) -> int:
@@ -73,6 +77,18 @@ def score(hyps, refs) -> dict[str, float]:
             length += n
         out[f"wer{suffix}"] = 100.0 * wrong / len(hyps)
         out[f"per{suffix}"] = 100.0 * errors / length
+    return out
+
+
+def by_length(words: list[str], hyps, refs) -> dict[str, dict[str, float]]:
+    """:func:`score` per word-length bucket of :data:`LENGTHS` ("1-5", ..., "12+"), each with its
+    ``words``; a bucket without words is left out."""
+    out = {}
+    for low, high in LENGTHS:
+        name = f"{low}+" if high is None else f"{low}-{high}"
+        idx = [i for i, w in enumerate(words) if len(w) >= low and (high is None or len(w) <= high)]
+        if idx:
+            out[name] = {"words": len(idx), **score([hyps[i] for i in idx], [refs[i] for i in idx])}
     return out
 
 
@@ -308,9 +324,11 @@ class G2P:
 
     def evaluate(
         self, split: str = "test", *, beam: int = 5, limit: int | None = None, progress=None, precision: str = "fp32"
-    ) -> dict[str, float]:
-        """WER/PER on a cmudict split, plus the words decoded per second; ``progress`` as in
-        :func:`decode_words`; ``precision`` as in :meth:`pronounce`."""
+    ) -> dict:
+        """WER/PER on a cmudict split, plus the words decoded per second; ``by_length``, the same
+        per word-length bucket (:func:`by_length`); ``attention``, the :func:`~attnkit.core.stats.sharpness`
+        of the decoded outputs' weights (every step of every word; None without attention);
+        ``progress`` as in :func:`decode_words`; ``precision`` as in :meth:`pronounce`."""
         if self.letters != cmudict.letters() or self.phonemes != cmudict.phonemes():
             raise AttentionError(
                 f"checkpoint {self.path!r} was trained with other letters or phonemes than this cmudict"
@@ -321,8 +339,15 @@ class G2P:
         with self._autocast(precision):
             hyps = decode_words(self.model, words, self.letters, self.phonemes, beam=beam, progress=progress)
         seconds = time.perf_counter() - started
-        metrics = score([h.tokens for h in hyps], [e.pronunciations for e in entries])
-        return {**metrics, "words": len(entries), "words_per_s": len(entries) / seconds}
+        outputs, refs = [h.tokens for h in hyps], [e.pronunciations for e in entries]
+        attention = None if hyps[0].weights is None else sharpness(h.weights for h in hyps)
+        return {
+            **score(outputs, refs),
+            "words": len(entries),
+            "words_per_s": len(entries) / seconds,
+            "by_length": by_length(words, outputs, refs),
+            "attention": attention,
+        }
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
