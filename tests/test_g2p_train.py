@@ -163,3 +163,29 @@ def test_resume_refuses_another_configuration(tmp_path):
     other = Trainer(task, TrainConfig(epochs=1, batch_size=4), tmp_path, progress=False)
     with pytest.raises(AttentionError, match="was written for another configuration"):
         other.fit(resume=True)
+
+
+def test_kept_epochs_are_the_last_n_and_average_into_a_loadable_checkpoint(tmp_path):
+    task = G2PTask("rnn", {"hidden_dim": 8, "embed_dim": 4}, limit=40, valid_limit=5)
+    config = TrainConfig(epochs=3, batch_size=16, warmup_steps=2, keep_epochs=2)
+    Trainer(task, config, tmp_path, progress=False).fit()
+    kept = sorted(p.name for p in tmp_path.glob("epoch-*.safetensors"))
+    assert kept == ["epoch-002.safetensors", "epoch-003.safetensors"]
+    (a, _), (b, meta) = (checkpoint.load(tmp_path / name) for name in kept)
+    averaged, avg_meta = checkpoint.average([tmp_path / name for name in kept])
+    assert avg_meta == meta
+    for name, t in averaged.items():
+        torch.testing.assert_close(t, (a[name] + b[name]) / 2)
+    avg_meta.pop("format")
+    checkpoint.save(tmp_path / "averaged.safetensors", averaged, avg_meta)
+    assert len(G2P.load(tmp_path / "averaged.safetensors").pronounce(["cat"], beam=1)[0].phones) > 0
+
+
+def test_average_refuses_checkpoints_of_other_models(tmp_path):
+    for i, hidden in enumerate((8, 6)):
+        task = G2PTask("rnn", {"hidden_dim": hidden, "embed_dim": 4}, limit=20, valid_limit=2)
+        Trainer(task, TrainConfig(epochs=1, batch_size=16, warmup_steps=1), tmp_path / str(i), progress=False).fit()
+    with pytest.raises(checkpoint.CheckpointError, match="holds other tensors than"):
+        checkpoint.average([tmp_path / "0" / "best.safetensors", tmp_path / "1" / "best.safetensors"])
+    with pytest.raises(checkpoint.CheckpointError, match="average needs at least one checkpoint"):
+        checkpoint.average([])

@@ -29,6 +29,7 @@ from ..errors import AttentionError
 __all__ = [
     "FORMAT",
     "CheckpointError",
+    "average",
     "digest",
     "load",
     "load_optimizer",
@@ -163,6 +164,26 @@ def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     """(tensors, meta) of a checkpoint written by :func:`save`; a missing, corrupt or foreign file
     raises an AttentionError that names it."""
     return _read(path, tensors=True)
+
+
+def average(paths: list[str | os.PathLike]) -> tuple[dict[str, Tensor], dict]:
+    """Checkpoint averaging: the element-wise mean of the floating tensors of several checkpoints of
+    one model (e.g. the weights after its last epochs), with the last one's metadata. Averaged
+    weights often generalise better than any single one. The checkpoints must hold the same tensor
+    names and shapes, else a CheckpointError names the first that differs."""
+    if not paths:
+        raise CheckpointError("average needs at least one checkpoint")
+    tensors, meta = load(paths[-1])
+    total = {k: v.double() if v.is_floating_point() else v for k, v in tensors.items()}
+    for path in paths[:-1]:
+        other, _ = load(path)
+        if other.keys() != tensors.keys() or any(other[k].shape != v.shape for k, v in tensors.items()):
+            raise CheckpointError(f"checkpoint {str(path)!r} holds other tensors than {str(paths[-1])!r}")
+        for k, v in other.items():
+            if v.is_floating_point():
+                total[k] += v.double()
+    n = len(paths)
+    return {k: (v / n).to(tensors[k].dtype) if v.is_floating_point() else v for k, v in total.items()}, meta
 
 
 def read_meta(path: str | os.PathLike) -> dict:

@@ -17,7 +17,9 @@ A *task* supplies the data and the objective; the trainer owns everything else:
 Files in ``out``: ``last.safetensors`` (model, optimizer, RNG and progress: what ``resume`` reads),
 written every ``checkpoint_every`` steps and after every epoch; ``best.safetensors`` (the model at
 its best validation score, with its config: what evaluation and inference read);
-``config.json`` and ``history.json`` (one record per epoch), for people.
+``config.json`` and ``history.json`` (one record per epoch), for people; with ``keep_epochs`` N,
+``epoch-K.safetensors`` (the weights after epoch K, in ``best``'s form) for the last N epochs, for
+checkpoint averaging (:func:`attnkit.train.checkpoint.average`).
 
 Under ``torchrun`` (:mod:`attnkit.train.distributed`) every process runs this loop on its share of
 each global batch inside ``DistributedDataParallel``; rank 0 alone validates, writes the files and
@@ -40,7 +42,7 @@ from ..errors import AttentionError
 from . import checkpoint, distributed, precision
 from .schema import check_value, from_dict
 
-__all__ = ["FILES", "Progress", "TrainConfig", "Trainer", "config_from_dict"]
+__all__ = ["FILES", "Progress", "TrainConfig", "Trainer", "config_from_dict", "epoch_file"]
 
 FILES = ["last.safetensors", "best.safetensors", "config.json", "history.json"]  # what a run writes in its folder
 
@@ -59,6 +61,7 @@ class TrainConfig:
     seed: int = 0  # model initialisation, batch order and dropout all follow from it
     precision: str = "fp32"  # fp32, or mixed: bf16 (CPU, CUDA) or fp16 (CUDA, loss-scaled); weights stay fp32
     batch_tokens: int | None = None  # instead of batch_size: padded tokens per batch, batches of similar lengths
+    keep_epochs: int = 0  # keep the weights after each of the last N epochs (epoch-K.safetensors), for averaging
 
     def __post_init__(self):
         kinds = get_type_hints(type(self))
@@ -67,7 +70,7 @@ class TrainConfig:
             check_value(value, kinds[f.name], f.name)
             if value is None or isinstance(value, str):
                 continue
-            if f.name in ("warmup_steps", "weight_decay", "label_smoothing", "seed"):
+            if f.name in ("warmup_steps", "weight_decay", "label_smoothing", "seed", "keep_epochs"):
                 if value < 0:
                     raise AttentionError(f"{f.name} must be >= 0, got {value!r}")
             elif value <= 0:
@@ -173,10 +176,21 @@ class Trainer:
         checkpoint.save(self.out / "last.safetensors", tensors, meta)
         self.saved_step = self.state["step"]
 
-    def _save_best(self) -> None:
+    def _save_weights(self, name: str) -> None:
+        """The model's weights with the run's config: what evaluation and inference read."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         meta = {**self.describe(), "progress": {k: v for k, v in self.state.items() if k != "history"}}
-        checkpoint.save(self.out / "best.safetensors", tensors, meta)
+        checkpoint.save(self.out / name, tensors, meta)
+
+    def _keep_epoch(self) -> None:
+        """``epoch-K.safetensors`` for this epoch K; those older than the last ``keep_epochs`` go."""
+        n = self.config.keep_epochs
+        epoch = self.state["epoch"]  # epochs finished, this one included
+        self._save_weights(epoch_file(epoch))
+        for old in self.out.glob("epoch-*.safetensors"):
+            k = old.name[len("epoch-") : -len(".safetensors")]
+            if k.isdigit() and int(k) <= epoch - n:
+                old.unlink(missing_ok=True)
 
     def _resume(self) -> None:
         path = self.out / "last.safetensors"
@@ -226,7 +240,7 @@ class Trainer:
         returns the final progress record."""
         cfg = self.config
         if self.rank == 0:
-            checkpoint.remove_temporaries(self.out, FILES)  # what writes killed before their rename left
+            checkpoint.remove_temporaries(self.out, [*FILES, "epoch-*.safetensors"])  # what writes killed before their rename left
         if resume:
             self._resume()
         if self.rank == 0:  # for people: the configuration, and how many processes train it now
@@ -306,7 +320,7 @@ class Trainer:
         if improved:
             self.state["best"], self.state["bad_epochs"] = score, 0
             if self.rank == 0:
-                self._save_best()
+                self._save_weights("best.safetensors")
         else:
             self.state["bad_epochs"] += 1
         self.state["history"].append(record)
@@ -314,10 +328,17 @@ class Trainer:
         self.state["batch"] = 0
         self.state["elapsed"] += time.perf_counter() - started
         record["elapsed_s"] = round(self.state["elapsed"], 1)
+        if self.config.keep_epochs and self.rank == 0:
+            self._keep_epoch()
         self._save_last()
         if self.rank == 0:
             checkpoint.write_json(self.out / "history.json", self.state["history"])
         bar.log(record, improved)
+
+
+def epoch_file(epoch: int) -> str:
+    """The name of the weights kept after ``epoch`` (``keep_epochs``)."""
+    return f"epoch-{epoch:03d}.safetensors"
 
 
 def _rank_seed(seed: int, step: int, rank: int) -> int:
