@@ -13,7 +13,7 @@ import os
 import sys
 
 from ..errors import AttentionError
-from . import classify, g2p, viz
+from . import classify, experiment, g2p, viz
 from .options import check_folder, check_new_file, count, positive
 
 __all__ = ["main"]
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     g2p.add_pronounce_parser(sub)
     viz.add_viz_parser(sub)
     classify.add_explain_parser(sub)
+    experiment.add_experiment_parser(sub)
     return parser
 
 
@@ -153,4 +154,6 @@ def _run(args) -> int:
         return viz.viz(args)
     if args.command == "explain":
         return classify.explain(args)
+    if args.command == "experiment":
+        return experiment.experiment(args)
     return 1

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..core.scores import resolve
 from ..errors import AttentionError, check_int, check_probability
 from ..modules import KVCache, MultiHeadAttention
 from .base import Decoded, Memory, source_padding
@@ -39,6 +40,7 @@ class TransformerConfig:
     decoder_layers: int = 3
     dropout: float = 0.1  # on sublayer outputs, attention weights and the feed-forward block
     max_len: int = 128  # longest source or target the positional table covers
+    score: str = "scaled_dot"  # a name in SCORES, for every attention; "dot" is the unscaled ablation
 
     def __post_init__(self):
         for name in (
@@ -55,6 +57,7 @@ class TransformerConfig:
         if self.d_model % self.heads:
             raise AttentionError(f"heads={self.heads} must divide d_model={self.d_model}")
         check_probability("dropout", self.dropout)
+        resolve(self.score)  # a known name, before any layer is built
 
 
 def sinusoids(length: int, dim: int) -> Tensor:
@@ -76,10 +79,10 @@ class EncoderLayer(nn.Module):
     """x += SelfAttention(LN(x)); x += FF(LN(x)): one pre-LN encoder layer (also the layer of the
     Transformer classifier)."""
 
-    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float):
+    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float, score: str = "scaled_dot"):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(d_model, heads, dropout=dropout)
+        self.attn = MultiHeadAttention(d_model, heads, score=score, dropout=dropout)
         self.ff = FeedForward(d_model, ff_dim, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -94,8 +97,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, dropout=cfg.dropout, causal=True)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, dropout=cfg.dropout)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, score=cfg.score, dropout=cfg.dropout, causal=True)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, score=cfg.score, dropout=cfg.dropout)
         self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -155,7 +158,7 @@ class TransformerSeq2Seq(nn.Module):
         self.tgt_embed = nn.Embedding(cfg.tgt_vocab, cfg.d_model, padding_idx=0)
         self.register_buffer("positions", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
         self.encoder = nn.ModuleList(
-            EncoderLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout) for _ in range(cfg.encoder_layers)
+            EncoderLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, cfg.score) for _ in range(cfg.encoder_layers)
         )
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)

@@ -3,6 +3,7 @@
 - :func:`heatmap`: one weight matrix (Tq, Tk), tokens on both axes.
 - :func:`grid`: every head of every layer (L, H, Tq, Tk), one small heatmap each.
 - :func:`alignment`: a decoded output against its input (a heatmap with seq2seq labels).
+- :func:`curves`: panels of lines, one line per series (an experiment's measurements).
 
 Long inputs stay readable: at most ``max_tokens`` rows and columns are drawn (the rest is cut,
 and the title says so), tick labels are thinned to about 60 per axis, and the figure size is capped.
@@ -11,13 +12,14 @@ and the title says so), tick labels are thinned to about 60 per axis, and the fi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import Tensor
 
 from ..errors import AttentionError, shape_str
 
-__all__ = ["alignment", "grid", "heatmap"]
+__all__ = ["Panel", "alignment", "curves", "grid", "heatmap"]
 
 MAX_LABELS = 60  # tick labels per axis, at most
 MAX_INCHES = 24.0
@@ -206,6 +208,64 @@ def document(
     fig.colorbar(im, ax=right, fraction=0.05)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class Panel:
+    """One plot of :func:`curves`: ``series`` maps a line's label to its points ``(xs, ys)``."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    series: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    logx: bool = False  # x on a log scale (sizes that double)
+    logy: bool = False  # y on a log scale (quantities spanning decades)
+
+
+def _scales(ax, panel: Panel) -> None:
+    """Log axes labelled with plain numbers (4, 16, 64, not 4 x 10^0); a log x axis ticked at the
+    measured x values."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis, log, scale in ((ax.xaxis, panel.logx, ax.set_xscale), (ax.yaxis, panel.logy, ax.set_yscale)):
+        scale("log" if log else "linear")
+        if log:
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(NullFormatter())
+    if panel.logx:
+        xs = sorted({x for xs, _ in panel.series.values() for x in xs})
+        ax.set_xticks(xs, [f"{x:.3g}" for x in xs])
+
+
+def curves(panels: list[Panel], path: str | Path, *, title: str | None = None) -> Path:
+    """Save ``panels`` side by side, each a line with markers per series. PNG or SVG."""
+    if not panels:
+        raise AttentionError("curves needs at least one Panel")
+    for p in panels:
+        for label, (xs, ys) in p.series.items():
+            if len(xs) != len(ys):
+                raise AttentionError(
+                    f"panel {p.title!r}: series {label!r} has {len(xs)} x values and {len(ys)} y values"
+                )
+    path = _check_path(path)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(MAX_INCHES, 4.6 * len(panels)), 3.8), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        for label, (xs, ys) in p.series.items():
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        _scales(ax, p)
+        ax.set_title(p.title, fontsize=10)
+        ax.set_xlabel(p.xlabel)
+        ax.set_ylabel(p.ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,18 @@
+"""Experiments that check the notes' claims: ``attnkit experiment NAME``.
+
+Each experiment (:class:`~attnkit.experiments.base.Experiment`) tests one claim of the notes on
+real models and data, writes a picture, a JSON of every number and a markdown report, and decides
+its verdict (:data:`VERDICTS`) from the JSON's numbers by a rule written in its module.
+
+- ``scaling`` (:mod:`.scaling`): dividing dot products by √d_k keeps the softmax from saturating.
+- ``parallel`` (:mod:`.parallel`): self-attention trains faster than an RNN.
+"""
+
+from __future__ import annotations
+
+from . import parallel, scaling
+from .base import CONDITIONS, FAILS, HOLDS, VERDICTS, Experiment, Notes
+
+__all__ = ["CONDITIONS", "EXPERIMENTS", "FAILS", "HOLDS", "VERDICTS", "Experiment", "Notes"]
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in map(Experiment.of, (scaling, parallel))}

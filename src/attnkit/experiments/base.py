@@ -1,0 +1,97 @@
+"""What every experiment shares: the verdicts, its description, and the three files it writes.
+
+An experiment tests one claim of the notes. It measures, keeps every number in one JSON document,
+draws its picture from that document alone (``figure(doc)``) and decides its verdict from that
+document alone (``verdict(doc)``), so the picture, the numbers and the verdict cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..bench.train import loadavg, machine
+from ..train.checkpoint import write_json
+from ..viz.static import Panel, curves
+
+__all__ = ["CONDITIONS", "FAILS", "HOLDS", "VERDICTS", "Experiment", "Notes"]
+
+HOLDS = "holds"
+CONDITIONS = "holds under conditions"
+FAILS = "does not hold here"
+VERDICTS = (HOLDS, CONDITIONS, FAILS)
+_CONSTANTS = ("name", "claim", "notes", "config", "quick")  # module constants, in capitals: NAME, ...
+
+
+@dataclass(frozen=True)
+class Notes:
+    """Where the notes make the claim: a file of ``shared/seeds/`` and its words, quoted as written."""
+
+    seed: str
+    words: str
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A claim and the code that tests it: ``measure(config, out)`` returns the JSON document
+    (numbers only; ``out`` for scratch files), ``figure(doc)`` the panels of its picture,
+    ``verdict(doc)`` the verdict and the sentence that says why, ``method(config)`` the lines of the
+    report that say how it was measured, ``numbers(doc)`` the report's lines of results."""
+
+    name: str
+    claim: str
+    notes: tuple[Notes, ...]
+    config: type  # the dataclass of its full-size config; ``config()`` is the full run
+    quick: Any  # the --quick config: at most 10 minutes on 2 CPU cores
+    measure: Callable[[Any, Path], dict]
+    figure: Callable[[dict], list[Panel]]
+    verdict: Callable[[dict], tuple[str, str]]
+    method: Callable[[Any], list[str]]
+    numbers: Callable[[dict], list[str]]
+
+    @classmethod
+    def of(cls, module: ModuleType) -> Experiment:
+        """The experiment a module defines: ``NAME``, ``CLAIM``, ``NOTES``, ``CONFIG``, ``QUICK``
+        and the functions named as the fields above."""
+        named = {f.name: getattr(module, f.name.upper() if f.name in _CONSTANTS else f.name) for f in fields(cls)}
+        return cls(**named)
+
+    def run(self, config, out: Path) -> str:
+        """Measure with ``config``, write NAME.json, NAME.png and NAME.md into ``out``; the verdict."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        load = loadavg()
+        doc = {"experiment": self.name, "config": asdict(config), "machine": machine(), "load_before": load}
+        doc |= self.measure(config, out)
+        doc["load_after"] = loadavg()
+        doc["verdict"], doc["why"] = self.verdict(doc)
+        write_json(out / f"{self.name}.json", doc)
+        curves(self.figure(doc), out / f"{self.name}.png", title=f"{self.name}: {self.claim}")
+        (out / f"{self.name}.md").write_text(self.report(config, doc), encoding="utf-8")
+        return doc["verdict"]
+
+    def report(self, config, doc: dict) -> str:
+        """The markdown report: claim, the notes' words, method, numbers, verdict."""
+        m = doc["machine"]
+        lines = [f"# {self.name}: {self.claim}", "", "**The notes:**", ""]
+        lines += [f"> {n.words} (`seeds/{n.seed}`)" for n in self.notes]
+        lines += ["", "**Method.**", "", *[f"- {line}" for line in self.method(config)]]
+        lines += [
+            (
+                f"- machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, torch {m['torch']}; "
+                f"load {doc['load_before']} before, {doc['load_after']} after"
+            ),
+            "",
+            (f"**Numbers** (every number of the picture is in [`{self.name}.json`]({self.name}.json)):"),
+            "",
+            *self.numbers(doc),
+            "",
+            f"![{self.name}]({self.name}.png)",
+            "",
+            f"**Verdict: {doc['verdict']}.** {doc['why']}",
+            "",
+        ]
+        return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""``attnkit experiment``: each experiment runs at a toy size, its picture is drawn from its JSON,
+its verdict follows from the JSON's numbers by its rule, and the command line fails in one line."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from cli_errors import one_line_error
+
+from attnkit.cli import main
+from attnkit.errors import AttentionError
+from attnkit.experiments import CONDITIONS, EXPERIMENTS, FAILS, HOLDS, VERDICTS, base, parallel, scaling
+from attnkit.models import TransformerConfig, TransformerSeq2Seq
+from attnkit.viz.static import Panel, curves
+
+TINY_TRANSFORMER = {"d_model": 16, "heads": 2, "ff_dim": 32, "encoder_layers": 1, "decoder_layers": 1}
+TOY = {
+    "scaling": scaling.ScalingConfig(
+        dims=[4, 64, 1024], queries=16, seeds=2, shipped_words=12, d_model=16, heads=2, ff_dim=32, layers=1,
+        train_limit=40, valid_limit=8, epochs=2, batch_size=32, warmup_steps=2,
+    ),
+    "parallel": parallel.ParallelConfig(
+        lengths=[4, 8], batch_size=4, warmup=0, steps=2, decode_words=4, transformer=TINY_TRANSFORMER,
+        rnn={"hidden_dim": 16, "embed_dim": 8},
+    ),
+}  # fmt: skip
+
+
+def numbers_in(doc) -> set[float]:
+    """Every number anywhere in the JSON document ``doc``."""
+    if isinstance(doc, dict):
+        return set().union(*map(numbers_in, doc.values())) if doc else set()
+    if isinstance(doc, list):
+        return set().union(*map(numbers_in, doc)) if doc else set()
+    return {float(doc)} if isinstance(doc, int | float) and not isinstance(doc, bool) else set()
+
+
+def drawn(panels: list[Panel]) -> set[float]:
+    return {float(v) for p in panels for xs, ys in p.series.values() for v in (*xs, *ys)}
+
+
+@pytest.mark.parametrize("name", sorted(TOY))
+def test_each_experiment_runs_at_a_toy_size_and_its_picture_and_verdict_come_from_its_json(
+    name, tmp_path, monkeypatch, capsys, one_thread
+):
+    monkeypatch.setitem(EXPERIMENTS, name, dataclasses.replace(EXPERIMENTS[name], quick=TOY[name]))
+    pictures = []
+    monkeypatch.setattr(base, "curves", lambda panels, path, title: pictures.append(panels) or curves(panels, path))
+    assert main(["experiment", name, "--quick", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / f"{name}.json").read_text())
+    exp = EXPERIMENTS[name]
+    assert (tmp_path / f"{name}.png").stat().st_size > 0
+    assert pictures == [exp.figure(doc)]  # the picture is the JSON's
+    assert drawn(pictures[0]) <= numbers_in(doc)  # every number drawn is in the JSON, as drawn
+    verdict, why = exp.verdict(doc)
+    assert (doc["verdict"], doc["why"]) == (verdict, why) and verdict in VERDICTS
+    assert f"verdict: {verdict}" in capsys.readouterr().out
+    report = (tmp_path / f"{name}.md").read_text()
+    assert f"**Verdict: {verdict}.**" in report and all(n.seed in report for n in exp.notes)
+
+
+def scaling_doc(unscaled_top: float, scaled_max: float, wer_dot: float, wer_scaled: float) -> dict:
+    """A made-up document with the numbers :func:`scaling.verdict` reads."""
+    random = {
+        "dims": [4, 1024],
+        "dot": {"saturated": [0.0, unscaled_top], "jacobian_norm": [0.3, 0.05]},
+        "scaled_dot": {"saturated": [0.0, scaled_max], "jacobian_norm": [0.24, 0.24]},
+    }
+    training = {"d_k": 64, "dot": {"epoch": [1, 2], "wer": [90.0, wer_dot]}}
+    training["scaled_dot"] = {"epoch": [1, 2], "wer": [90.0, wer_scaled]}
+    return {"random": random, "training": training}
+
+
+@pytest.mark.parametrize(
+    "doc, expected",
+    [
+        (scaling_doc(0.8, 0.0, 40.0, 35.0), HOLDS),  # saturates unscaled, not scaled; scaled trains better
+        (scaling_doc(0.8, 0.0, 40.0, 39.5), CONDITIONS),  # the same, but training gains < 1 point
+        (scaling_doc(0.8, 0.0, 35.0, 40.0), CONDITIONS),  # scaled trains worse
+        (scaling_doc(0.3, 0.0, 40.0, 30.0), FAILS),  # the unscaled softmax does not saturate
+        (scaling_doc(0.8, 0.2, 40.0, 30.0), FAILS),  # the scaled one saturates too
+    ],
+)
+def test_the_scaling_verdict_follows_its_rule(doc, expected):
+    assert scaling.verdict(doc)[0] == expected
+
+
+def parallel_doc(ratios: list[float]) -> dict:
+    lengths = [10, 20, 40, 80, 160][: len(ratios)]
+    models = {m: {"parameters": 4_000_000} for m in ("rnn", "transformer")}
+    return {"lengths": lengths, "train_ratio": ratios, **models}
+
+
+@pytest.mark.parametrize(
+    "ratios, expected, crossing",
+    [
+        ([0.9, 0.8, 0.6, 0.5, 0.4], HOLDS, 10),  # faster at the G2P length
+        ([1.2, 1.1, 0.9, 0.6, 0.5], CONDITIONS, 40),  # faster from 40 on
+        ([1.2, 0.9, 1.05, 0.8, 0.7], CONDITIONS, 80),  # a dip at 20 does not count: it must stay faster
+        ([1.3, 1.2, 1.1, 1.0, 1.2], FAILS, None),  # never faster (1.0 is not faster)
+        ([1.3, 0.9, 0.9, 0.9, 1.1], FAILS, None),  # slower at the longest length
+    ],
+)
+def test_the_parallel_verdict_follows_its_rule(ratios, expected, crossing):
+    doc = parallel_doc(ratios)
+    assert parallel.crossover(doc["lengths"], ratios) == crossing
+    verdict, why = parallel.verdict(doc)
+    assert verdict == expected
+    if expected == CONDITIONS:
+        assert f"faster from S = T = {crossing} on" in why
+
+
+def test_jacobian_norm_is_the_frobenius_norm_of_the_softmax_jacobian():
+    scores = torch.randn(3, 7, dtype=torch.float64) * 4
+    for row in scores:
+        jac = torch.autograd.functional.jacobian(lambda s: s.softmax(-1), row)  # (Tk, Tk)
+        assert torch.allclose(scaling.jacobian_norm(row.softmax(-1)), jac.norm(), atol=1e-12)
+    assert scaling.jacobian_norm(torch.tensor([0.0, 1.0, 0.0])) == 0  # one-hot: no gradient through it
+
+
+def test_transformer_score_reaches_every_attention_and_keeps_checkpoints_loadable():
+    default = TransformerSeq2Seq(TransformerConfig(10, 12, **TINY_TRANSFORMER))
+    unscaled = TransformerSeq2Seq(TransformerConfig(10, 12, **TINY_TRANSFORMER, score="dot"))
+    attentions = [m for m in unscaled.modules() if type(m).__name__ == "MultiHeadAttention"]
+    assert len(attentions) == 3 and all(s.name == "dot" for m in attentions for s in m.head_scores)
+    unscaled.load_state_dict(default.state_dict())  # the same parameters: a default checkpoint loads
+    with pytest.raises(AttentionError, match="score='nope' is unknown"):
+        TransformerConfig(10, 12, score="nope")
+
+
+def test_experiment_list_names_each_experiment_and_its_claim(capsys):
+    assert main(["experiment", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name, e in EXPERIMENTS.items():
+        assert f"{name}  " in out and e.claim in out
+
+
+def test_experiment_bad_input_is_one_line_and_exit_2(capsys, tmp_path):
+    one_line_error(capsys, ["experiment", "nope"], "experiment 'nope' is unknown; expected one of")
+    one_line_error(capsys, ["experiment"], "experiment needs a NAME")
+    (tmp_path / "file").write_text("")
+    one_line_error(capsys, ["experiment", "scaling", "--out", str(tmp_path / "file")], "is a file")
+    one_line_error(capsys, ["experiment", "parallel", "--out", str(tmp_path / "file" / "x")], "a file")
+
+
+def test_curves_rejects_a_series_whose_x_and_y_differ_in_length(tmp_path):
+    with pytest.raises(AttentionError, match="has 2 x values and 1 y values"):
+        curves([Panel("t", "x", "y", {"a": ([1, 2], [3])})], tmp_path / "c.png")
