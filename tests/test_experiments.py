@@ -3,6 +3,7 @@ its verdict follows from the JSON's numbers by its rule, and the command line fa
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -147,3 +148,14 @@ def test_experiment_bad_input_is_one_line_and_exit_2(capsys, tmp_path):
 def test_curves_rejects_a_series_whose_x_and_y_differ_in_length(tmp_path):
     with pytest.raises(AttentionError, match="has 2 x values and 1 y values"):
         curves([Panel("t", "x", "y", {"a": ([1, 2], [3])})], tmp_path / "c.png")
+
+
+def test_attention_sharpness_reads_one_row_per_decoder_step_of_each_word():
+    from attnkit.experiments import g2p
+    from attnkit.tasks.g2p import G2PTask
+
+    task = G2PTask("rnn", {"hidden_dim": 8, "embed_dim": 4}, limit=1, valid_limit=5)
+    torch.manual_seed(0)
+    stats = g2p.attention_sharpness(g2p.Run(task.build(), task, []))
+    assert stats["rows"] == sum(len(e.pronunciations[0]) + 1 for e in task.valid)  # BOS + each phoneme
+    assert 0 < stats["entropy"] <= max(math.log(len(e.word)) for e in task.valid) + 1e-9

@@ -12,7 +12,7 @@ Three measurements:
    inference only (``RNNConfig.scaled``, same weights), with the validation WER of each.
 3. **Training.** A Transformer on G2P with ``dot`` against ``scaled_dot`` in every attention
    (``TransformerConfig.score``), same seed and data: validation WER per epoch, and how sharp
-   every head of every attention of the two trained models is (:func:`trained_sharpness`).
+   every head of every attention of the two trained models is (:func:`.g2p.attention_sharpness`).
 
 Verdict (:func:`verdict`): the softmax must saturate unscaled at the largest d_k (>= half the rows
 one-hot) and not scaled (<= 5% at every d_k), or the claim does not hold here; it holds if, on
@@ -33,7 +33,9 @@ from torch import Tensor
 from ..backends import attention
 from ..core.stats import sharpness
 from ..viz.static import Panel
+from . import g2p
 from .base import CONDITIONS, FAILS, HOLDS, Notes
+from .g2p import TrainSize
 
 __all__ = ["CLAIM", "CONFIG", "NAME", "NOTES", "QUICK", "ScalingConfig", "figure", "jacobian_norm", "verdict"]
 
@@ -136,53 +138,24 @@ def shipped(words: int | None) -> dict:
 
 def training(config: ScalingConfig, work: Path) -> dict:
     """Validation WER per epoch of a G2P Transformer with each score, trained in ``work``, and the
-    sharpness of the trained model's attention (:func:`trained_sharpness`)."""
-    from ..tasks.g2p import G2PTask
-    from ..train import TrainConfig, Trainer
-
-    size = {"d_model": config.d_model, "heads": config.heads, "ff_dim": config.ff_dim}
-    size |= {"encoder_layers": config.layers, "decoder_layers": config.layers}
-    train = TrainConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        warmup_steps=config.warmup_steps,
-        patience=config.epochs,  # every epoch runs: the curves are the result
-        seed=config.seed,
-    )
+    sharpness of every head of the trained model's attention (:func:`.g2p.attention_sharpness`)."""
+    model = {"d_model": config.d_model, "heads": config.heads, "ff_dim": config.ff_dim}
+    model |= {"encoder_layers": config.layers, "decoder_layers": config.layers}
+    size = TrainSize(
+        config.train_limit, config.valid_limit, config.epochs, config.batch_size, config.lr, config.warmup_steps,
+        config.seed,
+    )  # fmt: skip
     out: dict = {"d_k": config.d_model // config.heads}
     for score in SCORES:
-        task = G2PTask(
-            "transformer", {**size, "score": score}, limit=config.train_limit, valid_limit=config.valid_limit
-        )
-        trainer = Trainer(task, train, work / score, progress=False)
-        history = trainer.fit()["history"]
+        run = g2p.train("transformer", {**model, "score": score}, size, work / score)
         out[score] = {
-            "epoch": [r["epoch"] for r in history],
-            "wer": [r["wer"] for r in history],
-            "train_loss": [r["train_loss"] for r in history],
-            "attention": trained_sharpness(trainer.model, task),
-            "train_pairs": len(task.pairs),
+            "epoch": run.curve("epoch"),
+            "wer": run.curve("wer"),
+            "train_loss": run.curve("train_loss"),
+            "attention": g2p.attention_sharpness(run),
+            "train_pairs": len(run.task.pairs),
         }
     return out
-
-
-def trained_sharpness(model, task) -> dict:
-    """:func:`~attnkit.core.stats.sharpness` of every row of every head of every attention (encoder
-    self, decoder self and cross) of ``model``, teacher-forced on each validation word of ``task``
-    alone (no padding rows), with its first pronunciation."""
-    from ..modules.capture import capture
-
-    rows = []
-    model.eval()
-    with torch.no_grad(), capture(model) as rec:
-        for e in task.valid:
-            src = task.letters.pad([task.letters.encode(e.word)])  # (1, S)
-            tgt_in = task.phonemes.pad([task.phonemes.encode(e.pronunciations[0])], bos=True)  # (1, T + 1)
-            model(src, tgt_in)
-            rows += [w for _, w in rec.items()]  # (1, H, Tq, Tk) each
-            rec.clear()
-    return sharpness(rows)
 
 
 def measure(config: ScalingConfig, out: Path) -> dict:
@@ -284,7 +257,9 @@ def numbers(doc: dict) -> list[str]:
         )
     lines += [
         "",
-        "| Transformer | " + " | ".join(f"epoch {e}" for e in t["dot"]["epoch"]) + " | trained: one-hot rows | entropy |",
+        "| Transformer | "
+        + " | ".join(f"epoch {e}" for e in t["dot"]["epoch"])
+        + " | trained: one-hot rows | entropy |",
     ]
     lines.append("|---|" + "---:|" * (len(t["dot"]["epoch"]) + 2))
     for score in SCORES:

@@ -1,0 +1,86 @@
+"""G2P models trained and inspected for experiments: what every experiment that trains on CMUdict
+shares (scaling now; bottleneck, parameters and hard / soft / local can use the same calls).
+
+- :func:`train`: a G2P model trained by the project's :class:`~attnkit.train.Trainer` for a fixed
+  number of epochs (no early stopping: the curves are the result), with its per-epoch history.
+- :func:`attention_sharpness`: how peaked a trained model's attention is, every head and every
+  step, teacher-forced on validation words one at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..core.stats import sharpness
+
+__all__ = ["Run", "TrainSize", "attention_sharpness", "train"]
+
+
+@dataclass
+class TrainSize:
+    """How much and how long a model trains; the rest of :class:`~attnkit.train.TrainConfig` keeps
+    its defaults."""
+
+    limit: int | None  # training words; None: the whole training split
+    valid_limit: int  # validation words decoded (greedy) after each epoch
+    epochs: int  # every epoch runs
+    batch_size: int  # words per step
+    lr: float  # peak learning rate
+    warmup_steps: int  # linear warm-up steps
+    seed: int  # weights, batch order and dropout
+
+
+class Run(NamedTuple):
+    """A trained model, its task and one record per epoch (``epoch``, ``wer``, ``train_loss``, ...)."""
+
+    model: nn.Module
+    task: object  # the G2PTask
+    history: list[dict]
+
+    def curve(self, key: str) -> list[float]:
+        """``key`` of every epoch's record, in order."""
+        return [r[key] for r in self.history]
+
+
+def train(kind: str, model_config: dict, size: TrainSize, work: Path) -> Run:
+    """Train a G2P model of ``kind`` ("rnn" or "transformer") with ``model_config`` in the folder
+    ``work`` (checkpoints: scratch, not results)."""
+    from ..tasks.g2p import G2PTask
+    from ..train import TrainConfig, Trainer
+
+    config = TrainConfig(
+        epochs=size.epochs,
+        batch_size=size.batch_size,
+        lr=size.lr,
+        warmup_steps=size.warmup_steps,
+        patience=size.epochs,  # no early stopping
+        seed=size.seed,
+    )
+    task = G2PTask(kind, model_config, limit=size.limit, valid_limit=size.valid_limit)
+    trainer = Trainer(task, config, work, progress=False)
+    history = trainer.fit()["history"]
+    return Run(trainer.model, task, history)
+
+
+def attention_sharpness(run: Run) -> dict:
+    """:func:`~attnkit.core.stats.sharpness` of every weight row of every call of every attnkit
+    attention inside the trained model (each head of a ``MultiHeadAttention``, each decoder step of
+    an RNN's ``Attention``), teacher-forced on each validation word alone (no padding rows) with
+    its first pronunciation."""
+    from ..modules.capture import capture
+
+    task, rows = run.task, []
+    run.model.eval()
+    with torch.no_grad(), capture(run.model) as rec:
+        for e in task.valid:
+            src = task.letters.pad([task.letters.encode(e.word)])  # (1, S)
+            tgt_in = task.phonemes.pad([task.phonemes.encode(e.pronunciations[0])], bos=True)  # (1, T + 1)
+            run.model(src, tgt_in)
+            rows += [w for name in rec.names() for w in rec.calls(name)]  # (1, [H,] Tq, Tk) or (1, Tk)
+            rec.clear()
+    return sharpness(rows)
