@@ -64,7 +64,9 @@ class Experiment:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         load = loadavg()
-        doc = {"experiment": self.name, "config": asdict(config), "machine": machine(), "load_before": load}
+        size = "quick" if config == self.quick else "full" if config == self.config() else "custom"
+        doc = {"experiment": self.name, "size": size, "config": asdict(config), "machine": machine()}
+        doc["load_before"] = load
         doc |= self.measure(config, out)
         doc["load_after"] = loadavg()
         doc["verdict"], doc["why"] = self.verdict(doc)
@@ -76,7 +78,9 @@ class Experiment:
     def report(self, config, doc: dict) -> str:
         """The markdown report: claim, the notes' words, method, numbers, verdict."""
         m = doc["machine"]
-        lines = [f"# {self.name}: {self.claim}", "", "**The notes:**", ""]
+        lines = [f"# {self.name}: {self.claim}", "", f"A {doc['size']} run (`attnkit experiment {self.name}"]
+        lines[-1] += {"quick": " --quick`).", "full": "`).", "custom": "` with its own config)."}[doc["size"]]
+        lines += ["", "**The notes:**", ""]
         lines += [f"> {n.words} (`seeds/{n.seed}`)" for n in self.notes]
         lines += ["", "**Method.**", "", *[f"- {line}" for line in self.method(config)]]
         lines += [
