@@ -45,10 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnkit.data import cmudict
-from attnkit.tasks.g2p import score
+from attnkit.tasks.g2p import LENGTHS, by_length, score
 
 HERE = Path(__file__).parent
-LENGTHS = ((1, 5), (6, 8), (9, 11), (12, None))  # word-length buckets in letters
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,11 +82,7 @@ def read_outputs(path: Path, entries: list[cmudict.Entry]) -> list[tuple[str, ..
 def metrics(entries: list[cmudict.Entry], outputs) -> dict:
     """score() on the whole split and per word-length bucket, plus how many words got no output."""
     refs = [e.pronunciations for e in entries]
-    buckets = {}
-    for low, high in LENGTHS:
-        name = f"{low}+" if high is None else f"{low}-{high}"
-        idx = [i for i, e in enumerate(entries) if low <= len(e.word) and (high is None or len(e.word) <= high)]
-        buckets[name] = {"words": len(idx), **score([outputs[i] for i in idx], [refs[i] for i in idx])}
+    buckets = by_length([e.word for e in entries], outputs, refs)
     missing = sum(not o for o in outputs)
     return {**score(outputs, refs), "words": len(entries), "no_output": missing, "by_length": buckets}
 
