@@ -239,7 +239,7 @@ def _scales(ax, panel: Panel) -> None:
             axis.set_minor_formatter(NullFormatter())
     if panel.logx:
         xs = sorted({x for xs, _ in panel.series.values() for x in xs})
-        ax.set_xticks(xs, [f"{x:.3g}" for x in xs])
+        ax.set_xticks(xs, [f"{x:.4g}" for x in xs])
 
 
 def curves(panels: list[Panel], path: str | Path, *, title: str | None = None) -> Path:
