@@ -79,7 +79,14 @@ def _train(args, device) -> int:
         path = out / "last.safetensors"
         doc = G2PDoc.read(meta, path)
         try:
-            task = G2PTask(doc.model, doc.model_config, limit=doc.limit, valid_limit=doc.valid_limit)
+            task = G2PTask(
+                doc.model,
+                doc.model_config,
+                limit=doc.limit,
+                valid_limit=doc.valid_limit,
+                phrases=doc.phrases,
+                max_words=doc.max_words,
+            )
         except AttentionError as err:
             raise CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
         config = resumed_train_config(meta, path)

