@@ -130,3 +130,21 @@ def test_bad_phrase_options_are_rejected_when_the_task_is_built(kwargs, message)
     with pytest.raises(AttentionError) as err:
         G2PTask("rnn", TINY, **kwargs)
     assert str(err.value) == message
+
+
+def test_train_g2p_takes_phrases_from_the_command_line(tmp_path, capsys):
+    tiny = ["--hidden-dim", "8", "--embed-dim", "4", "--valid-limit", "4", "--batch-size", "16", "--epochs", "1"]
+    out = tmp_path / "run"
+    assert main(["train", "g2p", "--phrases", "24", "--max-words", "3", *tiny, "--out", str(out), "--no-progress"]) == 0
+    task = checkpoint.read_meta(out / "best.safetensors")["task"]
+    assert (task["phrases"], task["max_words"], task["valid_limit"]) == (24, 3, 4)
+    assert "_" in task["letters"] and "_" in task["phonemes"]
+    capsys.readouterr()
+    assert main(["train", "g2p", "--out", str(out), "--resume", "--phrases", "30"]) == 2
+    assert "drop --phrases" in capsys.readouterr().err
+
+
+def test_max_words_without_phrases_is_a_one_line_error(tmp_path, capsys):
+    assert main(["train", "g2p", "--max-words", "3", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "max_words=3 applies to phrases only" in err

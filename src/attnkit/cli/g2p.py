@@ -51,6 +51,13 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--limit", type=count, help="train on the first N training words only")
     p.add_argument("--valid-limit", type=count, help="validate on the first N validation words only")
+    p.add_argument(
+        "--phrases",
+        type=count,
+        help="train on N phrases instead of words: 1..--max-words training words joined by '_' (long inputs); "
+        "validated on --valid-limit validation phrases (default 1000)",
+    )
+    p.add_argument("--max-words", type=count, help="words per phrase, at most (default 8; with --phrases)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     add_run_flags(p)
     model = p.add_argument_group("model (fields of RNNConfig / TransformerConfig)")
@@ -75,7 +82,8 @@ def _train(args, device) -> int:
     model_given = given(args, set().union(*fields.values()))
     out = Path(args.out) if args.out else None
     if args.resume:
-        meta = resumed_run(out, {**model_given, **given(args, train_names + ["limit", "valid_limit"])}, "g2p")
+        task_flags = ["limit", "valid_limit", "phrases", "max_words"]
+        meta = resumed_run(out, {**model_given, **given(args, train_names + task_flags)}, "g2p")
         path = out / "last.safetensors"
         doc = G2PDoc.read(meta, path)
         try:
@@ -93,7 +101,8 @@ def _train(args, device) -> int:
     else:
         check_model_flags(args.model, fields, model_given)
         config = train_config(args, train_names)  # bad numbers before the data is read
-        task = G2PTask(args.model, model_given, limit=args.limit, valid_limit=args.valid_limit)
+        phrases = {} if args.max_words is None else {"max_words": args.max_words}
+        task = G2PTask(args.model, model_given, limit=args.limit, valid_limit=args.valid_limit, phrases=args.phrases, **phrases)
         if out is None:
             attention = model_given.get("attention", "luong-general") if args.model == "rnn" else None
             out = Path("runs") / "-".join(x for x in ("g2p", args.model, attention) if x)
