@@ -8,7 +8,7 @@
 # beam 5, quiet) is not timed decoding under contention, to keep each piece under 10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-GROUPS_=${GROUPS_:-"none,bahdanau luong-dot,luong-general luong-concat,local-m local-p,hard transformer@quiet transformer@contended"}
+GROUPS_=${GROUPS_:-"none,bahdanau luong-dot,luong-general,luong-general-nofeed luong-concat,local-m local-p,hard transformer@quiet transformer@contended"}
 LOCK=${LOCK:-/tmp/attnkit-cpu.lock}
 PARTS=${PARTS:-$(mktemp -d)}
 parts=()
