@@ -11,12 +11,54 @@ from cli_errors import one_line_error
 
 from attnkit.cli import main
 from attnkit.errors import AttentionError
-from attnkit.experiments import CONDITIONS, EXPERIMENTS, FAILS, HOLDS, VERDICTS, base, parallel, scaling
+from attnkit.experiments import (
+    CONDITIONS,
+    EXPERIMENTS,
+    FAILS,
+    HOLDS,
+    VERDICTS,
+    alignment,
+    base,
+    bottleneck,
+    hardsoft,
+    parallel,
+    parameters,
+    scaling,
+)
 from attnkit.models import TransformerConfig, TransformerSeq2Seq
 from attnkit.viz.static import Panel, curves
 
 TINY_TRANSFORMER = {"d_model": 16, "heads": 2, "ff_dim": 32, "encoder_layers": 1, "decoder_layers": 1}
+TINY_RNN = {"embed_dim": 8, "hidden_dim": 16}
 TOY = {
+    "alignment": alignment.AlignmentConfig(
+        kinds={
+            "luong": ("rnn", {"attention": "luong-general", "scaled": True, **TINY_RNN}),
+            "transformer": ("transformer", TINY_TRANSFORMER),
+        },
+        aligner_words=50, aligner_iterations=2, words=24, valid_words=10, epochs=1, batch_size=8, warmup_steps=1,
+    ),
+    "hardsoft": hardsoft.HardSoftConfig(
+        kinds=["softmax", "hard (REINFORCE)", "local-m", "local-p", "sparsemax"], rnn=TINY_RNN, words=24,
+        valid_words=6, epochs=1, batch_size=8, warmup_steps=1,
+    ),
+    "parameters": parameters.ParametersConfig(
+        kinds={
+            parameters.BASELINE: ("rnn", {"attention": "none", "embed_dim": 8}, "hidden_dim", [8, 16]),
+            "luong": ("rnn", {"attention": "luong-general", "embed_dim": 8}, "hidden_dim", [8, 16]),
+            "transformer": ("transformer", {"encoder_layers": 1, "decoder_layers": 1}, "d_model", [8, 16]),
+        },
+        words=24, valid_words=6, epochs=1, batch_size=8, warmup_steps=1,
+    ),
+    "bottleneck": bottleneck.BottleneckConfig(
+        kinds={
+            "none": ("rnn", {"attention": "none", **TINY_RNN}),
+            "luong": ("rnn", {"attention": "luong-general", "scaled": True, **TINY_RNN}),
+            "transformer": ("transformer", {**TINY_TRANSFORMER, "max_len": 256}),
+        },
+        phrases=24, max_words=3, valid_phrases=9, phrase_epochs=1, phrase_batch=8, words=24, valid_words=12,
+        word_epochs=1, word_batch=8, warmup_steps=1, epoch_valid=3,
+    ),
     "scaling": scaling.ScalingConfig(
         dims=[4, 64, 1024], queries=16, seeds=2, shipped_words=12, d_model=16, heads=2, ff_dim=32, layers=1,
         train_limit=40, valid_limit=8, epochs=2, batch_size=32, warmup_steps=2,
@@ -112,6 +154,110 @@ def test_the_parallel_verdict_follows_its_rule(ratios, expected, crossing):
         assert f"faster from S = T = {crossing} on" in why
 
 
+def bottleneck_doc(per: dict[str, list[float | None]]) -> dict:
+    """A made-up document with the phrase PER per word count that :func:`bottleneck.verdict` reads."""
+    doc = {"kinds": list(per)}
+    for kind, pers in per.items():
+        doc[kind] = {"phrases": {"words": list(range(1, len(pers) + 1)), "per": pers}}
+    return doc
+
+
+@pytest.mark.parametrize(
+    "per, expected",
+    [
+        ({"none": [10, 20, 40], "luong": [8, 9, 12], "transformer": [9, 10, 11]}, HOLDS),
+        ({"none": [10, 20, 40], "luong": [8, 9, 12], "transformer": [9, 30, 50]}, CONDITIONS),
+        ({"none": [10, 20, 40], "luong": [8, 9, 24], "transformer": [9, 30, 50]}, FAILS),  # 16 > 15 = half of 30
+        ({"none": [10, 12, 14], "luong": [8, 9, 9]}, FAILS),  # no bottleneck: 4 < 5 points lost
+        ({"none": [10, 20, None], "luong": [8, 9, None]}, HOLDS),  # a word count without phrases is skipped
+        ({"none": [10, 20, 20], "luong": [0, 5, 20]}, FAILS),  # holds up in share, but not below none
+    ],
+)
+def test_the_bottleneck_verdict_follows_its_rule(per, expected):
+    assert bottleneck.verdict(bottleneck_doc(per))[0] == expected
+
+
+def test_bottleneck_scores_phrases_by_their_word_count():
+    spellings = ["ab", "ab_cd", "ab_cd", "a_b_c"]
+    hyps = [("A",), ("A", "_", "B"), ("X",), ("A", "_", "B", "_", "C")]
+    refs = [[("A",)], [("A", "_", "B")], [("A", "_", "B")], [("A", "_", "B", "_", "C")]]
+    out = bottleneck.by_words(spellings, hyps, refs, 4)
+    assert out["words"] == [1, 2, 3, 4] and out["phrases"] == [1, 2, 1, 0]
+    assert out["wer"] == [0.0, 50.0, 0.0, None] and out["letters"] == [2.0, 5.0, 5.0, None]
+    assert out["per"][1] == 100 * 3 / 6  # "X" against A _ B: 1 substitution + 2 deletions over 6 reference phonemes
+
+
+def hardsoft_doc(gaps: dict[str, float]) -> dict:
+    """A made-up document: softmax at 30% WER, each other kind ``gaps[kind]`` points above it."""
+    kinds = [hardsoft.SOFT, *gaps]
+    return {"kinds": kinds, hardsoft.SOFT: {"wer": 30.0}, **{k: {"wer": 30.0 + g} for k, g in gaps.items()}}
+
+
+@pytest.mark.parametrize(
+    "gaps, expected",
+    [
+        ({"hard (REINFORCE)": 5.0, "local-m": 0.5, "local-p": -1.0}, HOLDS),
+        ({"hard (REINFORCE)": 5.0, "local-m": 0.5, "local-p": 1.0}, CONDITIONS),  # local-p 1 point worse: not within
+        ({"hard (REINFORCE)": 0.9, "local-m": 0.5, "local-p": 0.0}, CONDITIONS),  # hard trains about as well
+        ({"hard (REINFORCE)": -2.0, "local-m": 3.0, "local-p": 0.0}, FAILS),
+    ],
+)
+def test_the_hardsoft_verdict_follows_its_rule(gaps, expected):
+    assert hardsoft.verdict(hardsoft_doc(gaps))[0] == expected
+
+
+def alignment_doc(errors: dict[str, float], diagonal: float) -> dict:
+    return {"kinds": list(errors), "diagonal_error": diagonal, **{k: {"error": e} for k, e in errors.items()}}
+
+
+@pytest.mark.parametrize(
+    "errors, diagonal, expected",
+    [
+        ({"luong": 0.1, "transformer": 0.2, alignment.REVERSED: 0.12}, 0.4, HOLDS),
+        ({"luong": 0.1, "transformer": 0.5, alignment.REVERSED: 0.12}, 0.4, CONDITIONS),
+        ({"luong": 0.2, "transformer": 0.2, alignment.REVERSED: 0.2}, 0.15, FAILS),  # no better than the diagonal
+        ({"luong": 0.3, "transformer": 0.3, alignment.REVERSED: 0.3}, 0.6, FAILS),  # above 25%
+    ],
+)
+def test_the_alignment_verdict_follows_its_rule(errors, diagonal, expected):
+    assert alignment.verdict(alignment_doc(errors, diagonal))[0] == expected
+
+
+def test_argmax_error_counts_phonemes_pointing_outside_their_unit():
+    w = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.2, 0.7], [0.0, 0.6, 0.4], [0.3, 0.3, 0.4]])  # 3 phonemes + the end
+    reference = [(0,), (1, 2), (2,)]  # the second phoneme's unit is two letters
+    assert alignment.argmax_error(w, reference) == (1, 3)  # argmax 0, 2, 1: the third is wrong
+    assert alignment.argmax_error(w, reference, shift=1) == (1, 3)  # one step late: 0, 0, 2: the second is wrong
+
+
+@pytest.mark.parametrize(
+    "wers, target, expected",
+    [
+        ([60.0, 40.0, 30.0], 40.0, 1000.0),  # reached exactly at the middle size
+        ([60.0, 50.0, 30.0], 40.0, math.sqrt(1000.0 * 10000.0)),  # halfway in WER: the geometric mean
+        ([35.0, 30.0, 20.0], 40.0, 100.0),  # the smallest size already reaches it
+        ([60.0, 50.0, 45.0], 40.0, None),  # never
+    ],
+)
+def test_parameters_needed_interpolates_in_log_parameters(wers, target, expected):
+    got = parameters.needed([100, 1000, 10000], wers, target)
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize(
+    "needs, expected",
+    [
+        ({"luong": 1e5, "transformer": 2e5}, HOLDS),  # the baseline needs 1e6
+        ({"luong": 1e5, "transformer": 2e6}, CONDITIONS),
+        ({"luong": None, "transformer": 2e6}, FAILS),
+    ],
+)
+def test_the_parameters_verdict_follows_its_rule(needs, expected):
+    doc = {"kinds": [parameters.BASELINE, *needs], "target_wer": 40.0, parameters.BASELINE: {"needed": 1e6}}
+    doc |= {k: {"needed": v} for k, v in needs.items()}
+    assert parameters.verdict(doc)[0] == expected
+
+
 def test_jacobian_norm_is_the_frobenius_norm_of_the_softmax_jacobian():
     scores = torch.randn(3, 7, dtype=torch.float64) * 4
     for row in scores:
@@ -159,3 +305,8 @@ def test_attention_sharpness_reads_one_row_per_decoder_step_of_each_word():
     stats = g2p.attention_sharpness(g2p.Run(task.build(), task, []))
     assert stats["rows"] == sum(len(e.pronunciations[0]) + 1 for e in task.valid)  # BOS + each phoneme
     assert 0 < stats["entropy"] <= max(math.log(len(e.word)) for e in task.valid) + 1e-9
+    letters = sum((len(e.pronunciations[0]) + 1) * len(task.letters.encode(e.word)) for e in task.valid)
+    assert stats["support"] == pytest.approx(letters / stats["rows"])  # a softmax row weighs every letter
+
+    sparse = G2PTask("rnn", {"hidden_dim": 8, "embed_dim": 4, "attention": "gumbel"}, limit=1, valid_limit=5)
+    assert g2p.attention_sharpness(g2p.Run(sparse.build(), sparse, []))["support"] == 1.0  # argmax at inference

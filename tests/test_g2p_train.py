@@ -64,6 +64,25 @@ def test_hard_attention_learns_its_scores_through_reinforce():
     assert grad is not None and grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("attention", ["gumbel", "sparsemax", "entmax15"])
+def test_gumbel_and_sparse_attention_learn_their_scores_and_decode_deterministically(attention):
+    task = G2PTask("rnn", {**TINY_RNN, "attention": attention}, limit=40, valid_limit=1)
+    torch.manual_seed(0)
+    model = task.build().train()
+    batch = task.batches(0, torch.Generator().manual_seed(0), 16)[0]
+    loss, _ = task.loss(model, batch, TrainConfig())
+    loss.backward()
+    grad = model.attention.score_params["W"].grad  # straight-through / sparse maps pass a gradient to the score
+    assert grad is not None and grad.abs().sum() > 0
+    model.eval()  # gumbel: the argmax at inference, no noise; the sparse maps have none
+    src = batch[0][:4]
+    with torch.no_grad():
+        first, second = model.decode(model.encode(src), batch[1][:4, :-1]), model.decode(model.encode(src), batch[1][:4, :-1])
+    torch.testing.assert_close(first.weights, second.weights, rtol=0, atol=0)
+    if attention == "gumbel":
+        assert ((first.weights == 0) | (first.weights == 1)).all()  # one-hot rows at inference
+
+
 CHILD = textwrap.dedent(
     """
     import sys, torch

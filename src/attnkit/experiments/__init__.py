@@ -4,15 +4,19 @@ Each experiment (:class:`~attnkit.experiments.base.Experiment`) tests one claim 
 real models and data, writes a picture, a JSON of every number and a markdown report, and decides
 its verdict (:data:`VERDICTS`) from the JSON's numbers by a rule written in its module.
 
+- ``alignment`` (:mod:`.alignment`): attention weights are an alignment (against an EM aligner).
+- ``bottleneck`` (:mod:`.bottleneck`): attention removes the fixed-context bottleneck on long inputs.
+- ``hardsoft`` (:mod:`.hardsoft`): hard attention trains worse than soft; local loses little.
+- ``parameters`` (:mod:`.parameters`): attention needs fewer parameters for the same quality.
 - ``scaling`` (:mod:`.scaling`): dividing dot products by √d_k keeps the softmax from saturating.
 - ``parallel`` (:mod:`.parallel`): self-attention trains faster than an RNN.
 """
 
 from __future__ import annotations
 
-from . import parallel, scaling
+from . import alignment, bottleneck, hardsoft, parallel, parameters, scaling
 from .base import CONDITIONS, FAILS, HOLDS, VERDICTS, Experiment, Notes
 
 __all__ = ["CONDITIONS", "EXPERIMENTS", "FAILS", "HOLDS", "VERDICTS", "Experiment", "Notes"]
 
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in map(Experiment.of, (scaling, parallel))}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in map(Experiment.of, (alignment, bottleneck, hardsoft, parallel, parameters, scaling))}

@@ -4,12 +4,12 @@ shares (scaling now; bottleneck, parameters and hard / soft / local can use the 
 - :func:`train`: a G2P model trained by the project's :class:`~attnkit.train.Trainer` for a fixed
   number of epochs (no early stopping: the curves are the result), with its per-epoch history.
 - :func:`attention_sharpness`: how peaked a trained model's attention is, every head and every
-  step, teacher-forced on validation words one at a time.
+  step, teacher-forced on validation words one at a time (:func:`attention_rows`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from ..core.stats import sharpness
 
-__all__ = ["Run", "TrainSize", "attention_sharpness", "train"]
+__all__ = ["Run", "TrainSize", "attention_rows", "attention_sharpness", "train"]
 
 
 @dataclass
@@ -33,6 +33,8 @@ class TrainSize:
     lr: float  # peak learning rate
     warmup_steps: int  # linear warm-up steps
     seed: int  # weights, batch order and dropout
+    phrases: int | None = None  # train on this many phrases instead of words (``limit`` must be None)
+    max_words: int = 8  # words per phrase, 1..max_words (with phrases only)
 
 
 class Run(NamedTuple):
@@ -47,9 +49,10 @@ class Run(NamedTuple):
         return [r[key] for r in self.history]
 
 
-def train(kind: str, model_config: dict, size: TrainSize, work: Path) -> Run:
+def train(kind: str, model_config: dict, size: TrainSize, work: Path, *, reverse: bool = False) -> Run:
     """Train a G2P model of ``kind`` ("rnn" or "transformer") with ``model_config`` in the folder
-    ``work`` (checkpoints: scratch, not results)."""
+    ``work`` (checkpoints: scratch, not results). ``reverse``: every spelling, training and
+    validation, is read backwards (a task whose alignment is the anti-diagonal)."""
     from ..tasks.g2p import G2PTask
     from ..train import TrainConfig, Trainer
 
@@ -61,17 +64,28 @@ def train(kind: str, model_config: dict, size: TrainSize, work: Path) -> Run:
         patience=size.epochs,  # no early stopping
         seed=size.seed,
     )
-    task = G2PTask(kind, model_config, limit=size.limit, valid_limit=size.valid_limit)
+    phrases = {} if size.phrases is None else {"phrases": size.phrases, "max_words": size.max_words}
+    task = G2PTask(kind, model_config, limit=size.limit, valid_limit=size.valid_limit, **phrases)
+    if reverse:
+        task.valid = [replace(e, word=e.word[::-1]) for e in task.valid]
+        task.pairs = [(src[::-1], tgt) for src, tgt in task.pairs]
     trainer = Trainer(task, config, work, progress=False)
     history = trainer.fit()["history"]
     return Run(trainer.model, task, history)
 
 
 def attention_sharpness(run: Run) -> dict:
-    """:func:`~attnkit.core.stats.sharpness` of every weight row of every call of every attnkit
-    attention inside the trained model (each head of a ``MultiHeadAttention``, each decoder step of
-    an RNN's ``Attention``), teacher-forced on each validation word alone (no padding rows) with
-    its first pronunciation."""
+    """:func:`~attnkit.core.stats.sharpness` of :func:`attention_rows`, plus ``support``: the mean
+    number of letters a row gives a weight above zero (sparse maps and hard attention: few)."""
+    rows = attention_rows(run)
+    support = sum(float(w.gt(0).sum()) for w in rows) / sum(w.numel() // w.shape[-1] for w in rows)
+    return {**sharpness(rows), "support": support}
+
+
+def attention_rows(run: Run) -> list[torch.Tensor]:
+    """The weights of every call of every attnkit attention inside the trained model (each head
+    of a ``MultiHeadAttention``, each decoder step of an RNN's ``Attention``), teacher-forced on each
+    validation word alone (no padding rows) with its first pronunciation: tensors (..., Tk)."""
     from ..modules.capture import capture
 
     task, rows = run.task, []
@@ -83,4 +97,4 @@ def attention_sharpness(run: Run) -> dict:
             run.model(src, tgt_in)
             rows += [w for name in rec.names() for w in rec.calls(name)]  # (1, [H,] Tq, Tk) or (1, Tk)
             rec.clear()
-    return sharpness(rows)
+    return rows

@@ -10,11 +10,14 @@ The decoder step for each ``attention`` (y the previous target token, s the deco
   *previous* state s_{t-1}; c_t is fed into the step: s_t = RNN([emb(y); c_t], s_{t-1});
   o_t = tanh(W_o [s_t; c_t]).
 - Luong et al. 2015 (``luong-dot``, ``luong-general``, ``luong-concat``, ``local-m``, ``local-p``,
-  ``hard``): the step comes first, s_t = RNN([emb(y); õ_{t-1}], s_{t-1}) with input feeding of the
-  previous attentional state; then a_t from score(s_t, h_j), c_t = Σ_j a_tj h_j and
-  õ_t = tanh(W_c [c_t; s_t]). ``local-m`` attends h_{t-D}..h_{t+D}; ``local-p`` predicts a centre
+  ``hard``, ``sparsemax``, ``entmax15``, ``gumbel``): the step comes first,
+  s_t = RNN([emb(y); õ_{t-1}], s_{t-1}) with input feeding of the previous attentional state;
+  then a_t from score(s_t, h_j), c_t = Σ_j a_tj h_j and õ_t = tanh(W_c [c_t; s_t]). ``local-m`` attends h_{t-D}..h_{t+D}; ``local-p`` predicts a centre
   p_t and weights a Gaussian around it; ``hard`` samples one position from a_t in training (trained
-  with REINFORCE, :attr:`Decoded.log_prob`) and takes the argmax at inference (Xu et al. 2015).
+  with REINFORCE, :attr:`Decoded.log_prob`) and takes the argmax at inference (Xu et al. 2015);
+  ``sparsemax`` and ``entmax15`` replace the softmax by a sparse map (exact zeros); ``gumbel`` is
+  straight-through Gumbel-softmax in training (a one-hot forward, the soft gradient) and the
+  argmax at inference.
   With ``input_feed=False`` the step reads emb(y) alone: s_t no longer depends on õ_{t-1}, so
   teacher forcing runs the RNN once over the whole target and attends from all T states at once.
 logits_t = W_out o_t.
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.normalizers import Sample
+from ..core.normalizers import Gumbel, Sample
 from ..errors import AttentionError, check_int, check_probability
 from ..modules import Attention
 from .base import Decoded, Memory, source_padding
@@ -50,6 +53,9 @@ ATTENTIONS: dict[str, tuple[str, str, str] | None] = {
     "local-m": ("general", "local-m", "softmax"),
     "local-p": ("general", "local-p", "softmax"),
     "hard": ("general", "global", "sample"),
+    "sparsemax": ("general", "global", "sparsemax"),
+    "entmax15": ("general", "global", "entmax15"),
+    "gumbel": ("general", "global", "gumbel"),
 }
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 SCALED = {"dot": "scaled_dot", "general": "scaled_general"}  # the scores ``scaled=True`` divides by √M
@@ -195,7 +201,7 @@ class RNNSeq2Seq(nn.Module):
 
     def _att_kwargs(self, memory: Memory, need_weights: bool) -> dict:
         kwargs = {"key_padding_mask": memory.padding, "need_weights": need_weights, "projected_key": memory.keys}
-        if not self.training and isinstance(getattr(self.attention, "normalize", None), Sample):
+        if not self.training and isinstance(getattr(self.attention, "normalize", None), Sample | Gumbel):
             kwargs["normalize"] = "hard"  # sampled in training, argmax at inference
         return kwargs
 
