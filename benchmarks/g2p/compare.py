@@ -3,9 +3,13 @@
     OMP_NUM_THREADS=1 python benchmarks/g2p/compare.py [--epochs 3] [--out runs/compare] [--only NAME ...]
 
 Every model of MODELS sees the same data, batches, seed, schedule and number of epochs; the
-shipped model (the default configuration, 12 epochs) is trained by the same command in its own
-folder. Each is then evaluated on the whole test split with beam 5. A run folder that already has
-a best checkpoint is evaluated, not retrained. Results: ``benchmarks/g2p/results.md`` and ``.json``.
+shipped model is trained by its own recipe in its own folder (SHIPPED: its flags, folder and the
+checkpoint it ships, chosen on validation). Each is then evaluated on the whole test split with
+beam 5 (``attnkit eval --json``): WER / PER, WER by word length and the sharpness of the decoded
+attention. A run folder that already has a best checkpoint is evaluated, not retrained. The
+previously shipped model (PREVIOUS) is evaluated from its file, with the training record it had.
+Results: ``benchmarks/g2p/results.md`` (with the peers of ``peers.json`` beside every table) and
+``results.json``.
 """
 
 from __future__ import annotations
@@ -23,11 +27,21 @@ MODELS = {
     "rnn, no attention": ["--attention", "none"],
     "rnn, Bahdanau": ["--attention", "bahdanau"],
     "rnn, Luong general": ["--attention", "luong-general"],
+    "rnn, Luong general, scaled": ["--attention", "luong-general", "--scaled"],
     "rnn, Luong local-p": ["--attention", "local-p"],
     "transformer": ["--model", "transformer", "--ff-dim", "512", "--lr", "1e-3"],
 }
-# the shipped model: the default configuration trained longer, in its own folder
-SHIPPED = {"rnn, Luong general, 12 epochs (shipped)": (["--epochs", "12"], "runs/g2p-main")}
+# the shipped model: its recipe (README), its folder, the checkpoint it ships (average.py's choice)
+RECIPE = "--scaled --no-input-feed --layers 2 --embed-dim 128 --hidden-dim 256 --dropout 0.3 --epochs 40 --patience 8"
+RECIPE += " --keep-epochs 5 --precision bf16 --checkpoint-every 200"
+SHIPPED = {
+    "rnn, Luong scaled general, 2 layers, no input feeding, checkpoint average (shipped)": (
+        RECIPE.split(),
+        "runs/g2p-ship2",
+        "averaged.safetensors",
+    )
+}
+PREVIOUS = "rnn, Luong general, 12 epochs (shipped before)"  # evaluated from a copy of its file, if given
 
 
 def attnkit(*args: str) -> None:
@@ -39,35 +53,83 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--only", action="append")
+    parser.add_argument("--previous", type=Path, help=f"a copy of the file of {PREVIOUS!r}, to evaluate it again")
+    parser.add_argument("--report", action="store_true", help="only write results.md from results.json")
     args = parser.parse_args()
     here = Path(__file__).parent
     results_path = here / "results.json"
     runs = {
-        name: (flags + ["--epochs", str(args.epochs)], Path(args.out) / slug(name)) for name, flags in MODELS.items()
+        name: (flags + ["--epochs", str(args.epochs)], Path(args.out) / slug(name), "best.safetensors")
+        for name, flags in MODELS.items()
     }
-    runs.update({name: (flags, Path(run)) for name, (flags, run) in SHIPPED.items()})
-    for name, (flags, run) in runs.items():
-        if args.only and name not in args.only:
+    runs.update({name: (flags, Path(run), file) for name, (flags, run, file) in SHIPPED.items()})
+    if args.previous:
+        runs[PREVIOUS] = (None, args.previous.parent, args.previous.name)
+    for name, (flags, run, file) in runs.items():
+        if args.report or (args.only and name not in args.only):
             continue
-        if not (run / "best.safetensors").exists():
+        if flags is not None and not (run / "best.safetensors").exists():
             attnkit("train", "g2p", *flags, "--out", str(run), "--no-progress")
-        attnkit("eval", str(run), "--beam", "5", "--json", str(run / "test.json"))
-        figures = json.loads((run / "test.json").read_text())
-        history = json.loads((run / "history.json").read_text())
+        out = run / f"test-{Path(file).stem}.json"
+        attnkit("eval", str(run / file), "--beam", "5", "--json", str(out))
+        figures = json.loads(out.read_text())
         results = json.loads(results_path.read_text()) if results_path.exists() else {}  # re-read: runs may be parallel
-        results[name] = {
-            **figures,
-            "command": "attnkit train g2p " + " ".join(flags),
-            "epochs": len(history),
-            "train_seconds": history[-1]["elapsed_s"],
-            "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-        }
+        if flags is None:  # the previous shipped model: its training record stays
+            record = {k: results[name][k] for k in ("command", "epochs", "train_seconds", "hardware")}
+        else:
+            history = json.loads((run / "history.json").read_text())
+            record = {
+                "command": "attnkit train g2p " + " ".join(flags),
+                "epochs": len(history),
+                "train_seconds": history[-1]["elapsed_s"],
+                "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+            }
+        results[name] = {**figures, **record, "checkpoint": file}
         results_path.write_text(json.dumps(results, indent=2) + "\n")
-        (here / "results.md").write_text(table(results))
+    results = json.loads(results_path.read_text())
+    (here / "results.md").write_text(table(results) + "\n" + by_length(results, peers(here)))
 
 
 def slug(name: str) -> str:
     return name.replace(", ", "-").replace(" ", "-").lower()
+
+
+def peers(here: Path) -> list[dict]:
+    """The peers' test results (peers.py), if they were run."""
+    path = here / "peers.json"
+    return json.loads(path.read_text())["peers"] if path.exists() else []
+
+
+def _ordered(results: dict) -> list[tuple[str, dict]]:
+    order = [*MODELS, PREVIOUS, *SHIPPED]
+    return sorted(((n, r) for n, r in results.items() if n in order), key=lambda item: order.index(item[0]))
+
+
+def by_length(results: dict, peers: list[dict]) -> str:
+    """WER (stress kept / removed) per word-length bucket, and the sharpness of the decoded
+    attention, for every model and peer."""
+    buckets = list(next(iter(results.values()))["by_length"])
+    rows = [
+        "| model | " + " | ".join(f"{b} letters" for b in buckets) + " | one-hot steps | mean entropy (nats) |",
+        "|---|" + "---:|" * (len(buckets) + 2),
+    ]
+    for name, r in _ordered(results):
+        cells = " | ".join(f"{r['by_length'][b]['wer']:.2f} / {r['by_length'][b]['wer_nostress']:.2f}" for b in buckets)
+        a = r.get("attention")
+        sharp = "- | -" if a is None else f"{100 * a['saturated']:.1f}% | {a['entropy']:.3f}"
+        rows.append(f"| {name} | {cells} | {sharp} |")
+    for p in peers:
+        b = p["test"]["by_length"]
+        cells = " | ".join(f"{b[k]['wer']:.2f} / {b[k]['wer_nostress']:.2f}" for k in buckets)
+        setting = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p["chosen"].items())
+        rows.append(f"| {p['peer']} ({setting}) | {cells} | - | - |")
+    words = " | ".join(str(next(iter(results.values()))["by_length"][b]["words"]) for b in buckets)
+    rows.append(f"| test words in the bucket | {words} | | |")
+    return (
+        "WER % by word length, stress kept / removed (test, beam 5); attention over every decoded step\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def table(results: dict) -> str:
@@ -75,8 +137,7 @@ def table(results: dict) -> str:
         "| model | parameters | WER % | PER % | WER % (no stress) | PER % (no stress) | training | words/s greedy / beam 5 |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
-    order = [*MODELS, *SHIPPED]
-    for name, r in sorted(results.items(), key=lambda item: order.index(item[0])):
+    for name, r in _ordered(results):
         rows.append(
             f"| {name} | {r['parameters']:,} | {r['wer']:.2f} | {r['per']:.2f} | {r['wer_nostress']:.2f} | "
             f"{r['per_nostress']:.2f} | {r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min, {r['hardware']} | "

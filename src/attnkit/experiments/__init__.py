@@ -19,4 +19,6 @@ from .base import CONDITIONS, FAILS, HOLDS, VERDICTS, Experiment, Notes
 
 __all__ = ["CONDITIONS", "EXPERIMENTS", "FAILS", "HOLDS", "VERDICTS", "Experiment", "Notes"]
 
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in map(Experiment.of, (alignment, bottleneck, hardsoft, parallel, parameters, scaling))}
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e for e in map(Experiment.of, (alignment, bottleneck, hardsoft, parallel, parameters, scaling))
+}

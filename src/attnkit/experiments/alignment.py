@@ -31,7 +31,7 @@ from ..data import cmudict
 from ..data.align import Aligner, letter_of_phoneme
 from ..viz.static import Panel
 from . import g2p
-from .base import CONDITIONS, FAILS, HOLDS, Notes
+from .base import CONDITIONS, FAILS, HOLDS, Notes, numbered
 from .g2p import TrainSize
 
 __all__ = ["CLAIM", "CONFIG", "NAME", "NOTES", "QUICK", "AlignmentConfig", "argmax_error", "figure", "verdict"]
@@ -80,7 +80,7 @@ QUICK = AlignmentConfig(
         "bahdanau": ("rnn", {"attention": "bahdanau", "embed_dim": 32, "hidden_dim": 96}),
         "transformer": ("transformer", {"d_model": 64, "heads": 2, "ff_dim": 128}),
     },
-    aligner_words=4000, words=12000, valid_words=500, epochs=3, batch_size=64, warmup_steps=100,
+    aligner_words=4000, words=20000, valid_words=500, epochs=3, batch_size=64, warmup_steps=100,
 )  # fmt: skip
 
 
@@ -192,10 +192,15 @@ def figure(doc: dict) -> list[Panel]:
     paths = {"EM reference": (steps, ex["reference"])}
     paths |= {k: (steps, doc[k]["example_argmax"]) for k in doc["kinds"]}
     return [
-        Panel(f"argmax letter per phoneme, '{ex['word']}' ({n} letters)", "phoneme", "letter position (reversed: n-1-i)", paths),
         Panel(
-            "alignment error: " + ", ".join(f"{i} = {k}" for i, k in enumerate(doc["kinds"])),
-            "model",
+            f"argmax letter per phoneme: '{ex['word']}' ({n} letters)",
+            "phoneme",
+            "letter position as the model reads it",
+            paths,
+        ),
+        Panel(
+            "alignment error",
+            numbered(doc["kinds"], per_line=2),
             "share of phonemes",
             {
                 "attention argmax": (index, [doc[k]["error"] for k in doc["kinds"]]),

@@ -17,13 +17,24 @@ from ..bench.train import loadavg, machine
 from ..train.checkpoint import write_json
 from ..viz.static import Panel, curves
 
-__all__ = ["CONDITIONS", "FAILS", "HOLDS", "VERDICTS", "Experiment", "Notes"]
+__all__ = ["CONDITIONS", "FAILS", "HOLDS", "VERDICTS", "Experiment", "Notes", "numbered"]
 
 HOLDS = "holds"
 CONDITIONS = "holds under conditions"
 FAILS = "does not hold here"
 VERDICTS = (HOLDS, CONDITIONS, FAILS)
 _CONSTANTS = ("name", "claim", "notes", "config", "quick")  # module constants, in capitals: NAME, ...
+
+
+def numbered(names: list[str], per_line: int = 3) -> str:
+    """An axis label that says which name each x = 0, 1, ... stands for, ``per_line`` to a line.
+
+    >>> print(numbered(["a", "b", "c", "d"], per_line=2))
+    0 = a, 1 = b,
+    2 = c, 3 = d
+    """
+    items = [f"{i} = {n}" for i, n in enumerate(names)]
+    return ",\n".join(", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line))
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ QUICK = ParametersConfig(
         "rnn, Luong attention": ("rnn", {"attention": "luong-general", "scaled": True, "embed_dim": 32}, "hidden_dim", [24, 48, 96]),
         "transformer": ("transformer", {"encoder_layers": 2, "decoder_layers": 2}, "d_model", [24, 48, 96]),
     },
-    words=6000, valid_words=400, epochs=3, batch_size=64, warmup_steps=50,
+    words=15000, valid_words=400, epochs=4, batch_size=64, warmup_steps=100,
 )  # fmt: skip
 
 
