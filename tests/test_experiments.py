@@ -94,6 +94,7 @@ def test_each_experiment_runs_at_a_toy_size_and_its_picture_and_verdict_come_fro
     doc = json.loads((tmp_path / f"{name}.json").read_text())
     exp = EXPERIMENTS[name]
     assert (tmp_path / f"{name}.png").stat().st_size > 0
+    assert not (tmp_path / f"{name}-work").exists()  # checkpoints go once the results are written
     assert pictures == [exp.figure(doc)]  # the picture is the JSON's
     assert drawn(pictures[0]) <= numbers_in(doc)  # every number drawn is in the JSON, as drawn
     verdict, why = exp.verdict(doc)
@@ -310,3 +311,20 @@ def test_attention_sharpness_reads_one_row_per_decoder_step_of_each_word():
 
     sparse = G2PTask("rnn", {"hidden_dim": 8, "embed_dim": 4, "attention": "gumbel"}, limit=1, valid_limit=5)
     assert g2p.attention_sharpness(g2p.Run(sparse.build(), sparse, []))["support"] == 1.0  # argmax at inference
+
+
+def test_an_experiment_training_stopped_midway_continues_from_its_checkpoint(tmp_path, one_thread):
+    """g2p.train in a folder with a checkpoint resumes it: a run stopped after some steps and run
+    again ends with the weights and history of a run that never stopped; a finished run is loaded."""
+    from attnkit.experiments import g2p
+
+    size = g2p.TrainSize(24, 4, 2, 8, 2e-3, 1, 0)  # 3 steps an epoch
+    config = {**TINY_RNN, "dropout": 0.3}
+    whole = g2p.train("rnn", config, size, tmp_path / "whole")
+    g2p.trainer("rnn", config, size, tmp_path / "stopped").fit(max_steps=4)  # stopped in the second epoch
+    resumed = g2p.train("rnn", config, size, tmp_path / "stopped")
+    again = g2p.train("rnn", config, size, tmp_path / "stopped")  # finished: loaded, not trained
+    for run in (resumed, again):
+        assert [r["wer"] for r in run.history] == [r["wer"] for r in whole.history]
+        for a, b in zip(run.model.state_dict().values(), whole.model.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -21,7 +21,6 @@ the diagonal guess's, and the reversed model's too; holds under conditions if so
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +108,7 @@ def _weights(run: g2p.Run, word: str, phones) -> torch.Tensor:
         return run.model.decode(run.model.encode(src), tgt_in).weights[0].float()  # (T + 1, S)
 
 
-def measure(config: AlignmentConfig, out: Path) -> dict:
+def measure(config: AlignmentConfig, work: Path) -> dict:
     """The aligner, then per model its alignment error on the cut validation words, the diagonal
     guess's, and the example word's argmax path and reference."""
     train = cmudict.load("train")[: config.aligner_words]
@@ -146,25 +145,24 @@ def measure(config: AlignmentConfig, out: Path) -> dict:
     first = next(iter(config.kinds))
     runs = [(label, kind, cfg, False) for label, (kind, cfg) in config.kinds.items()]
     runs.append((REVERSED, *config.kinds[first], True))
-    with tempfile.TemporaryDirectory(prefix="attnkit-alignment-") as work:  # checkpoints: not results
-        for label, kind, model_config, reverse in runs:
-            run = g2p.train(kind, model_config, size, Path(work) / label.replace(" ", "-"), reverse=reverse)
-            wrong = late = 0
-            for e, ref in checked:
-                n = len(e.word)
-                word, ref = (e.word[::-1], [tuple(n - 1 - i for i in r) for r in ref]) if reverse else (e.word, ref)
-                w = _weights(run, word, e.pronunciations[0])
-                wrong += argmax_error(w, ref)[0]
-                late += argmax_error(w, ref, shift=1)[0]
-            w = _weights(run, example[0].word[::-1] if reverse else example[0].word, example[0].pronunciations[0])
-            doc[label] = {
-                "model": kind,
-                "parameters": sum(p.numel() for p in run.model.parameters()),
-                "valid_wer": run.curve("wer")[-1],
-                "error": wrong / phonemes,
-                "late_error": late / phonemes,
-                "example_argmax": w[: len(example[1])].argmax(-1).tolist(),
-            }
+    for label, kind, model_config, reverse in runs:
+        run = g2p.train(kind, model_config, size, work / label.replace(" ", "-"), reverse=reverse)
+        wrong = late = 0
+        for e, ref in checked:
+            n = len(e.word)
+            word, ref = (e.word[::-1], [tuple(n - 1 - i for i in r) for r in ref]) if reverse else (e.word, ref)
+            w = _weights(run, word, e.pronunciations[0])
+            wrong += argmax_error(w, ref)[0]
+            late += argmax_error(w, ref, shift=1)[0]
+        w = _weights(run, example[0].word[::-1] if reverse else example[0].word, example[0].pronunciations[0])
+        doc[label] = {
+            "model": kind,
+            "parameters": sum(p.numel() for p in run.model.parameters()),
+            "valid_wer": run.curve("wer")[-1],
+            "error": wrong / phonemes,
+            "late_error": late / phonemes,
+            "example_argmax": w[: len(example[1])].argmax(-1).tolist(),
+        }
     return doc
 
 

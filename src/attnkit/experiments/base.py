@@ -7,6 +7,7 @@ document alone (``verdict(doc)``), so the picture, the numbers and the verdict c
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -47,8 +48,9 @@ class Notes:
 
 @dataclass(frozen=True)
 class Experiment:
-    """A claim and the code that tests it: ``measure(config, out)`` returns the JSON document
-    (numbers only; ``out`` for scratch files), ``figure(doc)`` the panels of its picture,
+    """A claim and the code that tests it: ``measure(config, work)`` returns the JSON document
+    (numbers only; ``work``: a folder for its checkpoints, kept until the run ends, so that the same
+    command run again after a stop continues each training where its last checkpoint left it), ``figure(doc)`` the panels of its picture,
     ``verdict(doc)`` the verdict and the sentence that says why, ``method(config)`` the lines of the
     report that say how it was measured, ``numbers(doc)`` the report's lines of results."""
 
@@ -71,19 +73,23 @@ class Experiment:
         return cls(**named)
 
     def run(self, config, out: Path) -> str:
-        """Measure with ``config``, write NAME.json, NAME.png and NAME.md into ``out``; the verdict."""
+        """Measure with ``config``, write NAME.json, NAME.png and NAME.md into ``out``; the verdict.
+        Checkpoints go to ``out/NAME-work``, removed once the results are written; a run stopped
+        before that continues from them when run again with the same config."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         load = loadavg()
         size = "quick" if config == self.quick else "full" if config == self.config() else "custom"
         doc = {"experiment": self.name, "size": size, "config": asdict(config), "machine": machine()}
         doc["load_before"] = load
-        doc |= self.measure(config, out)
+        work = out / f"{self.name}-work"
+        doc |= self.measure(config, work)
         doc["load_after"] = loadavg()
         doc["verdict"], doc["why"] = self.verdict(doc)
         write_json(out / f"{self.name}.json", doc)
         curves(self.figure(doc), out / f"{self.name}.png", title=f"{self.name}: {self.claim}")
         (out / f"{self.name}.md").write_text(self.report(config, doc), encoding="utf-8")
+        shutil.rmtree(work, ignore_errors=True)
         return doc["verdict"]
 
     def report(self, config, doc: dict) -> str:

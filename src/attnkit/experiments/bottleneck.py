@@ -21,7 +21,6 @@ degrade: then there is no bottleneck to remove at these lengths).
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +123,7 @@ def by_words(spellings: list[str], hyps, refs, max_words: int) -> dict[str, list
     return out
 
 
-def measure(config: BottleneckConfig, out: Path) -> dict:
+def measure(config: BottleneckConfig, work: Path) -> dict:
     """Per kind: parameters, the phrase model's validation curve and its PER / WER per word count,
     the word model's validation curve and its WER / PER per word-length bucket."""
     if BASELINE not in config.kinds:
@@ -143,34 +142,33 @@ def measure(config: BottleneckConfig, out: Path) -> dict:
     valid_words = cmudict.load("valid")[: config.valid_words]
     doc: dict = {"kinds": list(config.kinds), "max_words": config.max_words, "buckets": [_bucket(b) for b in LENGTHS]}
     doc["bucket_index"] = list(range(len(LENGTHS)))  # the x of the single-word panel
-    with tempfile.TemporaryDirectory(prefix="attnkit-bottleneck-") as work:  # checkpoints: not results
-        for label, (kind, model_config) in config.kinds.items():
-            phrase = g2p.train(kind, model_config, phrase_size, Path(work) / f"{label}-phrases")
-            spellings, hyps, refs = _decoded(phrase, valid_phrases)
-            word = g2p.train(kind, model_config, word_size, Path(work) / f"{label}-words")
-            words, word_hyps, word_refs = _decoded(word, valid_words)
-            buckets = by_length(words, word_hyps, word_refs)
-            doc[label] = {
-                "model": kind,
-                "config": model_config,
-                "parameters": sum(p.numel() for p in phrase.model.parameters()),
-                "phrases": {
-                    "epoch": phrase.curve("epoch"),
-                    "valid_wer": phrase.curve("wer"),
-                    "train_s": phrase.history[-1]["elapsed_s"],
-                    **by_words(spellings, hyps, refs, config.max_words),
-                    **{f"all_{k}": v for k, v in score(hyps, refs).items() if k in ("wer", "per")},
-                },
-                "words": {
-                    "epoch": word.curve("epoch"),
-                    "train_s": word.history[-1]["elapsed_s"],
-                    "valid_wer": word.curve("wer"),
-                    "bucket_words": [buckets.get(b, {}).get("words", 0) for b in doc["buckets"]],
-                    "wer": [buckets.get(b, {}).get("wer") for b in doc["buckets"]],
-                    "per": [buckets.get(b, {}).get("per") for b in doc["buckets"]],
-                    **{f"all_{k}": v for k, v in score(word_hyps, word_refs).items() if k in ("wer", "per")},
-                },
-            }
+    for label, (kind, model_config) in config.kinds.items():
+        phrase = g2p.train(kind, model_config, phrase_size, work / f"{label}-phrases")
+        spellings, hyps, refs = _decoded(phrase, valid_phrases)
+        word = g2p.train(kind, model_config, word_size, work / f"{label}-words")
+        words, word_hyps, word_refs = _decoded(word, valid_words)
+        buckets = by_length(words, word_hyps, word_refs)
+        doc[label] = {
+            "model": kind,
+            "config": model_config,
+            "parameters": sum(p.numel() for p in phrase.model.parameters()),
+            "phrases": {
+                "epoch": phrase.curve("epoch"),
+                "valid_wer": phrase.curve("wer"),
+                "train_s": phrase.history[-1]["elapsed_s"],
+                **by_words(spellings, hyps, refs, config.max_words),
+                **{f"all_{k}": v for k, v in score(hyps, refs).items() if k in ("wer", "per")},
+            },
+            "words": {
+                "epoch": word.curve("epoch"),
+                "train_s": word.history[-1]["elapsed_s"],
+                "valid_wer": word.curve("wer"),
+                "bucket_words": [buckets.get(b, {}).get("words", 0) for b in doc["buckets"]],
+                "wer": [buckets.get(b, {}).get("wer") for b in doc["buckets"]],
+                "per": [buckets.get(b, {}).get("per") for b in doc["buckets"]],
+                **{f"all_{k}": v for k, v in score(word_hyps, word_refs).items() if k in ("wer", "per")},
+            },
+        }
     return doc
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..core.stats import sharpness
 
-__all__ = ["Run", "TrainSize", "attention_rows", "attention_sharpness", "train"]
+__all__ = ["Run", "TrainSize", "attention_rows", "attention_sharpness", "train", "trainer"]
 
 
 @dataclass
@@ -49,9 +49,9 @@ class Run(NamedTuple):
         return [r[key] for r in self.history]
 
 
-def train(kind: str, model_config: dict, size: TrainSize, work: Path, *, reverse: bool = False) -> Run:
-    """Train a G2P model of ``kind`` ("rnn" or "transformer") with ``model_config`` in the folder
-    ``work`` (checkpoints: scratch, not results). ``reverse``: every spelling, training and
+def trainer(kind: str, model_config: dict, size: TrainSize, work: Path, *, reverse: bool = False):
+    """The :class:`~attnkit.train.Trainer` of a G2P model of ``kind`` ("rnn" or "transformer") with
+    ``model_config``, writing into the folder ``work``. ``reverse``: every spelling, training and
     validation, is read backwards (a task whose alignment is the anti-diagonal)."""
     from ..tasks.g2p import G2PTask
     from ..train import TrainConfig, Trainer
@@ -69,9 +69,16 @@ def train(kind: str, model_config: dict, size: TrainSize, work: Path, *, reverse
     if reverse:
         task.valid = [replace(e, word=e.word[::-1]) for e in task.valid]
         task.pairs = [(src[::-1], tgt) for src, tgt in task.pairs]
-    trainer = Trainer(task, config, work, progress=False)
-    history = trainer.fit()["history"]
-    return Run(trainer.model, task, history)
+    return Trainer(task, config, work, progress=False)
+
+
+def train(kind: str, model_config: dict, size: TrainSize, work: Path, *, reverse: bool = False) -> Run:
+    """Train :func:`trainer`'s model for ``size.epochs`` epochs in ``work`` (checkpoints: scratch,
+    not results). A folder that holds a checkpoint of the same task and config continues from it;
+    a finished run is only loaded."""
+    run = trainer(kind, model_config, size, work, reverse=reverse)
+    history = run.fit(resume=(Path(work) / "last.safetensors").exists())["history"]
+    return Run(run.model, run.task, history)
 
 
 def attention_sharpness(run: Run) -> dict:

@@ -24,7 +24,6 @@ it; holds under conditions if only one of the two parts does; does not hold here
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +84,7 @@ QUICK = HardSoftConfig(
 )
 
 
-def measure(config: HardSoftConfig, out: Path) -> dict:
+def measure(config: HardSoftConfig, work: Path) -> dict:
     """Per kind: parameters, validation WER per epoch, training seconds, the final greedy WER / PER
     on the validation words and the sharpness of the trained weights."""
     missing = {SOFT, HARD, *LOCAL} - set(config.kinds)
@@ -96,22 +95,21 @@ def measure(config: HardSoftConfig, out: Path) -> dict:
     )
     valid = cmudict.load("valid")[: config.valid_words]
     doc: dict = {"kinds": config.kinds, "index": list(range(len(config.kinds)))}  # index: the x of the kinds
-    with tempfile.TemporaryDirectory(prefix="attnkit-hardsoft-") as work:  # checkpoints: not results
-        for label in config.kinds:
-            model_config = {**config.rnn, "attention": KINDS[label], "scaled": True}
-            run = g2p.train("rnn", model_config, size, Path(work) / KINDS[label])
-            hyps = decode_words(run.model, [e.word for e in valid], run.task.letters, run.task.phonemes)
-            final = score([h.tokens for h in hyps], [e.pronunciations for e in valid])
-            doc[label] = {
-                "attention": KINDS[label],
-                "parameters": sum(p.numel() for p in run.model.parameters()),
-                "epoch": run.curve("epoch"),
-                "wer_curve": run.curve("wer"),
-                "train_s": run.history[-1]["elapsed_s"],
-                "wer": final["wer"],
-                "per": final["per"],
-                "weights": g2p.attention_sharpness(run),
-            }
+    for label in config.kinds:
+        model_config = {**config.rnn, "attention": KINDS[label], "scaled": True}
+        run = g2p.train("rnn", model_config, size, work / KINDS[label])
+        hyps = decode_words(run.model, [e.word for e in valid], run.task.letters, run.task.phonemes)
+        final = score([h.tokens for h in hyps], [e.pronunciations for e in valid])
+        doc[label] = {
+            "attention": KINDS[label],
+            "parameters": sum(p.numel() for p in run.model.parameters()),
+            "epoch": run.curve("epoch"),
+            "wer_curve": run.curve("wer"),
+            "train_s": run.history[-1]["elapsed_s"],
+            "wer": final["wer"],
+            "per": final["per"],
+            "weights": g2p.attention_sharpness(run),
+        }
     return doc
 
 

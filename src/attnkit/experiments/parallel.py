@@ -81,7 +81,7 @@ def _at_length(data: Data, settings: Settings, length: int) -> Data:
     return at
 
 
-def measure(config: ParallelConfig, out: Path) -> dict:
+def measure(config: ParallelConfig, work: Path) -> dict:
     """Per model: parameters, and per length the cold and steady training step and decoding pass."""
     top = max(config.lengths)
     settings = Settings(

@@ -14,7 +14,6 @@ without attention; holds under conditions if one of them does; does not hold her
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +76,7 @@ def _sized(kind: str, config: dict, key: str, value: int) -> dict:
     return out
 
 
-def measure(config: ParametersConfig, out: Path) -> dict:
+def measure(config: ParametersConfig, work: Path) -> dict:
     """Per kind and size: parameters and the final validation WER; then the target and needs."""
     if BASELINE not in config.kinds:
         raise ValueError(f"kinds must include {BASELINE!r}")
@@ -85,15 +84,14 @@ def measure(config: ParametersConfig, out: Path) -> dict:
         config.words, config.valid_words, config.epochs, config.batch_size, config.lr, config.warmup_steps, config.seed
     )
     doc: dict = {"kinds": list(config.kinds)}
-    with tempfile.TemporaryDirectory(prefix="attnkit-parameters-") as work:  # checkpoints: not results
-        for label, (kind, fixed, key, values) in config.kinds.items():
-            rows = {"size_field": key, "sizes": values, "parameters": [], "wer": [], "train_s": []}
-            for value in values:
-                run = g2p.train(kind, _sized(kind, fixed, key, value), size, Path(work) / f"{kind}-{label[:8]}-{value}")
-                rows["parameters"].append(sum(p.numel() for p in run.model.parameters()))
-                rows["wer"].append(run.curve("wer")[-1])
-                rows["train_s"].append(run.history[-1]["elapsed_s"])
-            doc[label] = rows
+    for label, (kind, fixed, key, values) in config.kinds.items():
+        rows = {"size_field": key, "sizes": values, "parameters": [], "wer": [], "train_s": []}
+        for value in values:
+            run = g2p.train(kind, _sized(kind, fixed, key, value), size, work / f"{kind}-{label[:8]}-{value}")
+            rows["parameters"].append(sum(p.numel() for p in run.model.parameters()))
+            rows["wer"].append(run.curve("wer")[-1])
+            rows["train_s"].append(run.history[-1]["elapsed_s"])
+        doc[label] = rows
     doc["target_wer"] = max(min(doc[k]["wer"]) for k in doc["kinds"])
     for k in doc["kinds"]:
         doc[k]["needed"] = needed(doc[k]["parameters"], doc[k]["wer"], doc["target_wer"])

@@ -24,7 +24,6 @@ holds under conditions (random inputs, not training) otherwise.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -165,10 +164,9 @@ def training(config: ScalingConfig, work: Path) -> dict:
     return out
 
 
-def measure(config: ScalingConfig, out: Path) -> dict:
+def measure(config: ScalingConfig, work: Path) -> dict:
     doc = {"random": random_inputs(config), "shipped": shipped(config.shipped_words)}
-    with tempfile.TemporaryDirectory(prefix="attnkit-scaling-") as work:  # checkpoints: not results
-        doc["training"] = training(config, Path(work))
+    doc["training"] = training(config, work)
     return doc
 
 
