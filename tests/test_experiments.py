@@ -4,6 +4,7 @@ its verdict follows from the JSON's numbers by its rule, and the command line fa
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -328,3 +329,17 @@ def test_an_experiment_training_stopped_midway_continues_from_its_checkpoint(tmp
         assert [r["wer"] for r in run.history] == [r["wer"] for r in whole.history]
         for a, b in zip(run.model.state_dict().values(), whole.model.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: bottleneck.BottleneckConfig(kinds={"luong": ("rnn", {})}), "it must include 'none'"),
+        (lambda: parameters.ParametersConfig(kinds={}), "it must include 'rnn, no attention'"),
+        (lambda: hardsoft.HardSoftConfig(kinds=["softmax", "local-m"]), "lacks ['hard (REINFORCE)', 'local-p']"),
+        (lambda: hardsoft.HardSoftConfig(kinds=[*hardsoft.KINDS, "nope"]), "kinds has ['nope'] outside"),
+    ],
+)
+def test_experiment_configs_reject_kinds_their_verdict_cannot_use(make, message):
+    with pytest.raises(AttentionError, match=re.escape(message)):
+        make()

@@ -28,6 +28,7 @@ import torch
 
 from ..data import cmudict
 from ..data.align import Aligner, letter_of_phoneme
+from ..errors import AttentionError
 from ..viz.static import Panel
 from . import g2p
 from .base import CONDITIONS, FAILS, HOLDS, Notes, numbered
@@ -123,7 +124,7 @@ def measure(config: AlignmentConfig, work: Path) -> dict:
     example = next((e for e in valid if e.word == config.example), None)
     cut = None if example is None else aligner.align(example.word, example.pronunciations[0])
     if cut is None:
-        raise ValueError(f"example={config.example!r} is not a validation word the aligner can cut")
+        raise AttentionError(f"example={config.example!r} is not a validation word the aligner can cut")
     example = (example, letter_of_phoneme(cut))
     size = TrainSize(
         config.words, config.valid_words, config.epochs, config.batch_size, config.lr, config.warmup_steps, config.seed

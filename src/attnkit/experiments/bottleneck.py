@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.cmudict import SEPARATOR
+from ..errors import AttentionError
 from ..tasks.g2p import LENGTHS, by_length, decode_words, score
 from ..viz.static import Panel
 from . import g2p
@@ -80,6 +81,12 @@ class BottleneckConfig:
     epoch_valid: int = 200  # validation phrases / words decoded after each epoch (the curves)
     seed: int = 0  # weights, batch order and dropout
 
+    def __post_init__(self):
+        if BASELINE not in self.kinds:
+            raise AttentionError(
+                f"kinds has {sorted(self.kinds)}; it must include {BASELINE!r}, the model without attention"
+            )
+
 
 CONFIG = BottleneckConfig  # the full run: BottleneckConfig()
 _SMALL = {"embed_dim": 32, "hidden_dim": 64}
@@ -126,8 +133,6 @@ def by_words(spellings: list[str], hyps, refs, max_words: int) -> dict[str, list
 def measure(config: BottleneckConfig, work: Path) -> dict:
     """Per kind: parameters, the phrase model's validation curve and its PER / WER per word count,
     the word model's validation curve and its WER / PER per word-length bucket."""
-    if BASELINE not in config.kinds:
-        raise ValueError(f"kinds must include {BASELINE!r}, the model without attention")
     phrase_size = TrainSize(
         None, config.epoch_valid, config.phrase_epochs, config.phrase_batch, config.lr, config.warmup_steps, config.seed,
         phrases=config.phrases, max_words=config.max_words,

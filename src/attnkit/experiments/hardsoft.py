@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import cmudict
+from ..errors import AttentionError
 from ..tasks.g2p import decode_words, score
 from ..viz.static import Panel
 from . import g2p
@@ -77,6 +78,14 @@ class HardSoftConfig:
     warmup_steps: int = 400
     seed: int = 0
 
+    def __post_init__(self):
+        unknown, missing = set(self.kinds) - set(KINDS), {SOFT, HARD, *LOCAL} - set(self.kinds)
+        if unknown or missing:
+            raise AttentionError(
+                f"kinds has {sorted(unknown)} outside {list(KINDS)} or lacks {sorted(missing)}; "
+                f"it must include {sorted({SOFT, HARD, *LOCAL})}, the kinds the verdict compares"
+            )
+
 
 CONFIG = HardSoftConfig  # the full run: HardSoftConfig()
 QUICK = HardSoftConfig(
@@ -87,9 +96,6 @@ QUICK = HardSoftConfig(
 def measure(config: HardSoftConfig, work: Path) -> dict:
     """Per kind: parameters, validation WER per epoch, training seconds, the final greedy WER / PER
     on the validation words and the sharpness of the trained weights."""
-    missing = {SOFT, HARD, *LOCAL} - set(config.kinds)
-    if missing or not set(config.kinds) <= set(KINDS):
-        raise ValueError(f"kinds must be labels of KINDS including {sorted({SOFT, HARD, *LOCAL})}")
     size = TrainSize(
         config.words, config.valid_words, config.epochs, config.batch_size, config.lr, config.warmup_steps, config.seed
     )

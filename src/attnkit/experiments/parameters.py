@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import AttentionError
 from ..viz.static import Panel
 from . import g2p
 from .base import CONDITIONS, FAILS, HOLDS, Notes
@@ -55,6 +56,12 @@ class ParametersConfig:
     warmup_steps: int = 200
     seed: int = 0
 
+    def __post_init__(self):
+        if BASELINE not in self.kinds:
+            raise AttentionError(
+                f"kinds has {sorted(self.kinds)}; it must include {BASELINE!r}, the model without attention"
+            )
+
 
 CONFIG = ParametersConfig  # the full run: ParametersConfig()
 QUICK = ParametersConfig(
@@ -78,8 +85,6 @@ def _sized(kind: str, config: dict, key: str, value: int) -> dict:
 
 def measure(config: ParametersConfig, work: Path) -> dict:
     """Per kind and size: parameters and the final validation WER; then the target and needs."""
-    if BASELINE not in config.kinds:
-        raise ValueError(f"kinds must include {BASELINE!r}")
     size = TrainSize(
         config.words, config.valid_words, config.epochs, config.batch_size, config.lr, config.warmup_steps, config.seed
     )
