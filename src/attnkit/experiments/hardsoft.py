@@ -18,8 +18,9 @@ the trained weights are (:func:`.g2p.attention_sharpness`: one-hot share, entrop
 weight above zero).
 
 Verdict (:func:`verdict`): the notes' account holds if REINFORCE-trained hard attention ends at
-least ``MARGIN`` WER points behind soft attention while both local kinds end within ``MARGIN`` of
-it; holds under conditions if only one of the two parts does; does not hold here otherwise.
+least ``MARGIN`` WER points behind soft attention while both local kinds end less than
+``MARGIN`` behind it (or ahead); holds under conditions if only one of the two parts does; does
+not hold here otherwise.
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ def verdict(doc: dict) -> tuple[str, str]:
         f"{k} {gap[k]:+.2f}" for k in doc["kinds"] if k != SOFT
     )
     hard = f"hard attention (REINFORCE) is {'' if hard_worse else 'not '}>= {MARGIN} points worse"
-    local = f"local-m and local-p are {'both' if local_close else 'not both'} within {MARGIN} point"
+    local = (
+        f"local-m and local-p are {'both' if local_close else 'not both'} less than {MARGIN} point worse (or better)"
+    )
     if hard_worse and local_close:
         return HOLDS, f"{said}: {hard} and {local}"
     if hard_worse or local_close:
