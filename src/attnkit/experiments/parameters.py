@@ -29,7 +29,7 @@ NAME = "parameters"
 CLAIM = "attention needs fewer parameters than an RNN without it for the same quality"
 NOTES = (
     Notes(
-        "000_06b4c4b04635e4b5.txt", "参数少: 模型复杂度跟CNN、RNN相比，复杂度更小，参数也更少。所以对算力的要求更小。"
+        "000_06b4c4b04635e4b5.txt", "模型复杂度跟CNN、RNN相比，复杂度更小，参数也更少。所以对算力的要求更小。"
     ),
 )
 
