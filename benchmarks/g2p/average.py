@@ -4,14 +4,16 @@
 
 For n = 1 .. N, the weights kept after the run's last n epochs (``epoch-K.safetensors``) are
 averaged and scored on the validation split (greedy WER, stress kept: the metric the trainer
-selects on); the best n is written to ``RUN/averaged.safetensors`` (read by ``attnkit eval`` and
-``attnkit pronounce --model``), the whole table to ``RUN/average.json``. The test split is never read.
+selects on), beside the run's best single epoch (``best.safetensors``); the best of them is written
+to ``RUN/chosen.safetensors`` (read by ``attnkit eval`` and ``attnkit pronounce --model``), the
+whole table to ``RUN/average.json``. The test split is never read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,12 +37,19 @@ def main() -> None:
             path = Path(tmp) / f"last-{n}.safetensors"
             checkpoint.save(path, tensors, meta)
             m = G2P.load(path).evaluate("valid", beam=1, limit=args.valid_limit)
-            table.append({"epochs": [p.name for p in kept[-n:]], "valid_wer": m["wer"], "valid_wer_nostress": m["wer_nostress"]})
+            table.append(
+                {"epochs": [p.name for p in kept[-n:]], "valid_wer": m["wer"], "valid_wer_nostress": m["wer_nostress"]}
+            )
             print(f"last {n} epoch(s): valid WER {m['wer']:.2f} (no stress {m['wer_nostress']:.2f})", flush=True)
-        best = min(range(len(table)), key=lambda i: table[i]["valid_wer"])
-        (Path(tmp) / f"last-{best + 1}.safetensors").replace(args.run / "averaged.safetensors")
-    (args.run / "average.json").write_text(json.dumps({"chosen": best + 1, "table": table}, indent=2) + "\n")
-    print(f"{args.run / 'averaged.safetensors'}: the last {best + 1} epoch(s) averaged")
+        m = G2P.load(args.run / "best.safetensors").evaluate("valid", beam=1, limit=args.valid_limit)
+        table.append({"epochs": ["best.safetensors"], "valid_wer": m["wer"], "valid_wer_nostress": m["wer_nostress"]})
+        print(f"best single epoch: valid WER {m['wer']:.2f} (no stress {m['wer_nostress']:.2f})", flush=True)
+        chosen = min(range(len(table)), key=lambda i: table[i]["valid_wer"])
+        source = args.run / "best.safetensors" if chosen == len(kept) else Path(tmp) / f"last-{chosen + 1}.safetensors"
+        shutil.copyfile(source, args.run / "chosen.safetensors")
+    doc = {"chosen": table[chosen]["epochs"], "table": table}
+    (args.run / "average.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"{args.run / 'chosen.safetensors'}: {', '.join(table[chosen]['epochs'])}")
 
 
 if __name__ == "__main__":

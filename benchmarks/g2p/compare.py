@@ -31,14 +31,14 @@ MODELS = {
     "rnn, Luong local-p": ["--attention", "local-p"],
     "transformer": ["--model", "transformer", "--ff-dim", "512", "--lr", "1e-3"],
 }
-# the shipped model: its recipe (README), its folder, the checkpoint it ships (average.py's choice)
+# the shipped model: its recipe (README), its folder, the checkpoint it ships (average.py's choice on valid)
 RECIPE = "--scaled --no-input-feed --layers 2 --embed-dim 128 --hidden-dim 256 --dropout 0.3 --epochs 40 --patience 8"
 RECIPE += " --keep-epochs 5 --precision bf16 --checkpoint-every 200"
 SHIPPED = {
     "rnn, Luong scaled general, 2 layers, no input feeding, checkpoint average (shipped)": (
         RECIPE.split(),
         "runs/g2p-ship2",
-        "averaged.safetensors",
+        "chosen.safetensors",
     )
 }
 PREVIOUS = "rnn, Luong general, 12 epochs (shipped before)"  # evaluated from a copy of its file, if given
