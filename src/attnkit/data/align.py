@@ -8,7 +8,11 @@ lexicon by expectation maximisation over all cuts of every word (forward-backwar
 letters x phonemes lattice, as Jiampojamarn et al. 2007's many-to-many aligner does), then gives
 each word its most probable cut (Viterbi).
 
->>> aligner = Aligner.fit([("cat", ("K", "AE1", "T")), ("cab", ("K", "AE1", "B"))], iterations=3)
+It needs a lexicon of some size: on a handful of words, cuts into fewer, longer units ("at" -> T)
+explain the data as well, and EM has no reason to prefer letter-by-letter ones.
+
+>>> from attnkit.data import cmudict
+>>> aligner = Aligner.fit((e.word, e.pronunciations[0]) for e in cmudict.load("train")[:600])
 >>> aligner.align("cat", ("K", "AE1", "T"))
 [('c', ('K',)), ('a', ('AE1',)), ('t', ('T',))]
 """
