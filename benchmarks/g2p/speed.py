@@ -1,5 +1,6 @@
 """Inference speed of the G2P models side by side, in one process: words per second on the first
 2,000 test words, greedy and beam 5, batches of 256. Writes ``words_per_s`` into results.json.
+The shipped model beside the peers, on the whole test split: inference.py.
 
     python benchmarks/g2p/speed.py   # after compare.py; run it on an otherwise idle machine
 """
@@ -22,7 +23,8 @@ def main() -> None:
     path = here / "results.json"
     results = json.loads(path.read_text())
     words = [e.word for e in cmudict.load("test")[:WORDS]]
-    runs = {name: Path("runs/compare") / slug(name) for name in MODELS} | {n: Path(r) for n, (_, r) in SHIPPED.items()}
+    runs = {name: Path("runs/compare") / slug(name) for name in MODELS}
+    runs |= {n: Path(run) / file for n, (_, run, file) in SHIPPED.items()}
     for name, run in runs.items():
         if name not in results:
             continue
