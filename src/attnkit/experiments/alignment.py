@@ -31,7 +31,7 @@ from ..data.align import Aligner, letter_of_phoneme
 from ..errors import AttentionError
 from ..viz.static import Panel
 from . import g2p
-from .base import CONDITIONS, FAILS, HOLDS, Notes, numbered
+from .base import Notes, by_share, numbered
 from .g2p import TrainSize
 
 __all__ = ["CLAIM", "CONFIG", "NAME", "NOTES", "QUICK", "AlignmentConfig", "argmax_error", "figure", "verdict"]
@@ -173,14 +173,8 @@ def verdict(doc: dict) -> tuple[str, str]:
     said = ", ".join(f"{k} {doc[k]['error']:.1%}" for k in kinds) + f" (the diagonal guess: {diagonal:.1%})"
     good = [k for k in kinds if doc[k]["error"] <= GOOD and doc[k]["error"] < diagonal]
     rule = f"at most {GOOD:.0%} and below the diagonal guess"
-    if len(good) == len(kinds):
-        return HOLDS, f"alignment error of the attention argmax: {said}: every model's is {rule}"
-    if good:
-        return CONDITIONS, (
-            f"alignment error of the attention argmax: {said}: {', '.join(good)} {rule}, "
-            f"{', '.join(k for k in kinds if k not in good)} not"
-        )
-    return FAILS, f"alignment error of the attention argmax: {said}: no model's is {rule}"
+    verdict, which = by_share(good, kinds)
+    return verdict, f"alignment error of the attention argmax: {said}: models whose error is {rule}: {which}"
 
 
 def figure(doc: dict) -> list[Panel]:

@@ -18,13 +18,28 @@ from ..bench.train import loadavg, machine
 from ..train.checkpoint import write_json
 from ..viz.static import Panel, curves
 
-__all__ = ["CONDITIONS", "FAILS", "HOLDS", "VERDICTS", "Experiment", "Notes", "numbered"]
+__all__ = ["CONDITIONS", "FAILS", "HOLDS", "VERDICTS", "Experiment", "Notes", "by_share", "numbered"]
 
 HOLDS = "holds"
 CONDITIONS = "holds under conditions"
 FAILS = "does not hold here"
 VERDICTS = (HOLDS, CONDITIONS, FAILS)
 _CONSTANTS = ("name", "claim", "notes", "config", "quick")  # module constants, in capitals: NAME, ...
+
+
+def by_share(passing: list[str], kinds: list[str]) -> tuple[str, str]:
+    """The verdict of a claim made of each of ``kinds``: HOLDS if every one is ``passing``,
+    CONDITIONS if some are, FAILS if none; and which, in words.
+
+    >>> by_share(["a"], ["a", "b"])
+    ('holds under conditions', 'a; not b')
+    """
+    failing = [k for k in kinds if k not in passing]
+    if not failing:
+        return HOLDS, "every one"
+    if passing:
+        return CONDITIONS, f"{', '.join(passing)}; not {', '.join(failing)}"
+    return FAILS, "none"
 
 
 def numbered(names: list[str], per_line: int = 3) -> str:

@@ -20,18 +20,14 @@ from pathlib import Path
 from ..errors import AttentionError
 from ..viz.static import Panel
 from . import g2p
-from .base import CONDITIONS, FAILS, HOLDS, Notes
+from .base import Notes, by_share
 from .g2p import TrainSize
 
 __all__ = ["CLAIM", "CONFIG", "NAME", "NOTES", "QUICK", "ParametersConfig", "figure", "needed", "verdict"]
 
 NAME = "parameters"
 CLAIM = "attention needs fewer parameters than an RNN without it for the same quality"
-NOTES = (
-    Notes(
-        "000_06b4c4b04635e4b5.txt", "模型复杂度跟CNN、RNN相比，复杂度更小，参数也更少。所以对算力的要求更小。"
-    ),
-)
+NOTES = (Notes("000_06b4c4b04635e4b5.txt", "模型复杂度跟CNN、RNN相比，复杂度更小，参数也更少。所以对算力的要求更小。"),)
 
 BASELINE = "rnn, no attention"
 
@@ -126,14 +122,8 @@ def verdict(doc: dict) -> tuple[str, str]:
         f"{k} {_count(doc[k]['needed'])}" for k in doc["kinds"]
     )
     fewer = [k for k in others if doc[k]["needed"] is not None and (base is None or doc[k]["needed"] < base)]
-    if len(fewer) == len(others):
-        return HOLDS, f"{said}: every attention model needs fewer than the RNN without attention"
-    if fewer:
-        return (
-            CONDITIONS,
-            f"{said}: {', '.join(fewer)} needs fewer, {', '.join(k for k in others if k not in fewer)} not",
-        )
-    return FAILS, f"{said}: no attention model needs fewer than the RNN without attention"
+    verdict, which = by_share(fewer, others)
+    return verdict, f"{said}: attention models that need fewer than the RNN without attention: {which}"
 
 
 def figure(doc: dict) -> list[Panel]:
