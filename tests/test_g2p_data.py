@@ -40,6 +40,25 @@ def test_splits_partition_the_dictionary_without_overlap():
     assert cmudict.load("test") == parts["test"]  # deterministic
 
 
+def test_spread_takes_evenly_spaced_entries_in_order():
+    entries = [cmudict.Entry(str(i), ()) for i in range(10)]
+    assert [e.word for e in cmudict.spread(entries, 4)] == ["0", "2", "5", "7"]
+    assert cmudict.spread(entries, None) == entries
+    assert cmudict.spread(entries, 10) == entries and cmudict.spread(entries, 99) == entries
+    with pytest.raises(AttentionError, match="count"):
+        cmudict.spread(entries, 0)
+
+
+def test_a_limited_task_spans_the_alphabet_not_its_first_letters():
+    from attnkit.tasks.g2p import G2PTask
+
+    task = G2PTask("rnn", {"hidden_dim": 8}, limit=2000, valid_limit=300)
+    first = {task.letters.decode(src)[0] for src, _ in task.pairs}
+    assert len(first) >= 24  # the sorted split's first 2000 words start with 'a' or an apostrophe
+    assert {e.word[0] for e in task.valid} >= set("abcdefghijklmnoprstuvw")
+    assert [e.word for e in task.valid] == [e.word for e in cmudict.spread(cmudict.load("valid"), 300)]
+
+
 def test_every_spelling_and_phoneme_is_in_the_vocabularies():
     letters, phonemes = cmudict.letters(), cmudict.phonemes()
     for e in cmudict.load():

@@ -49,8 +49,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--model", default="rnn", help="rnn (default) or transformer")
     p.add_argument("--out", help="run folder (default runs/g2p-MODEL[-ATTENTION])")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.add_argument("--limit", type=count, help="train on the first N training words only")
-    p.add_argument("--valid-limit", type=count, help="validate on the first N validation words only")
+    p.add_argument("--limit", type=count, help="train on N training words only, spread over the alphabetical split")
+    p.add_argument("--valid-limit", type=count, help="validate on N validation words only, spread over the split")
     p.add_argument(
         "--phrases",
         type=count,

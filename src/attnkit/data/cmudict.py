@@ -33,7 +33,7 @@ from .vocab import Vocab
 
 __all__ = [
     "LETTERS", "PHRASE_LETTERS", "SEPARATOR", "SPLITS", "Entry", "letters", "load", "phonemes", "phrase_letters",
-    "phrase_phonemes", "phrases", "split_of", "strip_stress",
+    "phrase_phonemes", "phrases", "split_of", "spread", "strip_stress",
 ]  # fmt: skip
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz'-."
@@ -105,6 +105,21 @@ def load(split: str | None = None) -> list[Entry]:
     if split not in SPLITS:
         raise AttentionError(f"split={split!r} is unknown; expected one of {SPLITS}")
     return [e for i, e in enumerate(entries) if split_of(i) == split]
+
+
+def spread(entries: list[Entry], count: int | None) -> list[Entry]:
+    """``count`` of ``entries`` evenly spaced over the list (the i-th of ``count`` is entry
+    ``i * len // count``), in order; all of them when ``count`` is None or not below their number.
+    The splits are in alphabetical order, so a subset taken from the front would hold only the words
+    of the first letters; this one spans the alphabet.
+
+    >>> [e.word[0] for e in spread(load("valid"), 4)]
+    ["'", 'd', 'l', 'r']
+    """
+    if count is None or count >= len(entries):
+        return list(entries)
+    check_int("count", count)
+    return [entries[i * len(entries) // count] for i in range(count)]
 
 
 def letters() -> Vocab:

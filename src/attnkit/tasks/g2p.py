@@ -161,8 +161,8 @@ class G2PTask:
 
     model: str = "rnn"
     model_config: dict | None = None  # fields of RNNConfig / TransformerConfig, vocab sizes aside
-    limit: int | None = None  # train on the first N training words only (quick runs, tests)
-    valid_limit: int | None = None  # validate on the first N validation words only (phrases: on N phrases)
+    limit: int | None = None  # train on N training words only, spread over the split (quick runs, tests)
+    valid_limit: int | None = None  # validate on N validation words only, spread (phrases: on N phrases)
     phrases: int | None = None  # train on N phrases of training words instead of the words (long inputs)
     max_words: int = 8  # words per phrase, drawn uniformly from 1..max_words (with phrases only)
     metric = "wer"  # early stopping and the best checkpoint follow validation WER (stress kept)
@@ -187,8 +187,8 @@ class G2PTask:
         config_from_dict(MODELS[self.model][0], {**self.model_config, **sizes}, "model_config")
         if self.phrases is None:
             self.letters, self.phonemes = cmudict.letters(), cmudict.phonemes()
-            train = cmudict.load("train")[: self.limit]
-            self.valid = cmudict.load("valid")[: self.valid_limit]
+            train = cmudict.spread(cmudict.load("train"), self.limit)
+            self.valid = cmudict.spread(cmudict.load("valid"), self.valid_limit)
         else:
             self.letters, self.phonemes = cmudict.phrase_letters(), cmudict.phrase_phonemes()
             train = cmudict.phrases("train", self.phrases, self.max_words)
@@ -361,7 +361,7 @@ class G2P:
             raise AttentionError(
                 f"checkpoint {self.path!r} was trained with other letters or phonemes than this cmudict"
             )
-        entries = cmudict.load(split)[:limit]
+        entries = cmudict.spread(cmudict.load(split), limit)
         started = time.perf_counter()
         words = [e.word for e in entries]
         with self._autocast(precision):
