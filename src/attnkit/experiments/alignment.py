@@ -63,7 +63,7 @@ class AlignmentConfig:
     kinds: dict = field(default_factory=_kinds)  # label -> (model, config); the first is also trained reversed
     aligner_words: int = 20000  # training words the EM aligner learns from
     aligner_iterations: int = 5  # EM rounds
-    words: int | None = None  # training words of the models; None: the whole split
+    words: int | None = 40000  # training words of the models; None: the whole split
     valid_words: int = 2000  # validation words checked (those the aligner can cut)
     epochs: int = 3
     batch_size: int = 256
@@ -112,10 +112,9 @@ def _weights(run: g2p.Run, word: str, phones) -> torch.Tensor:
 def measure(config: AlignmentConfig, work: Path) -> dict:
     """The aligner, then per model its alignment error on the cut validation words, the diagonal
     guess's, and the example word's argmax path and reference."""
-    train = cmudict.load("train")[: config.aligner_words]
+    train = cmudict.spread(cmudict.load("train"), config.aligner_words)
     aligner = Aligner.fit([(e.word, e.pronunciations[0]) for e in train], config.aligner_iterations)
-    valid = cmudict.load("valid")
-    picked = valid[:: max(1, len(valid) // config.valid_words)][: config.valid_words]  # spread over the alphabet
+    picked = cmudict.spread(cmudict.load("valid"), config.valid_words)
     checked = []
     for e in picked:
         cut = aligner.align(e.word, e.pronunciations[0])
@@ -210,7 +209,7 @@ def method(config: AlignmentConfig) -> list[str]:
         (
             f"reference: `attnkit.data.align.Aligner` (EM, units of 1 letter : 0-2 phonemes and 2 letters : 1 phoneme) "
             f"fit on the first {config.aligner_words} training words' first pronunciations, {config.aligner_iterations} "
-            f"rounds; the Viterbi cut of {config.valid_words} validation words spread over the alphabet (every k-th)"
+            f"rounds; the Viterbi cut of {config.valid_words} validation words spread over the alphabet (`cmudict.spread`)"
         ),
         (
             f"models: {models}; and the first one again on reversed spellings; {config.words or 'all'} training words, "

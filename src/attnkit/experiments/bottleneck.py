@@ -67,13 +67,13 @@ def _kinds() -> dict[str, tuple[str, dict]]:
 @dataclass
 class BottleneckConfig:
     kinds: dict = field(default_factory=_kinds)  # label -> (model, config); BASELINE among them
-    phrases: int = 10000  # training phrases
+    phrases: int = 8000  # training phrases
     max_words: int = 8  # words per phrase, 1..max_words
     valid_phrases: int = 1600  # validation phrases decoded at the end (about 200 per word count)
-    phrase_epochs: int = 6  # epochs on phrases (no early stopping)
+    phrase_epochs: int = 5  # epochs on phrases (no early stopping)
     phrase_batch: int = 64  # phrases per step
-    words: int | None = None  # training words of the single-word part; None: the whole split
-    valid_words: int | None = None  # validation words decoded at the end; None: all
+    words: int | None = 30000  # training words of the single-word part; None: the whole split
+    valid_words: int | None = 3000  # validation words decoded at the end; None: all
     word_epochs: int = 3  # epochs on words
     word_batch: int = 256  # words per step
     lr: float = 2e-3  # peak learning rate (the trainer's default)
@@ -144,7 +144,7 @@ def measure(config: BottleneckConfig, work: Path) -> dict:
     from ..data import cmudict
 
     valid_phrases = cmudict.phrases("valid", config.valid_phrases, config.max_words)
-    valid_words = cmudict.load("valid")[: config.valid_words]
+    valid_words = cmudict.spread(cmudict.load("valid"), config.valid_words)
     doc: dict = {"kinds": list(config.kinds), "max_words": config.max_words, "buckets": [_bucket(b) for b in LENGTHS]}
     doc["bucket_index"] = list(range(len(LENGTHS)))  # the x of the single-word panel
     for label, (kind, model_config) in config.kinds.items():

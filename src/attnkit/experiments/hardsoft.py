@@ -71,9 +71,9 @@ MARGIN = 1.0  # WER points
 class HardSoftConfig:
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # labels of KINDS; SOFT, HARD, LOCAL among them
     rnn: dict = field(default_factory=dict)  # RNNConfig fields beside attention and scaled (default: the G2P default)
-    words: int | None = 40000  # training words; None: the whole split
-    valid_words: int = 2000  # validation words decoded after each epoch and at the end
-    epochs: int = 6  # every epoch runs
+    words: int | None = 30000  # training words; None: the whole split
+    valid_words: int = 1000  # validation words decoded after each epoch and at the end
+    epochs: int = 5  # every epoch runs
     batch_size: int = 256
     lr: float = 2e-3
     warmup_steps: int = 400
@@ -100,7 +100,7 @@ def measure(config: HardSoftConfig, work: Path) -> dict:
     size = TrainSize(
         config.words, config.valid_words, config.epochs, config.batch_size, config.lr, config.warmup_steps, config.seed
     )
-    valid = cmudict.load("valid")[: config.valid_words]
+    valid = cmudict.spread(cmudict.load("valid"), config.valid_words)
     doc: dict = {"kinds": config.kinds, "index": list(range(len(config.kinds)))}  # index: the x of the kinds
     for label in config.kinds:
         model_config = {**config.rnn, "attention": KINDS[label], "scaled": True}

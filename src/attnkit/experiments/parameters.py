@@ -46,7 +46,7 @@ class ParametersConfig:
     kinds: dict = field(default_factory=_kinds)  # label -> (model, config, size field, sizes); BASELINE among them
     words: int | None = 30000  # training words
     valid_words: int = 1000  # validation words decoded after each epoch (the final epoch's WER counts)
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 256
     lr: float = 2e-3
     warmup_steps: int = 200

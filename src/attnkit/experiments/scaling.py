@@ -62,9 +62,9 @@ class ScalingConfig:
     heads: int = 4  # H; d_k = D / H = 64 as in the G2P default
     ff_dim: int = 512  # its feed-forward dim
     layers: int = 3  # encoder and decoder layers each
-    train_limit: int | None = None  # training words; None: the whole training split
+    train_limit: int | None = 40000  # training words; None: the whole training split
     valid_limit: int = 2000  # validation words decoded after each epoch
-    epochs: int = 10  # training epochs of each Transformer (no early stopping)
+    epochs: int = 8  # training epochs of each Transformer (no early stopping)
     batch_size: int = 256  # words per step
     lr: float = 2e-3  # peak learning rate (the trainer's default)
     warmup_steps: int = 400  # linear warm-up steps
