@@ -114,7 +114,8 @@ def measure(config: AlignmentConfig, work: Path) -> dict:
     guess's, and the example word's argmax path and reference."""
     train = cmudict.spread(cmudict.load("train"), config.aligner_words)
     aligner = Aligner.fit([(e.word, e.pronunciations[0]) for e in train], config.aligner_iterations)
-    picked = cmudict.spread(cmudict.load("valid"), config.valid_words)
+    valid = cmudict.load("valid")
+    picked = cmudict.spread(valid, config.valid_words)
     checked = []
     for e in picked:
         cut = aligner.align(e.word, e.pronunciations[0])
