@@ -74,3 +74,21 @@ def test_tour_saves_its_tables_as_heatmaps(tmp_path, capsys):
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 5 and files[0] == "01-global-score-dot.png"
     assert "5 heatmaps in" in capsys.readouterr().out
+
+
+def test_curves_tick_whole_number_x_values_at_whole_numbers_only():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attnkit.viz.static import Panel, _scales
+
+    for xs, whole in (([0, 1, 2, 3], True), ([0.5, 1.25, 2.0], False)):
+        panel = Panel("t", "x", "y", {"a": (xs, [1.0] * len(xs))})
+        fig, ax = plt.subplots()
+        ax.plot(xs, [1.0] * len(xs))
+        _scales(ax, panel)
+        ticks = ax.get_xticks()
+        plt.close(fig)
+        assert all(float(t).is_integer() for t in ticks) == whole, (xs, ticks)

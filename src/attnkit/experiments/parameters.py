@@ -44,10 +44,10 @@ def _kinds() -> dict[str, tuple[str, dict, str, list[int]]]:
 @dataclass
 class ParametersConfig:
     kinds: dict = field(default_factory=_kinds)  # label -> (model, config, size field, sizes); BASELINE among them
-    words: int | None = 30000  # training words
+    words: int | None = 20000  # training words
     valid_words: int = 1000  # validation words decoded after each epoch (the final epoch's WER counts)
     epochs: int = 4
-    batch_size: int = 256
+    batch_size: int = 128
     lr: float = 2e-3
     warmup_steps: int = 200
     seed: int = 0

@@ -228,8 +228,9 @@ class Panel:
 
 def _scales(ax, panel: Panel) -> None:
     """Log axes labelled with plain numbers (4, 16, 64, not 4 x 10^0); a log x axis ticked at the
-    measured x values."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    measured x values; a linear x axis whose values are all whole numbers (epochs, the index of a
+    named kind) ticked at whole numbers only."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     for axis, log, scale in ((ax.xaxis, panel.logx, ax.set_xscale), (ax.yaxis, panel.logy, ax.set_yscale)):
@@ -237,9 +238,11 @@ def _scales(ax, panel: Panel) -> None:
         if log:
             axis.set_major_formatter(plain)
             axis.set_minor_formatter(NullFormatter())
+    xs = sorted({x for xs, _ in panel.series.values() for x in xs})
     if panel.logx:
-        xs = sorted({x for xs, _ in panel.series.values() for x in xs})
         ax.set_xticks(xs, [f"{x:.4g}" for x in xs])
+    elif xs and all(float(x).is_integer() for x in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def curves(panels: list[Panel], path: str | Path, *, title: str | None = None) -> Path:
