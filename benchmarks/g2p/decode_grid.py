@@ -49,7 +49,10 @@ def main() -> None:
     for beam in BEAMS:
         for alpha in ALPHAS if beam > 1 else (0.0,):  # greedy has no length penalty
             valid.append(scored(model, "valid", beam, alpha))
-            print(f"valid beam {beam} alpha {alpha}: WER {valid[-1]['wer']:.2f} / {valid[-1]['wer_nostress']:.2f}", flush=True)
+            print(
+                f"valid beam {beam} alpha {alpha}: WER {valid[-1]['wer']:.2f} / {valid[-1]['wer_nostress']:.2f}",
+                flush=True,
+            )
     chosen = min(valid, key=lambda r: (r["wer"], r["beam"], r["alpha"]))
     test = [scored(model, "test", chosen["beam"], chosen["alpha"])]
     if (chosen["beam"], chosen["alpha"]) != DEFAULT:
@@ -62,7 +65,10 @@ def main() -> None:
         "test": test,
     }
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    rows = ["| split | beam | alpha | WER | PER | WER no stress | PER no stress | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| split | beam | alpha | WER | PER | WER no stress | PER no stress | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for split, table in (("valid", valid), ("test", test)):
         rows += [
             f"| {split} | {r['beam']} | {r['alpha']} | {r['wer']:.2f} | {r['per']:.2f} | {r['wer_nostress']:.2f} | "

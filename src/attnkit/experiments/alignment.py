@@ -209,7 +209,7 @@ def method(config: AlignmentConfig) -> list[str]:
     return [
         (
             f"reference: `attnkit.data.align.Aligner` (EM, units of 1 letter : 0-2 phonemes and 2 letters : 1 phoneme) "
-            f"fit on the first {config.aligner_words} training words' first pronunciations, {config.aligner_iterations} "
+            f"fit on the first pronunciations of {config.aligner_words} training words spread over the split, {config.aligner_iterations} "
             f"rounds; the Viterbi cut of {config.valid_words} validation words spread over the alphabet (`cmudict.spread`)"
         ),
         (
