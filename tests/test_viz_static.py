@@ -92,3 +92,20 @@ def test_curves_tick_whole_number_x_values_at_whole_numbers_only():
         ticks = ax.get_xticks()
         plt.close(fig)
         assert all(float(t).is_integer() for t in ticks) == whole, (xs, ticks)
+
+
+def test_curves_tick_a_log_axis_at_the_measured_values_only_when_they_are_apart():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attnkit.viz.static import Panel, _scales
+
+    for xs, at_values in (([4, 16, 64, 256], True), ([70_935, 100_439, 104_535, 264_663, 299_671], False)):
+        panel = Panel("t", "x", "y", {"a": (xs, [1.0] * len(xs))}, logx=True)
+        fig, ax = plt.subplots()
+        ax.plot(xs, [1.0] * len(xs))
+        _scales(ax, panel)
+        assert (list(ax.get_xticks()) == xs) == at_values, (xs, ax.get_xticks())
+        plt.close(fig)
