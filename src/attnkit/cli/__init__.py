@@ -64,7 +64,11 @@ def _add_eval_parser(sub) -> None:
     )
     p.add_argument("--split", default="test", help="test (default), valid or train")
     p.add_argument("--beam", type=positive, help="G2P only: beam width; 1 = greedy (default 5)")
-    p.add_argument("--limit", type=count, help="only N examples of the split (G2P: spread over the alphabetical split; classifiers: the first N)")
+    p.add_argument(
+        "--limit",
+        type=count,
+        help="only N examples of the split (G2P: spread over the alphabetical split; classifiers: the first N)",
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16 (mixed precision on CPU or CUDA)")
 

@@ -102,7 +102,9 @@ def _train(args, device) -> int:
         check_model_flags(args.model, fields, model_given)
         config = train_config(args, train_names)  # bad numbers before the data is read
         phrases = {} if args.max_words is None else {"max_words": args.max_words}
-        task = G2PTask(args.model, model_given, limit=args.limit, valid_limit=args.valid_limit, phrases=args.phrases, **phrases)
+        task = G2PTask(
+            args.model, model_given, limit=args.limit, valid_limit=args.valid_limit, phrases=args.phrases, **phrases
+        )
         if out is None:
             attention = model_given.get("attention", "luong-general") if args.model == "rnn" else None
             out = Path("runs") / "-".join(x for x in ("g2p", args.model, attention) if x)

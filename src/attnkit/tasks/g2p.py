@@ -137,7 +137,9 @@ def decode_words(
     for idx, src in _sorted_batches(words, letters, batch_size):
         src = src.to(device)
         lengths = {"max_len": steps, "min_len": steps or 0}
-        hyps = greedy(model, src, **lengths) if beam == 1 else beam_search(model, src, beam=beam, alpha=alpha, **lengths)
+        hyps = (
+            greedy(model, src, **lengths) if beam == 1 else beam_search(model, src, beam=beam, alpha=alpha, **lengths)
+        )
         for i, h in zip(idx, hyps):
             out[i] = h._replace(tokens=tuple(phonemes.decode(h.tokens)))
         done += len(idx)
