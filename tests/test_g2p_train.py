@@ -210,3 +210,17 @@ def test_average_refuses_checkpoints_of_other_models(tmp_path):
         checkpoint.average([tmp_path / "0" / "best.safetensors", tmp_path / "1" / "best.safetensors"])
     with pytest.raises(checkpoint.CheckpointError, match="average needs at least one checkpoint"):
         checkpoint.average([])
+
+
+def test_evaluate_decodes_with_the_length_penalty_it_is_given():
+    from attnkit.tasks.g2p import decode_words, score
+
+    g2p = G2P.load()  # the shipped model: trained, so the penalty changes which outputs win
+    entries = cmudict.spread(cmudict.load("valid"), 300)
+    scores = []
+    for alpha in (0.0, 5.0):
+        hyps = decode_words(g2p.model, [e.word for e in entries], g2p.letters, g2p.phonemes, beam=4, alpha=alpha)
+        scores.append(score([h.tokens for h in hyps], [e.pronunciations for e in entries]))
+        got = g2p.evaluate("valid", beam=4, alpha=alpha, limit=300)
+        assert {k: got[k] for k in scores[-1]} == scores[-1]
+    assert scores[0] != scores[1]  # the penalty changes the figures, so an alpha evaluate dropped would show

@@ -76,7 +76,8 @@ def test_tour_saves_its_tables_as_heatmaps(tmp_path, capsys):
     assert "5 heatmaps in" in capsys.readouterr().out
 
 
-def test_curves_tick_whole_number_x_values_at_whole_numbers_only():
+def _xticks(xs: list[float], **panel) -> list[float]:
+    """The x ticks ``viz.static._scales`` leaves on a plot of ``xs``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,28 +85,20 @@ def test_curves_tick_whole_number_x_values_at_whole_numbers_only():
 
     from attnkit.viz.static import Panel, _scales
 
-    for xs, whole in (([0, 1, 2, 3], True), ([0.5, 1.25, 2.0], False)):
-        panel = Panel("t", "x", "y", {"a": (xs, [1.0] * len(xs))})
-        fig, ax = plt.subplots()
-        ax.plot(xs, [1.0] * len(xs))
-        _scales(ax, panel)
-        ticks = ax.get_xticks()
-        plt.close(fig)
-        assert all(float(t).is_integer() for t in ticks) == whole, (xs, ticks)
+    fig, ax = plt.subplots()
+    ax.plot(xs, [1.0] * len(xs))
+    _scales(ax, Panel("t", "x", "y", {"a": (xs, [1.0] * len(xs))}, **panel))
+    ticks = list(ax.get_xticks())
+    plt.close(fig)
+    return ticks
+
+
+def test_curves_tick_whole_number_x_values_at_whole_numbers_only():
+    assert all(float(t).is_integer() for t in _xticks([0, 1, 2, 3]))
+    assert not all(float(t).is_integer() for t in _xticks([0.5, 1.25, 2.0]))
 
 
 def test_curves_tick_a_log_axis_at_the_measured_values_only_when_they_are_apart():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from attnkit.viz.static import Panel, _scales
-
-    for xs, at_values in (([4, 16, 64, 256], True), ([70_935, 100_439, 104_535, 264_663, 299_671], False)):
-        panel = Panel("t", "x", "y", {"a": (xs, [1.0] * len(xs))}, logx=True)
-        fig, ax = plt.subplots()
-        ax.plot(xs, [1.0] * len(xs))
-        _scales(ax, panel)
-        assert (list(ax.get_xticks()) == xs) == at_values, (xs, ax.get_xticks())
-        plt.close(fig)
+    assert _xticks([4, 16, 64, 256], logx=True) == [4, 16, 64, 256]
+    crowded = [70_935, 100_439, 104_535, 264_663, 299_671]  # labels at each would overlap
+    assert _xticks(crowded, logx=True) != crowded

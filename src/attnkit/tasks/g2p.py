@@ -353,12 +353,20 @@ class G2P:
         return [Pronunciation(w, h.tokens, h.weights) for w, h in zip(clean, hyps)]
 
     def evaluate(
-        self, split: str = "test", *, beam: int = 5, limit: int | None = None, progress=None, precision: str = "fp32"
+        self,
+        split: str = "test",
+        *,
+        beam: int = 5,
+        alpha: float = 0.6,
+        limit: int | None = None,
+        progress=None,
+        precision: str = "fp32",
     ) -> dict:
         """WER/PER on a cmudict split, plus the words decoded per second; ``by_length``, the same
         per word-length bucket (:func:`by_length`); ``attention``, the :func:`~attnkit.core.stats.sharpness`
         of the decoded outputs' weights (every step of every word; None without attention);
-        ``progress`` as in :func:`decode_words`; ``precision`` as in :meth:`pronounce`."""
+        ``alpha`` the beam search's length penalty; ``progress`` as in :func:`decode_words`;
+        ``precision`` as in :meth:`pronounce`."""
         if self.letters != cmudict.letters() or self.phonemes != cmudict.phonemes():
             raise AttentionError(
                 f"checkpoint {self.path!r} was trained with other letters or phonemes than this cmudict"
@@ -367,7 +375,9 @@ class G2P:
         started = time.perf_counter()
         words = [e.word for e in entries]
         with self._autocast(precision):
-            hyps = decode_words(self.model, words, self.letters, self.phonemes, beam=beam, progress=progress)
+            hyps = decode_words(
+                self.model, words, self.letters, self.phonemes, beam=beam, alpha=alpha, progress=progress
+            )
         seconds = time.perf_counter() - started
         outputs, refs = [h.tokens for h in hyps], [e.pronunciations for e in entries]
         attention = None if hyps[0].weights is None else sharpness(h.weights for h in hyps)

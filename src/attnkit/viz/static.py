@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from torch import Tensor
@@ -228,8 +229,8 @@ class Panel:
 
 def _scales(ax, panel: Panel) -> None:
     """Log axes labelled with plain numbers (4, 16, 64, not 4 x 10^0); a log x axis ticked at the
-    measured x values when they are few and far apart (at its decades otherwise); a linear x axis whose values are all whole numbers (epochs, the index of a
-    named kind) ticked at whole numbers only."""
+    measured x values when they are few and far apart (at its decades otherwise); a linear x axis
+    whose values are all whole numbers (epochs, the index of a named kind) at whole numbers only."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -240,7 +241,7 @@ def _scales(ax, panel: Panel) -> None:
             axis.set_minor_formatter(NullFormatter())
     xs = sorted({x for xs, _ in panel.series.values() for x in xs})
     if panel.logx:
-        if len(xs) <= 8 and all(b >= 1.5 * a for a, b in zip(xs, xs[1:])):  # else the labels would overlap
+        if len(xs) <= 8 and all(b >= 1.5 * a for a, b in pairwise(xs)):  # else the labels would overlap
             ax.set_xticks(xs, [f"{x:.4g}" for x in xs])
     elif xs and all(float(x).is_integer() for x in xs):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
