@@ -1,28 +1,35 @@
-"""Copy a trained G2P checkpoint into the package as the shipped default, in float16.
+"""Copy trained G2P checkpoints into the package as the shipped default.
 
-    python benchmarks/g2p/ship.py runs/g2p-main/best.safetensors
+    python benchmarks/g2p/ship.py runs/g2p-main/best.safetensors                 # one model, float16
+    python benchmarks/g2p/ship.py runs/a/chosen.safetensors runs/b/best.safetensors --storage int8
 
-float16 halves the file (the package must stay small); the weights are read back into float32.
+Several checkpoints ship as one ensemble (:func:`attnkit.tasks.g2p.pack`): its members' next-token
+distributions are averaged at every decoding step. float16 halves the file, int8 (per-row scales)
+quarters it, so that the package stays small; the weights are read back into float32.
 """
 
-import sys
-from pathlib import Path
+import argparse
+import os
 
 import torch
 
-from attnkit.tasks.g2p import G2P
-from attnkit.train import checkpoint
+from attnkit.models.ensemble import COMBINES
+from attnkit.tasks.g2p import G2P, pack
 
 
-def main(source: str) -> None:
-    tensors, meta = checkpoint.load(source)
-    meta.pop("format")
-    half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("model.")}
-    target = G2P.shipped_path()
-    checkpoint.save(target, half, {"task": meta["task"], "train": meta["train"], "progress": meta["progress"]})
-    print(f"{target}: {target.stat().st_size / 2**20:.2f} MiB")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sources", nargs="+", help="checkpoints (or run folders: their best.safetensors)")
+    parser.add_argument("--storage", choices=("float16", "int8"), default="float16")
+    parser.add_argument("--combine", choices=COMBINES, default="probability", help="an ensemble's mean")
+    parser.add_argument("--out", default=None, help="where to write (default: the package's shipped model)")
+    args = parser.parse_args()
+    target = G2P.shipped_path() if args.out is None else args.out
+    pack(args.sources, target, combine=args.combine, storage=args.storage)
+    size = os.path.getsize(target)
+    print(f"{target}: {size:,} bytes ({size / 2**20:.2f} MiB), {len(args.sources)} model(s), {args.storage}")
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1] if len(sys.argv) > 1 else str(Path("runs/g2p-main/best.safetensors")))
+    main()

@@ -60,13 +60,19 @@ def _bert(text: str, out: Path) -> list[Path]:
     return [html, png]
 
 
+def _in_member(name: str) -> str:
+    """A module's name inside its ensemble member ("members.0.encoder.x" -> "encoder.x")."""
+    return name.split(".", 2)[2] if name.startswith("members.") else name
+
+
 def _g2p(word: str, checkpoint: str | None, out: Path) -> list[Path]:
     from .. import capture
     from ..tasks.g2p import G2P
     from ..viz import View, alignment, write_html
 
     g2p = G2P.load(checkpoint)
-    if getattr(g2p.model.config, "attention", None) == "none":
+    members = g2p.members  # an ensemble shows every member's attention
+    if getattr(members[0].config, "attention", None) == "none":
         raise AttentionError("this model has no attention (attention=none): there is nothing to show")
     with capture(g2p.model) as rec:
         (result,) = g2p.pronounce([word], beam=1)  # greedy: one decoder call per output step
@@ -74,8 +80,8 @@ def _g2p(word: str, checkpoint: str | None, out: Path) -> list[Path]:
     outputs = ["<s>"] + phones  # the decoder's inputs: what each step reads
     views = []
     names = rec.names()
-    if any(n.startswith("encoder.") for n in names):  # a Transformer: its encoder attends too
-        enc = [n for n in names if n.startswith("encoder.")]
+    if any(_in_member(n).startswith("encoder.") for n in names):  # a Transformer: its encoder attends too
+        enc = [n for n in names if _in_member(n).startswith("encoder.")]
         views.append(View("encoder self-attention", letters, letters, torch.stack([rec[n][0] for n in enc]), enc))
         # the last step re-read the whole prefix: its calls hold every step's rows
         last = {n: rec[n][0, :, : len(outputs)] for n in names if not n.startswith("encoder.")}  # (H, T, Tk)
@@ -92,9 +98,10 @@ def _g2p(word: str, checkpoint: str | None, out: Path) -> list[Path]:
             )
         )
         views.append(View("cross-attention", outputs, letters, torch.stack([last[n] for n in cross]), cross))
-    else:  # an RNN decoder: one attention, one step per call
-        rows = torch.stack([w[0] for w in rec.calls(names[0])])[: len(outputs)]  # (T, S)
-        views.append(View("cross-attention", outputs, letters, rows[None, None], [names[0] or "attention"]))
+    else:  # an RNN decoder: one attention (one per member of an ensemble), one step per call
+        rows = torch.stack([torch.stack([w[0] for w in rec.calls(n)])[: len(outputs)] for n in names])  # (N, T, S)
+        outputs = outputs[: rows.shape[1]]  # stopped at the length limit: no step reads the last phoneme
+        views.append(View("cross-attention", outputs, letters, rows[:, None], [n or "attention" for n in names]))
     html = write_html(out / f"g2p-{result.word}.html", views, title=f"{result.word} -> {' '.join(phones)}")
     png = alignment(
         result.weights,

@@ -117,19 +117,22 @@ def shipped(words: int | None) -> dict:
     """The shipped G2P model's greedy validation WER and attention sharpness with its score
     ``general`` (÷ 1) and ``scaled_general`` (÷ √M), the same weights; ``trained`` names the one it
     was trained with."""
-    from ..models import RNNSeq2Seq
+    from ..models import Ensemble, RNNSeq2Seq
     from ..tasks.g2p import G2P
 
     g2p = G2P.load()
-    config = g2p.model.config
+    members = g2p.members  # an ensemble: every member's
+    config, memory_dim = members[0].config, members[0].memory_dim
     out = {
-        "memory_dim": g2p.model.memory_dim,
-        "divisors": [1.0, math.sqrt(g2p.model.memory_dim)],
+        "memory_dim": memory_dim,
+        "divisors": [1.0, math.sqrt(memory_dim)],
         "trained": "scaled_general" if config.scaled else "general",
     }
     for name, scaled in (("general", False), ("scaled_general", True)):
-        model = RNNSeq2Seq(replace(config, scaled=scaled))
-        model.load_state_dict(g2p.model.state_dict())  # the same parameters: only the score differs
+        rescored = [RNNSeq2Seq(replace(m.config, scaled=scaled)) for m in members]
+        for r, m in zip(rescored, members):
+            r.load_state_dict(m.state_dict())  # the same parameters: only the score differs
+        model = rescored[0] if len(rescored) == 1 else Ensemble(rescored, g2p.model.combine)
         m = G2P(model, g2p.task_doc, g2p.path).evaluate("valid", beam=1, limit=words)
         sharp = m["attention"]
         out[name] = {

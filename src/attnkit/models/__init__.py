@@ -15,6 +15,7 @@ from .classify import (
 )
 from .decoding import Hypothesis, beam_search, greedy
 from .encoders import POOLINGS, Classified, Pooling, RNNEncoder
+from .ensemble import Ensemble
 from .han import HAN, HANConfig
 from .rnn import ATTENTIONS, RNNConfig, RNNSeq2Seq
 from .transformer import TransformerConfig, TransformerSeq2Seq
@@ -30,6 +31,7 @@ __all__ = [
     "CNNClassifierConfig",
     "Classified",
     "Decoded",
+    "Ensemble",
     "HANConfig",
     "Hypothesis",
     "Memory",

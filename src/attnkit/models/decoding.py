@@ -44,7 +44,7 @@ def _score_dtype(memory) -> torch.dtype:
     return torch.promote_types(memory.states.dtype, torch.float32)
 
 
-def _reorder(state, index: Tensor):
+def reorder_state(state, index: Tensor):
     """``state`` at rows ``index`` (B K,) along the batch dim."""
     reorder = getattr(state, "reorder", None)
     return reorder(index) if callable(reorder) else select(state, index)
@@ -135,7 +135,7 @@ def beam_search(
         top, idx = cand.topk(k, dim=-1)  # (B, K)
         origin = (torch.arange(b, device=device)[:, None] * k + idx // v).view(-1)  # (B K,) parent rows
         token = (idx % v).view(-1)
-        state = _reorder(state, origin)
+        state = reorder_state(state, origin)
         tokens = torch.cat([tokens[origin], token[:, None]], 1)
         if w is not None:
             step_w = w[origin][:, None]  # (B K, 1, S)

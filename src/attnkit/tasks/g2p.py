@@ -27,12 +27,13 @@ from ..data import cmudict
 from ..data.vocab import PAD, SPECIALS, Vocab
 from ..errors import AttentionError, check_int
 from ..models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq, beam_search, greedy
+from ..models.ensemble import COMBINES, Ensemble
 from ..train import checkpoint, config_from_dict, precision
 from ..train.batching import token_batches
 
 __all__ = [
     "G2P", "LENGTHS", "MODELS", "SHIPPED", "VALID_PHRASES", "G2PDoc", "G2PTask", "build_model", "by_length",
-    "edit_distance", "score",
+    "edit_distance", "pack", "score",
 ]  # fmt: skip
 
 MODELS = {"rnn": (RNNConfig, RNNSeq2Seq), "transformer": (TransformerConfig, TransformerSeq2Seq)}
@@ -299,6 +300,56 @@ class Pronunciation(NamedTuple):
     weights: Tensor | None
 
 
+def _ensemble(doc) -> tuple[int, str | None]:
+    """(members, combine) of a checkpoint's ``ensemble`` document; (1, None) for a single model."""
+    if doc is None:
+        return 1, None
+    members, combine = (doc.get(k) if isinstance(doc, dict) else None for k in ("members", "combine"))
+    if not (isinstance(members, int) and members >= 1) or combine not in COMBINES:
+        raise AttentionError(
+            f"ensemble must be {{'members': an int >= 1, 'combine': one of {list(COMBINES)}}}, got {doc!r}"
+        )
+    return members, combine
+
+
+def pack(
+    sources: list[str | Path], target: str | Path, *, combine: str = "probability", storage: str = "float16"
+) -> dict:
+    """Write the G2P checkpoints ``sources`` as one checkpoint at ``target`` that :meth:`G2P.load`
+    reads: one source as a single model, several as an :class:`~attnkit.models.Ensemble` whose
+    next-token distributions are combined by ``combine``. ``storage``: "float16" (half of float32)
+    or "int8" (:func:`~attnkit.train.checkpoint.quantize`, a quarter); either is read back into
+    float32. The sources must be the same model over the same vocabularies. Returns the metadata."""
+    if not sources:
+        raise AttentionError("sources is empty; give at least one checkpoint")
+    if storage not in ("float16", "int8"):
+        raise AttentionError(f"storage={storage!r} is unknown; expected 'float16' or 'int8'")
+    if combine not in COMBINES:
+        raise AttentionError(f"combine={combine!r} is unknown; expected one of {list(COMBINES)}")
+    tensors, members, task = {}, [], None
+    for i, source in enumerate(sources):
+        path = Path(source) / "best.safetensors" if Path(source).is_dir() else Path(source)
+        found, meta = checkpoint.load(path)
+        G2PDoc.read(meta, path)
+        if meta.get("ensemble") is not None:
+            raise AttentionError(f"checkpoint {str(path)!r} is an ensemble already; give its members' checkpoints")
+        if task is not None and meta["task"] != task:
+            raise AttentionError(f"checkpoint {str(path)!r} is another model or vocabulary than {str(sources[0])!r}")
+        task = meta["task"]
+        prefix = "model." if len(sources) == 1 else f"model.members.{i}."
+        tensors |= {prefix + k[len("model.") :]: v for k, v in found.items() if k.startswith("model.")}
+        members.append({"source": str(path), "train": meta.get("train"), "progress": meta.get("progress")})
+    if storage == "int8":
+        tensors = checkpoint.quantize(tensors)
+    else:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    meta = {"task": task, "storage": storage, "members": members}
+    if len(sources) > 1:
+        meta["ensemble"] = {"members": len(sources), "combine": combine}
+    checkpoint.save(target, tensors, meta)
+    return meta
+
+
 class G2P:
     """A trained G2P model ready for inference: ``G2P.load()`` is the model shipped with attnkit.
 
@@ -327,9 +378,12 @@ class G2P:
         tensors, meta = checkpoint.load(path)
         doc = G2PDoc.read(meta, path)
         try:
-            model = build_model(
-                doc.model, doc.model_config, len(doc.letters), len(doc.phonemes), what="task.model_config"
-            )
+            members, combine = _ensemble(meta.get("ensemble"))
+            models = [
+                build_model(doc.model, doc.model_config, len(doc.letters), len(doc.phonemes), what="task.model_config")
+                for _ in range(members)
+            ]
+            model = models[0] if combine is None else Ensemble(models, combine)
             loaded = cls(model, meta["task"], str(path))
         except AttentionError as err:
             raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
@@ -391,6 +445,11 @@ class G2P:
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def members(self) -> list[nn.Module]:
+        """The models that decode: an ensemble's members, else the one model."""
+        return list(self.model.members) if isinstance(self.model, Ensemble) else [self.model]
 
     def _autocast(self, name: str):
         return precision.autocast(name, next(self.model.parameters()).device)

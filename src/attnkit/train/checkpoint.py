@@ -30,10 +30,12 @@ __all__ = [
     "FORMAT",
     "CheckpointError",
     "average",
+    "dequantize",
     "digest",
     "load",
     "load_optimizer",
     "optimizer_tensors",
+    "quantize",
     "read_meta",
     "read_task",
     "remove_temporaries",
@@ -44,6 +46,7 @@ __all__ = [
 
 FORMAT = "attnkit/1"
 CHECKSUM = "attnkit.sha256"  # the safetensors metadata key of the tensors' checksum
+SCALE = ":int8_scale"  # suffix of the per-row scales of a tensor stored in int8 (:func:`quantize`)
 
 
 class CheckpointError(AttentionError):
@@ -162,8 +165,60 @@ def _read(path: str | os.PathLike, tensors: bool) -> tuple[dict[str, Tensor], di
 
 def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     """(tensors, meta) of a checkpoint written by :func:`save`; a missing, corrupt or foreign file
-    raises an AttentionError that names it."""
-    return _read(path, tensors=True)
+    raises an AttentionError that names it. Tensors stored in int8 (:func:`quantize`) come back
+    in float32."""
+    tensors, meta = _read(path, tensors=True)
+    try:
+        return dequantize(tensors), meta
+    except CheckpointError as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {err}") from None
+
+
+def quantize(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per-row symmetric int8 storage: every floating tensor with two or more dims (the weight
+    matrices) becomes int8 values ``round(w / s)`` plus float32 scales ``NAME:int8_scale`` (rows,),
+    ``s = max |w_row| / 127``, so each element is within s/2 of its value; 1-dim tensors (biases,
+    norms) and the rest are kept as they are. A quarter of float32's bytes; :func:`load` reverses it.
+
+    >>> w = torch.tensor([[1.0, -0.5], [0.0, 0.0]])
+    >>> q = quantize({"w": w})
+    >>> q["w"].tolist(), q["w:int8_scale"].tolist()
+    ([[127, -64], [0, 0]], [0.007874015718698502, 0.0])
+    >>> dequantize(q)["w"].tolist()
+    [[1.0, -0.5039370059967041], [0.0, 0.0]]
+    """
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(SCALE):
+            raise CheckpointError(f"tensor {name!r} already holds int8 scales; quantize the float tensors once")
+        if not (t.is_floating_point() and t.dim() >= 2):
+            out[name] = t
+            continue
+        rows = t.detach().float().reshape(t.shape[0], -1)
+        scale = rows.abs().amax(-1) / 127  # (rows,)
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
+        out[name] = (rows / safe[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(t.shape)
+        out[name + SCALE] = scale
+    return out
+
+
+def dequantize(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The float32 tensors of a :func:`quantize`-d dict (a dict without int8 scales is returned as
+    it is); a scale without its tensor, or of the wrong length, raises a CheckpointError."""
+    if not any(name.endswith(SCALE) for name in tensors):
+        return tensors
+    out = {name: t for name, t in tensors.items() if not name.endswith(SCALE)}
+    for key in (name for name in tensors if name.endswith(SCALE)):
+        name, scale = key[: -len(SCALE)], tensors[key]
+        values = out.get(name)
+        if values is None or values.dtype != torch.int8 or scale.shape != values.shape[:1]:
+            got = "missing" if values is None else f"{values.dtype} {tuple(values.shape)}"
+            raise CheckpointError(
+                f"int8 scales {key!r} {tuple(scale.shape)} do not match tensor {name!r} ({got}); "
+                "expected int8 values with one scale per row"
+            )
+        out[name] = (values.float().reshape(len(scale), -1) * scale.float()[:, None]).reshape(values.shape)
+    return out
 
 
 def average(paths: list[str | os.PathLike]) -> tuple[dict[str, Tensor], dict]:
