@@ -7,10 +7,10 @@ Every model alone and every ensemble of two or more of them, with each way of co
 members (mean of probabilities, mean of log-probabilities), is scored on the whole validation split
 with the shipped decoding (beam 5, alpha 0.6; WER with stress kept, the metric the trainer selects
 on). Among the candidates whose int8 file (:func:`attnkit.tasks.g2p.pack`) fits the size budget,
-the lowest valid WER wins (ties: fewer members, then the first listed). It is packed to
-OUT.safetensors, its packed file is scored on valid once more (int8 rounding included) and only
+the lowest valid WER wins (ties: fewer members, then the first listed). It is packed to PACKED
+(default runs/g2p-ensemble.safetensors, where compare.py looks for it), its packed file is scored on valid once more (int8 rounding included) and only
 then on the test split, beside the best single model on valid; the tables go to OUT.json and OUT.md.
-Ship it with ``cp OUT.safetensors src/attnkit/pretrained/g2p.safetensors``.
+Ship it with ``cp PACKED src/attnkit/pretrained/g2p.safetensors``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def scored(model: G2P, split: str, limit: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", type=Path, help="checkpoints or run folders (their best.safetensors)")
-    parser.add_argument("--out", type=Path, required=True, help="OUT.safetensors, OUT.json and OUT.md are written")
+    parser.add_argument("--out", type=Path, required=True, help="OUT.json and OUT.md are written")
+    parser.add_argument("--packed", type=Path, default=Path("runs/g2p-ensemble.safetensors"), help="the chosen, packed")
     parser.add_argument("--budget", type=int, default=BUDGET, help="bytes the packed file may take")
     parser.add_argument("--limit", type=int, help="score N evenly spaced words of each split (a smoke run)")
     args = parser.parse_args()
@@ -67,7 +68,7 @@ def main() -> None:
     fits = [r for r in candidates if r["bytes_int8"] <= args.budget]
     chosen = min(fits, key=lambda r: (r["wer"], len(r["members"])))
     single = min((r for r in candidates if len(r["members"]) == 1), key=lambda r: r["wer"])
-    packed = args.out.with_suffix(".safetensors")
+    packed = args.packed
     pack(chosen["members"], packed, combine=chosen["combine"] or "probability", storage="int8")
     shipped = G2P.load(packed)
     valid_packed = scored(shipped, "valid", args.limit)
