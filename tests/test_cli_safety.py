@@ -162,6 +162,17 @@ def test_the_shipped_model_carries_a_checksum_that_matches():
     assert checkpoint.digest(tensors) == stored
 
 
+def test_the_shipped_model_fits_the_package_budget_and_loads_as_it_was_packed():
+    """At most 20 MB in the package (issue 13); an ensemble is read back as one, every member whole."""
+    path = G2P.shipped_path()
+    assert path.stat().st_size <= 20_000_000
+    meta = checkpoint.read_meta(path)
+    g2p = G2P.load()
+    expected = meta.get("ensemble", {"members": 1})["members"]
+    assert len(g2p.members) == expected == len(meta["members"])
+    assert g2p.parameters() == expected * sum(p.numel() for p in g2p.members[0].parameters())
+
+
 # -- invalid numbers ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "argv, expected",

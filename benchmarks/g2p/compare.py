@@ -35,7 +35,7 @@ MODELS = {
 RECIPE = "--scaled --no-input-feed --layers 2 --embed-dim 128 --hidden-dim 256 --dropout 0.3 --epochs 40 --patience 8"
 RECIPE += " --keep-epochs 5 --precision bf16 --checkpoint-every 200"
 SHIPPED = {
-    "rnn, 2 layers, Luong scaled general, no input feeding (shipped)": (
+    "rnn, 2 layers, Luong scaled general, no input feeding (one run, shipped before the ensemble)": (
         RECIPE.split(),
         "runs/g2p-ship2",
         "chosen.safetensors",
@@ -43,7 +43,7 @@ SHIPPED = {
 }
 PREVIOUS = "rnn, Luong general, 12 epochs (shipped before)"  # evaluated from a copy of its file, if given
 # an ensemble of runs of the recipe, chosen and packed by ensemble.py: evaluated from its file, if there
-ENSEMBLE = ("ensemble of runs of that recipe, int8 (ensemble.py's choice)", Path("runs/g2p-ensemble.safetensors"))
+ENSEMBLE = ("ensemble of 2 runs of that recipe, int8 (shipped)", Path("runs/g2p-ensemble.safetensors"))
 
 
 def attnkit(*args: str) -> None:
