@@ -3,11 +3,12 @@
     OMP_NUM_THREADS=1 python benchmarks/g2p/compare.py [--epochs 3] [--out runs/compare] [--only NAME ...]
 
 Every model of MODELS sees the same data, batches, seed, schedule and number of epochs; the
-shipped model is trained by its own recipe in its own folder (SHIPPED: its flags, folder and the
-checkpoint it ships, chosen on validation). Each is then evaluated on the whole test split with
-beam 5 (``attnkit eval --json``): WER / PER, WER by word length and the sharpness of the decoded
-attention. A run folder that already has a best checkpoint is evaluated, not retrained. The
-previously shipped model (PREVIOUS) is evaluated from its file, with the training record it had.
+shipped recipe is trained in its own folder (SHIPPED: its flags, folder and the checkpoint chosen
+on validation). Each is then evaluated on the whole test split with beam 5 (``attnkit eval
+--json``): WER / PER, WER by word length and the sharpness of the decoded attention. A run folder
+that already has a best checkpoint is evaluated, not retrained. The previously shipped model
+(PREVIOUS) is evaluated from its file, with the training record it had; the shipped ensemble
+(ENSEMBLE, packed by ensemble.py) from its file, with its members' training records summed.
 Results: ``benchmarks/g2p/results.md`` (with the peers of ``peers.json`` beside every table) and
 ``results.json``.
 """
@@ -67,6 +68,9 @@ def main() -> None:
     runs.update({name: (flags, Path(run), file) for name, (flags, run, file) in SHIPPED.items()})
     if args.previous:
         runs[PREVIOUS] = (None, args.previous.parent, args.previous.name)
+    name, packed = ENSEMBLE
+    if packed.exists():
+        runs[name] = (None, packed.parent, packed.name)
     for name, (flags, run, file) in runs.items():
         if args.report or (args.only and name not in args.only):
             continue
@@ -76,7 +80,9 @@ def main() -> None:
         attnkit("eval", str(run / file), "--beam", "5", "--json", str(out))
         figures = json.loads(out.read_text())
         results = json.loads(results_path.read_text()) if results_path.exists() else {}  # re-read: runs may be parallel
-        if flags is None:  # the previous shipped model: its training record stays
+        if name == ENSEMBLE[0]:
+            record = ensemble_record(run / file)
+        elif flags is None:  # the previous shipped model: its training record stays
             record = {k: results[name][k] for k in ("command", "epochs", "train_seconds", "hardware")}
         else:
             history = json.loads((run / "history.json").read_text())
@@ -87,13 +93,6 @@ def main() -> None:
                 "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
             }
         results[name] = {**figures, **record, "checkpoint": file}
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
-    name, packed = ENSEMBLE
-    if packed.exists() and not args.report and (not args.only or name in args.only):
-        out = packed.with_name(f"test-{packed.stem}.json")
-        attnkit("eval", str(packed), "--beam", "5", "--json", str(out))
-        results = json.loads(results_path.read_text()) if results_path.exists() else {}
-        results[name] = {**json.loads(out.read_text()), **ensemble_record(packed), "checkpoint": packed.name}
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     results = json.loads(results_path.read_text())
     (here / "results.md").write_text(table(results) + "\n" + by_length(results, peers(here)))

@@ -14,13 +14,13 @@ import os
 import torch
 
 from attnkit.models.ensemble import COMBINES
-from attnkit.tasks.g2p import G2P, pack
+from attnkit.tasks.g2p import G2P, STORAGES, pack
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", help="checkpoints (or run folders: their best.safetensors)")
-    parser.add_argument("--storage", choices=("float16", "int8"), default="float16")
+    parser.add_argument("--storage", choices=STORAGES, default="float16")
     parser.add_argument("--combine", choices=COMBINES, default="probability", help="an ensemble's mean")
     parser.add_argument("--out", default=None, help="where to write (default: the package's shipped model)")
     args = parser.parse_args()

@@ -71,8 +71,7 @@ def _g2p(word: str, checkpoint: str | None, out: Path) -> list[Path]:
     from ..viz import View, alignment, write_html
 
     g2p = G2P.load(checkpoint)
-    members = g2p.members  # an ensemble shows every member's attention
-    if getattr(members[0].config, "attention", None) == "none":
+    if getattr(g2p.members[0].config, "attention", None) == "none":  # an ensemble: one panel per member
         raise AttentionError("this model has no attention (attention=none): there is nothing to show")
     with capture(g2p.model) as rec:
         (result,) = g2p.pronounce([word], beam=1)  # greedy: one decoder call per output step
@@ -84,7 +83,7 @@ def _g2p(word: str, checkpoint: str | None, out: Path) -> list[Path]:
         enc = [n for n in names if _in_member(n).startswith("encoder.")]
         views.append(View("encoder self-attention", letters, letters, torch.stack([rec[n][0] for n in enc]), enc))
         # the last step re-read the whole prefix: its calls hold every step's rows
-        last = {n: rec[n][0, :, : len(outputs)] for n in names if not n.startswith("encoder.")}  # (H, T, Tk)
+        last = {n: rec[n][0, :, : len(outputs)] for n in names if n not in enc}  # (H, T, Tk)
         outputs = outputs[: next(iter(last.values())).shape[1]]
         dec = [n for n in last if n.endswith("self_attn")]
         cross = [n for n in last if n.endswith("cross_attn")]

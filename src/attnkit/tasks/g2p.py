@@ -32,7 +32,7 @@ from ..train import checkpoint, config_from_dict, precision
 from ..train.batching import token_batches
 
 __all__ = [
-    "G2P", "LENGTHS", "MODELS", "SHIPPED", "VALID_PHRASES", "G2PDoc", "G2PTask", "build_model", "by_length",
+    "G2P", "LENGTHS", "MODELS", "SHIPPED", "STORAGES", "VALID_PHRASES", "G2PDoc", "G2PTask", "build_model", "by_length",
     "edit_distance", "pack", "score",
 ]  # fmt: skip
 
@@ -40,6 +40,7 @@ MODELS = {"rnn": (RNNConfig, RNNSeq2Seq), "transformer": (TransformerConfig, Tra
 SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
 LENGTHS = ((1, 5), (6, 8), (9, 11), (12, None))  # word-length buckets in letters, for by_length
 VALID_PHRASES = 1000  # validation phrases of a phrase task without valid_limit
+STORAGES = ("float16", "int8")  # how pack stores the weights
 
 
 def edit_distance(a, b) -> int:
@@ -322,8 +323,8 @@ def pack(
     float32. The sources must be the same model over the same vocabularies. Returns the metadata."""
     if not sources:
         raise AttentionError("sources is empty; give at least one checkpoint")
-    if storage not in ("float16", "int8"):
-        raise AttentionError(f"storage={storage!r} is unknown; expected 'float16' or 'int8'")
+    if storage not in STORAGES:
+        raise AttentionError(f"storage={storage!r} is unknown; expected one of {list(STORAGES)}")
     if combine not in COMBINES:
         raise AttentionError(f"combine={combine!r} is unknown; expected one of {list(COMBINES)}")
     tensors, members, task = {}, [], None
