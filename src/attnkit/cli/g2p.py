@@ -58,6 +58,21 @@ def add_train_parser(sub) -> None:
         "validated on --valid-limit validation phrases (default 1000)",
     )
     p.add_argument("--max-words", type=count, help="words per phrase, at most (default 8; with --phrases)")
+    p.add_argument(
+        "--teacher",
+        metavar="CHECKPOINT",
+        help="distil this G2P checkpoint (a packed ensemble too): also learn its next-token distributions",
+    )
+    p.add_argument(
+        "--distil",
+        type=float,
+        help="with --teacher: the weight of the teacher's term in the loss, in (0, 1] (default 0.5)",
+    )
+    p.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from this G2P checkpoint's weights (its model; flags given change it)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     add_run_flags(p)
     model = p.add_argument_group("model (fields of RNNConfig / TransformerConfig)")
@@ -82,7 +97,7 @@ def _train(args, device) -> int:
     model_given = given(args, set().union(*fields.values()))
     out = Path(args.out) if args.out else None
     if args.resume:
-        task_flags = ["limit", "valid_limit", "phrases", "max_words"]
+        task_flags = ["limit", "valid_limit", "phrases", "max_words", "teacher", "distil", "init"]
         meta = resumed_run(out, {**model_given, **given(args, train_names + task_flags)}, "g2p")
         path = out / "last.safetensors"
         doc = G2PDoc.read(meta, path)
@@ -94,6 +109,8 @@ def _train(args, device) -> int:
                 valid_limit=doc.valid_limit,
                 phrases=doc.phrases,
                 max_words=doc.max_words,
+                cache=str(out),
+                **_sources(doc),
             )
         except AttentionError as err:
             raise CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
@@ -102,16 +119,39 @@ def _train(args, device) -> int:
         check_model_flags(args.model, fields, model_given)
         config = train_config(args, train_names)  # bad numbers before the data is read
         phrases = {} if args.max_words is None else {"max_words": args.max_words}
-        task = G2PTask(
-            args.model, model_given, limit=args.limit, valid_limit=args.valid_limit, phrases=args.phrases, **phrases
-        )
+        sources = {k: getattr(args, k) for k in ("teacher", "distil", "init") if getattr(args, k) is not None}
         if out is None:
             attention = model_given.get("attention", "luong-general") if args.model == "rnn" else None
             out = Path("runs") / "-".join(x for x in ("g2p", args.model, attention) if x)
         fresh_run_folder(out)
+        task = G2PTask(
+            args.model,
+            model_given,
+            limit=args.limit,
+            valid_limit=args.valid_limit,
+            phrases=args.phrases,
+            cache=str(out),
+            **phrases,
+            **sources,
+        )
     trainer = Trainer(task, config, out, progress=not args.no_progress, device=device)
     summary = f"g2p {task.model} {json.dumps(task.model_config)}, {len(task.pairs):,} training pairs"
     return fit(trainer, out, args.resume, summary, "attnkit eval {best}")
+
+
+def _sources(doc) -> dict:
+    """G2PTask's teacher, distil and init arguments from a resumed run's task document."""
+    out = {}
+    for name, keys in (("teacher", ("path", "sha256", "distil")), ("init", ("path", "sha256"))):
+        entry = getattr(doc, name)
+        if entry is None:
+            continue
+        if set(entry) != set(keys):
+            raise AttentionError(f"task.{name} must hold {list(keys)}, got {entry!r}")
+        out[name] = entry["path"]
+        if name == "teacher":
+            out["distil"] = entry["distil"]
+    return out
 
 
 def evaluate(args) -> int:

@@ -10,6 +10,8 @@ every phoneme on both sides):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +34,8 @@ from ..train import checkpoint, config_from_dict, precision
 from ..train.batching import token_batches
 
 __all__ = [
-    "G2P", "LENGTHS", "MODELS", "SHIPPED", "STORAGES", "VALID_PHRASES", "G2PDoc", "G2PTask", "build_model", "by_length",
-    "edit_distance", "pack", "score",
+    "G2P", "LENGTHS", "MODELS", "SHIPPED", "STORAGES", "TARGETS", "VALID_PHRASES", "G2PDoc", "G2PTask", "build_model", "by_length",
+    "edit_distance", "pack", "score", "teacher_targets",
 ]  # fmt: skip
 
 MODELS = {"rnn": (RNNConfig, RNNSeq2Seq), "transformer": (TransformerConfig, TransformerSeq2Seq)}
@@ -41,6 +43,17 @@ SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
 LENGTHS = ((1, 5), (6, 8), (9, 11), (12, None))  # word-length buckets in letters, for by_length
 VALID_PHRASES = 1000  # validation phrases of a phrase task without valid_limit
 STORAGES = ("float16", "int8")  # how pack stores the weights
+TARGETS = "teacher-targets.safetensors"  # a distilled run's teacher targets, in G2PTask.cache
+_MODEL = (
+    "name",
+    "model",
+    "model_config",
+    "letters",
+    "phonemes",
+    "phrases",
+    "max_words",
+)  # the task fields pack's members share
+_RUN_ONLY = ("teacher", "init")  # task fields of how a run was trained, not of its model: pack keeps them per member
 
 
 def edit_distance(a, b) -> int:
@@ -161,7 +174,19 @@ class G2PTask:
 
     With ``phrases``: trained on that many training phrases and validated on ``valid_limit``
     validation phrases (default :data:`VALID_PHRASES`), :func:`attnkit.data.cmudict.phrases` of up to
-    ``max_words`` words drawn with seed 0, over the phrase alphabets."""
+    ``max_words`` words drawn with seed 0, over the phrase alphabets.
+
+    With ``teacher`` (token-level knowledge distillation, e.g. of an ensemble packed by :func:`pack`
+    into one model): the teacher's next-token distribution at every position of every training
+    pair, teacher-forced on the pair's reference, is computed once (float32, kept in float16), and
+    the loss is (1 - ``distil``) x the label-smoothed cross-entropy on the reference + ``distil`` x
+    the cross-entropy on the teacher's distribution. With ``init``: training starts from that
+    checkpoint's weights (the same model) instead of a fresh initialisation. A run's document names
+    both files with the SHA-256 of their tensors, so that ``--resume`` refuses a file that changed.
+    Computing the targets takes a forward pass of the teacher over every pair (about 5 minutes for
+    an ensemble of 3 on one thread); with ``cache`` (``attnkit train g2p`` gives the run folder)
+    they are kept in ``cache/TARGETS`` and a resumed run reads them back.
+    """
 
     model: str = "rnn"
     model_config: dict | None = None  # fields of RNNConfig / TransformerConfig, vocab sizes aside
@@ -169,6 +194,10 @@ class G2PTask:
     valid_limit: int | None = None  # validate on N validation words only, spread (phrases: on N phrases)
     phrases: int | None = None  # train on N phrases of training words instead of the words (long inputs)
     max_words: int = 8  # words per phrase, drawn uniformly from 1..max_words (with phrases only)
+    teacher: str | None = None  # a G2P checkpoint (a packed ensemble too) whose distributions are learnt as well
+    distil: float = 0.5  # with teacher: the weight of the teacher's term in the loss, in (0, 1]
+    init: str | None = None  # start from this G2P checkpoint's weights (the same model), not a fresh initialisation
+    cache: str | None = None  # a folder that keeps the teacher's targets (TARGETS) for a resumed run; not described
     metric = "wer"  # early stopping and the best checkpoint follow validation WER (stress kept)
     higher_is_better = False
 
@@ -184,9 +213,15 @@ class G2PTask:
             )
         if self.phrases is None and self.max_words != 8:
             raise AttentionError(f"max_words={self.max_words} applies to phrases only; set phrases or leave max_words")
+        if isinstance(self.distil, bool) or not isinstance(self.distil, (int, float)) or not 0 < self.distil <= 1:
+            raise AttentionError(f"distil must be a number in (0, 1], got {self.distil!r}")
+        if self.teacher is None and self.distil != 0.5:
+            raise AttentionError(f"distil={self.distil} weighs a teacher's term; set teacher or leave distil")
         self.model_config = dict(self.model_config or {})
         if self.model not in MODELS:
             raise AttentionError(f"model={self.model!r} is unknown; expected one of {sorted(MODELS)}")
+        if self.init is not None:  # its model, with the fields given here (dropout, say) changed
+            self.model_config = {**self._init_doc().model_config, **self.model_config}
         sizes = {"src_vocab": len(SPECIALS) + 1, "tgt_vocab": len(SPECIALS) + 1}  # bad fields fail before loading
         config_from_dict(MODELS[self.model][0], {**self.model_config, **sizes}, "model_config")
         if self.phrases is None:
@@ -198,9 +233,62 @@ class G2PTask:
             train = cmudict.phrases("train", self.phrases, self.max_words)
             self.valid = cmudict.phrases("valid", self.valid_limit or VALID_PHRASES, self.max_words)
         self.pairs = [(self.letters.encode(e.word), self.phonemes.encode(p)) for e in train for p in e.pronunciations]
+        self._init = None  # the state init's weights give this task's model
+        if self.init is not None:
+            model, tensors = self._source("init", self.init)
+            self._init_sha = checkpoint.digest(tensors)
+            self._init = build_model(self.model, self.model_config, len(self.letters), len(self.phonemes))
+            checkpoint.load_model(self._init, {f"model.{k}": v for k, v in model.state_dict().items()}, self.init)
+            self._init = self._init.state_dict()
+        self.soft = None  # the teacher's distributions of all pairs' positions, (Σ len(target) + 1, V)
+        if self.teacher is not None:
+            model, tensors = self._source("teacher", self.teacher)
+            self._teacher_sha = checkpoint.digest(tensors)
+            self.soft, self.soft_at = self._targets(model)
+
+    def _targets(self, teacher: nn.Module) -> tuple[Tensor, list[int]]:
+        """:func:`teacher_targets` of the pairs, read from ``cache`` when it holds them for this
+        teacher and these pairs, else computed (and written there)."""
+        key = {"teacher": self._teacher_sha, "pairs": hashlib.sha256(json.dumps(self.pairs).encode()).hexdigest()}
+        path = None if self.cache is None else Path(self.cache) / TARGETS
+        if path is not None and path.is_file():
+            try:
+                tensors, meta = checkpoint.load(path)
+                if meta.get("key") == key:
+                    return tensors["soft"], tensors["offsets"].tolist()
+            except (checkpoint.CheckpointError, KeyError):
+                pass  # damaged: computed again
+        soft, offsets = teacher_targets(teacher, self.pairs, self.letters, self.phonemes)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.save(path, {"soft": soft, "offsets": torch.tensor(offsets)}, {"key": key})
+        return soft, offsets
+
+    def _source(self, name: str, path: str):
+        """The G2P model at ``path`` (``teacher`` or ``init``, named ``name`` in errors) and its
+        tensors, checked to be over this task's vocabularies (``init``: one model of this kind)."""
+        path = Path(path) / "best.safetensors" if Path(path).is_dir() else Path(path)
+        tensors, _ = checkpoint.load(path)
+        g2p = G2P.load(path)
+        if g2p.letters != self.letters or g2p.phonemes != self.phonemes:
+            raise AttentionError(f"{name} {str(path)!r} was trained with other letters or phonemes than this task")
+        return g2p.model, tensors
+
+    def _init_doc(self) -> G2PDoc:
+        """The task document of ``init``: one model of this task's kind (read before the data)."""
+        path = Path(self.init) / "best.safetensors" if Path(self.init).is_dir() else Path(self.init)
+        meta = checkpoint.read_meta(path)
+        doc = G2PDoc.read(meta, path)
+        if meta.get("ensemble") is not None or doc.model != self.model:
+            found = "an ensemble" if meta.get("ensemble") is not None else f"a {doc.model!r} model"
+            raise AttentionError(f"init {str(path)!r} is {found}; expected one {self.model!r} model to start from")
+        return doc
 
     def build(self) -> nn.Module:
-        return build_model(self.model, self.model_config, len(self.letters), len(self.phonemes))
+        model = build_model(self.model, self.model_config, len(self.letters), len(self.phonemes))
+        if self._init is not None:
+            model.load_state_dict(self._init)
+        return model
 
     def describe(self) -> dict:
         """The checkpoint's task document; ``phrases`` and ``max_words`` only for a phrase model, so
@@ -215,7 +303,17 @@ class G2PTask:
             **phrases,
             "letters": self.letters.symbols,
             "phonemes": self.phonemes.symbols,
+            **self._sources(),
         }
+
+    def _sources(self) -> dict:
+        """The ``teacher`` and ``init`` entries of :meth:`describe`, for a run that has them."""
+        out = {}
+        if self.teacher is not None:
+            out["teacher"] = {"path": str(self.teacher), "sha256": self._teacher_sha, "distil": self.distil}
+        if self.init is not None:
+            out["init"] = {"path": str(self.init), "sha256": self._init_sha}
+        return out
 
     def batches(
         self, epoch: int, generator: torch.Generator, batch_size: int, batch_tokens: int | None = None
@@ -238,18 +336,31 @@ class G2PTask:
         for g in order:
             src = self.letters.pad([self.pairs[i][0] for i in groups[g]])
             tgt = self.phonemes.pad([self.pairs[i][1] for i in groups[g]], bos=True, eos=True)
-            out.append((src, tgt))
+            out.append((src, tgt) if self.soft is None else (src, tgt, self._soft(groups[g], tgt.shape[1] - 1)))
+        return out
+
+    def _soft(self, rows: list[int], length: int) -> Tensor:
+        """The teacher's distributions of the pairs ``rows``, (B, length, V) float16, zero past each end."""
+        out = self.soft.new_zeros(len(rows), length, self.soft.shape[1])
+        for r, i in enumerate(rows):
+            start, stop = self.soft_at[i], self.soft_at[i + 1]
+            out[r, : stop - start] = self.soft[start:stop]
         return out
 
     def loss(self, model: nn.Module, batch, config) -> tuple[Tensor, int]:
-        """Label-smoothed cross-entropy per target token; with sampled hard attention, plus the
-        REINFORCE loss whose reward for step t's draw is log p(y_t), baselined by the batch mean."""
-        src, tgt = batch
+        """Label-smoothed cross-entropy per target token (with a teacher, mixed with the
+        cross-entropy on its distributions); with sampled hard attention, plus the REINFORCE loss
+        whose reward for step t's draw is log p(y_t), baselined by the batch mean."""
+        src, tgt, *soft = batch
         out = model(src, tgt[:, :-1])
         gold = tgt[:, 1:]  # (B, T)
         real = gold.ne(PAD)
         logits = out.logits.reshape(-1, out.logits.shape[-1])
         loss = F.cross_entropy(logits, gold.reshape(-1), ignore_index=PAD, label_smoothing=config.label_smoothing)
+        if soft:
+            logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+            taught = -(soft[0].reshape(logp.shape).to(logp.dtype) * logp).sum(-1)
+            loss = (1 - self.distil) * loss + self.distil * taught[real.reshape(-1)].mean()
         if out.log_prob is not None:
             ll = -F.cross_entropy(logits, gold.reshape(-1), reduction="none").view_as(gold)  # (B, T)
             baseline = (ll * real).sum(0) / real.sum(0).clamp(min=1)  # (T,) batch mean per step
@@ -279,6 +390,8 @@ class G2PDoc:
     phonemes: list[str]  # the output vocabulary, specials first
     phrases: int | None = None  # a phrase model's training phrases (older checkpoints: None, words)
     max_words: int = 8  # a phrase model's words per phrase, at most
+    teacher: dict | None = None  # a distilled model's teacher: {"path", "sha256", "distil"}
+    init: dict | None = None  # the checkpoint a run started from: {"path", "sha256"}
 
     def __post_init__(self):
         for name in ("letters", "phonemes"):
@@ -299,6 +412,29 @@ class Pronunciation(NamedTuple):
     word: str
     phones: tuple[str, ...]
     weights: Tensor | None
+
+
+def teacher_targets(teacher: nn.Module, pairs, letters, phonemes, batch_size: int = 512) -> tuple[Tensor, list[int]]:
+    """``teacher``'s next-token distributions for every position of every (letters, phonemes)
+    pair of ``pairs``, teacher-forced on the pair's phonemes: (Σ len(phonemes) + 1, V) float16
+    (computed in float32), pair i's rows from offsets[i] to offsets[i + 1] (its end mark last)."""
+    teacher.eval()
+    offsets = [0]
+    for _, target in pairs:
+        offsets.append(offsets[-1] + len(target) + 1)
+    soft = None
+    order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i][0]), len(pairs[i][1])))
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            src = letters.pad([pairs[i][0] for i in idx])
+            tgt = phonemes.pad([pairs[i][1] for i in idx], bos=True, eos=True)
+            probs = teacher(src, tgt[:, :-1]).logits.float().softmax(-1).half()
+            if soft is None:
+                soft = probs.new_empty(offsets[-1], probs.shape[-1])
+            for r, i in enumerate(idx):
+                soft[offsets[i] : offsets[i + 1]] = probs[r, : offsets[i + 1] - offsets[i]]
+    return soft, offsets
 
 
 def _ensemble(doc) -> tuple[int, str | None]:
@@ -334,12 +470,13 @@ def pack(
         G2PDoc.read(meta, path)
         if meta.get("ensemble") is not None:
             raise AttentionError(f"checkpoint {str(path)!r} is an ensemble already; give its members' checkpoints")
-        if task is not None and meta["task"] != task:
+        if task is not None and any(meta["task"].get(k) != task.get(k) for k in _MODEL):
             raise AttentionError(f"checkpoint {str(path)!r} is another model or vocabulary than {str(sources[0])!r}")
-        task = meta["task"]
+        task = task or {k: v for k, v in meta["task"].items() if k not in _RUN_ONLY}
         prefix = "model." if len(sources) == 1 else f"model.members.{i}."
         tensors |= {prefix + k[len("model.") :]: v for k, v in found.items() if k.startswith("model.")}
-        members.append({"source": str(path), "train": meta.get("train"), "progress": meta.get("progress")})
+        run = {k: meta["task"][k] for k in _RUN_ONLY if k in meta["task"]}
+        members.append({"source": str(path), "train": meta.get("train"), "progress": meta.get("progress"), **run})
     if storage == "int8":
         tensors = checkpoint.quantize(tensors)
     else:
