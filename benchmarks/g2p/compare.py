@@ -8,7 +8,9 @@ on validation). Each is then evaluated on the whole test split with beam 5 (``at
 --json``): WER / PER, WER by word length and the sharpness of the decoded attention. A run folder
 that already has a best checkpoint is evaluated, not retrained. The previously shipped model
 (PREVIOUS) is evaluated from its file, with the training record it had; the shipped ensemble
-(ENSEMBLE, packed by ensemble.py) from its file, with its members' training records summed.
+(ENSEMBLE, packed by ensemble.py) from its file, with the training records of its members' runs
+and of the runs they started from (``--init``) and learnt from (``--teacher``) summed; the ensemble
+shipped before it (ENSEMBLE_BEFORE) keeps its row.
 Results: ``benchmarks/g2p/results.md`` (with the peers of ``peers.json`` beside every table) and
 ``results.json``.
 """

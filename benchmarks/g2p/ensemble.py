@@ -1,7 +1,7 @@
 """An ensemble of G2P models chosen on the validation split, packed into one int8 file for shipping.
 
     OMP_NUM_THREADS=1 python benchmarks/g2p/ensemble.py runs/g2p-ship2/chosen.safetensors \\
-        runs/g2p-seed1 runs/g2p-seed2 --out benchmarks/g2p/ensemble
+        runs/g2p-seed1 runs/g2p-kd-ft1 runs/g2p-kd-ft0 runs/g2p-kd3 --jobs 2 --out benchmarks/g2p/ensemble
 
 Every model alone and every ensemble of two or more of them whose int8 file
 (:func:`attnkit.tasks.g2p.pack`) fits the size budget, with each way of combining the members

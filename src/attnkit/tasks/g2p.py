@@ -233,18 +233,16 @@ class G2PTask:
             train = cmudict.phrases("train", self.phrases, self.max_words)
             self.valid = cmudict.phrases("valid", self.valid_limit or VALID_PHRASES, self.max_words)
         self.pairs = [(self.letters.encode(e.word), self.phonemes.encode(p)) for e in train for p in e.pronunciations]
-        self._init = None  # the state init's weights give this task's model
+        self._init = None  # the weights init gives this task's model
         if self.init is not None:
-            model, tensors = self._source("init", self.init)
-            self._init_sha = checkpoint.digest(tensors)
-            self._init = build_model(self.model, self.model_config, len(self.letters), len(self.phonemes))
-            checkpoint.load_model(self._init, {f"model.{k}": v for k, v in model.state_dict().items()}, self.init)
-            self._init = self._init.state_dict()
+            path, tensors, self._init_sha = self._source("init", self.init)
+            model = self.build()
+            checkpoint.load_model(model, tensors, path)  # names missing or misshapen weights
+            self._init = model.state_dict()
         self.soft = None  # the teacher's distributions of all pairs' positions, (Σ len(target) + 1, V)
         if self.teacher is not None:
-            model, tensors = self._source("teacher", self.teacher)
-            self._teacher_sha = checkpoint.digest(tensors)
-            self.soft, self.soft_at = self._targets(model)
+            path, _, self._teacher_sha = self._source("teacher", self.teacher)
+            self.soft, self.soft_at = self._targets(G2P.load(path).model)
 
     def _targets(self, teacher: nn.Module) -> tuple[Tensor, list[int]]:
         """:func:`teacher_targets` of the pairs, read from ``cache`` when it holds them for this
@@ -264,19 +262,19 @@ class G2PTask:
             checkpoint.save(path, {"soft": soft, "offsets": torch.tensor(offsets)}, {"key": key})
         return soft, offsets
 
-    def _source(self, name: str, path: str):
-        """The G2P model at ``path`` (``teacher`` or ``init``, named ``name`` in errors) and its
-        tensors, checked to be over this task's vocabularies (``init``: one model of this kind)."""
-        path = Path(path) / "best.safetensors" if Path(path).is_dir() else Path(path)
-        tensors, _ = checkpoint.load(path)
-        g2p = G2P.load(path)
-        if g2p.letters != self.letters or g2p.phonemes != self.phonemes:
+    def _source(self, name: str, path: str) -> tuple[Path, dict[str, Tensor], str]:
+        """The checkpoint file of ``path`` (``teacher`` or ``init``, named ``name`` in errors), its
+        tensors and their SHA-256, checked to be a G2P model over this task's vocabularies."""
+        path = _checkpoint_file(path)
+        tensors, meta = checkpoint.load(path)
+        doc = G2PDoc.read(meta, path)
+        if list(doc.letters) != list(self.letters.symbols) or list(doc.phonemes) != list(self.phonemes.symbols):
             raise AttentionError(f"{name} {str(path)!r} was trained with other letters or phonemes than this task")
-        return g2p.model, tensors
+        return path, tensors, checkpoint.digest(tensors)
 
     def _init_doc(self) -> G2PDoc:
         """The task document of ``init``: one model of this task's kind (read before the data)."""
-        path = Path(self.init) / "best.safetensors" if Path(self.init).is_dir() else Path(self.init)
+        path = _checkpoint_file(self.init)
         meta = checkpoint.read_meta(path)
         doc = G2PDoc.read(meta, path)
         if meta.get("ensemble") is not None or doc.model != self.model:
@@ -437,6 +435,12 @@ def teacher_targets(teacher: nn.Module, pairs, letters, phonemes, batch_size: in
     return soft, offsets
 
 
+def _checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint given as its file or as its run folder (whose ``best.safetensors`` it is)."""
+    path = Path(path)
+    return path / "best.safetensors" if path.is_dir() else path
+
+
 def _ensemble(doc) -> tuple[int, str | None]:
     """(members, combine) of a checkpoint's ``ensemble`` document; (1, None) for a single model."""
     if doc is None:
@@ -465,7 +469,7 @@ def pack(
         raise AttentionError(f"combine={combine!r} is unknown; expected one of {list(COMBINES)}")
     tensors, members, task = {}, [], None
     for i, source in enumerate(sources):
-        path = Path(source) / "best.safetensors" if Path(source).is_dir() else Path(source)
+        path = _checkpoint_file(source)
         found, meta = checkpoint.load(path)
         G2PDoc.read(meta, path)
         if meta.get("ensemble") is not None:
@@ -510,9 +514,7 @@ class G2P:
     def load(cls, path: str | Path | None = None) -> G2P:
         """A checkpoint written by ``attnkit train g2p`` (``best.safetensors``, ``last.safetensors``
         or a run folder); None: the shipped model."""
-        path = cls.shipped_path() if path is None else Path(path)
-        if path.is_dir():
-            path = path / "best.safetensors"
+        path = cls.shipped_path() if path is None else _checkpoint_file(path)
         tensors, meta = checkpoint.load(path)
         doc = G2PDoc.read(meta, path)
         try:
