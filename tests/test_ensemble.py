@@ -121,8 +121,48 @@ def test_int8_storage_is_within_half_a_step_of_every_weight():
     step = tensors["w"].abs().amax((1, 2), keepdim=True) / 127
     assert bool(((back["w"] - tensors["w"]).abs() <= step / 2 + 1e-6).all())
     assert back["zero"].eq(0).all()
-    with pytest.raises(checkpoint.CheckpointError, match="already holds int8 scales"):
+    with pytest.raises(checkpoint.CheckpointError, match="already holds integer scales"):
         checkpoint.quantize(stored)
+
+
+def test_int4_storage_is_within_half_a_step_of_every_weight_in_its_group():
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, 256) * 2
+    w[1, 2, 128:] = 0  # an all-zero group
+    tensors = {"w": w, "odd": torch.randn(4, 7), "short": torch.randn(3, 6), "b": torch.randn(7)}
+    stored = checkpoint.quantize(tensors, bits=4)
+    assert stored["w"].dtype == torch.uint8 and stored["w"].shape == (5, 3, 128)  # two weights a byte
+    assert stored["w:int4_scale"].shape == (5, 3, 2)  # one scale per 128 weights of the last dim
+    assert stored["short:int4_scale"].shape == (3, 1)  # 6 is no multiple of 128: one group a row
+    assert stored["odd"].dtype == torch.int8 and "odd:int8_scale" in stored  # an odd last dim: int8
+    assert stored["b"] is tensors["b"]
+    back = checkpoint.dequantize(stored)
+    assert set(back) == set(tensors) and back["w"].shape == w.shape
+    step = w.reshape(5, 3, 2, 128).abs().amax(-1, keepdim=True) / 7
+    assert bool(((back["w"] - w).reshape(5, 3, 2, 128).abs() <= step / 2 + 1e-6).all())
+    assert back["w"][1, 2, 128:].eq(0).all()
+    levels = (back["w"].reshape(5, 3, 2, 128) / torch.where(step > 0, step, 1)).round()
+    assert levels.abs().max() == 7 and levels.unique().numel() == 15  # all of -7..7, the extremes hit
+    step = tensors["short"].abs().amax(-1, keepdim=True) / 7
+    assert bool(((back["short"] - tensors["short"]).abs() <= step / 2 + 1e-6).all())
+    with pytest.raises(checkpoint.CheckpointError, match="already holds integer scales"):
+        checkpoint.quantize(stored, bits=4)
+    with pytest.raises(checkpoint.CheckpointError, match="bits=3 is not supported; expected 4 or 8"):
+        checkpoint.quantize(tensors, bits=3)
+    with pytest.raises(checkpoint.CheckpointError, match="group=5 must be an even int >= 2"):
+        checkpoint.quantize(tensors, bits=4, group=5)
+
+
+def test_int4_bad_scales_are_named(tmp_path):
+    path = tmp_path / "q.safetensors"
+    bad = checkpoint.quantize({"w": torch.randn(4, 256)}, bits=4)
+    bad["w:int4_scale"] = bad["w:int4_scale"][:2]
+    checkpoint.save(path, bad, {})
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=r"is corrupt: int4 scales 'w:int4_scale' \(2, 2\) do not match tensor 'w' \(torch.uint8 \(4, 128\)\)",
+    ):
+        checkpoint.load(path)
 
 
 def test_int8_checkpoints_load_as_float_and_bad_scales_are_named(tmp_path):
@@ -152,7 +192,7 @@ def runs(tmp_path_factory):
     return [folder / "0", folder / "1"]
 
 
-@pytest.mark.parametrize("storage", ["float16", "int8"])
+@pytest.mark.parametrize("storage", ["float16", "int8", "int4"])
 def test_packed_members_decode_as_their_ensemble(runs, tmp_path, storage):
     words = [e.word for e in cmudict.spread(cmudict.load("valid"), 20)]
     path = tmp_path / "ens.safetensors"
@@ -161,11 +201,11 @@ def test_packed_members_decode_as_their_ensemble(runs, tmp_path, storage):
     packed = G2P.load(path)
     assert isinstance(packed.model, Ensemble) and len(packed.members) == 2
     members = [G2P.load(r) for r in runs]
-    for m, loaded in zip(members, packed.members):  # each member as it is stored: rounded to float16, or int8
+    for m, loaded in zip(members, packed.members):  # each member as it is stored: rounded to float16, int8 or int4
         tensors = m.model.state_dict()
         stored = (
-            checkpoint.dequantize(checkpoint.quantize(tensors))
-            if storage == "int8"
+            checkpoint.dequantize(checkpoint.quantize(tensors, bits=int(storage[3:])))
+            if storage.startswith("int")
             else {k: v.half().float() for k, v in tensors.items()}
         )
         m.model.load_state_dict(stored)
@@ -178,13 +218,16 @@ def test_packed_members_decode_as_their_ensemble(runs, tmp_path, storage):
 
 
 def test_each_storage_holds_the_bytes_it_promises(runs, tmp_path):
-    """float16: 2 bytes a weight; int8: 1 byte a matrix weight plus a float32 scale a row, vectors
-    kept in float32; the file is those bytes plus its header."""
+    """float16: 2 bytes a weight; int8: 1 byte a matrix weight plus a float32 scale a row; int4:
+    half a byte a matrix weight (all last dims here are even) plus a float32 scale per group of the
+    last dim; vectors kept in float32; the file is those bytes plus its header."""
     tensors = [v for r in runs for v in checkpoint.load(r / "best.safetensors")[0].values()]
     matrices, vectors = [t for t in tensors if t.dim() >= 2], [t for t in tensors if t.dim() < 2]
     expected = {
         "float16": 2 * sum(t.numel() for t in tensors),
         "int8": sum(t.numel() + 4 * t.shape[0] for t in matrices) + 4 * sum(t.numel() for t in vectors),
+        "int4": sum(t.numel() // 2 + 4 * t.numel() // _group(t.shape[-1]) for t in matrices)
+        + 4 * sum(t.numel() for t in vectors),
     }
     for storage, size in expected.items():
         path = tmp_path / storage
@@ -192,6 +235,10 @@ def test_each_storage_holds_the_bytes_it_promises(runs, tmp_path):
         with safe_open(str(path), framework="pt") as f:
             stored = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())  # noqa: SIM118
         assert stored == size and path.stat().st_size - stored < 20_000, (storage, stored, size)
+
+
+def _group(last: int) -> int:
+    return checkpoint.GROUP if last % checkpoint.GROUP == 0 else last
 
 
 def test_pack_refuses_other_models_ensembles_and_bad_options(runs, tmp_path):
@@ -203,8 +250,10 @@ def test_pack_refuses_other_models_ensembles_and_bad_options(runs, tmp_path):
     pack(runs, tmp_path / "ens")
     with pytest.raises(AttentionError, match="is an ensemble already"):
         pack([tmp_path / "ens"], tmp_path / "y")
-    with pytest.raises(AttentionError, match="storage='int4' is unknown"):
-        pack(runs, tmp_path / "z", storage="int4")
+    with pytest.raises(
+        AttentionError, match=r"storage='int2' is unknown; expected one of \['float16', 'int8', 'int4'\]"
+    ):
+        pack(runs, tmp_path / "z", storage="int2")
     with pytest.raises(AttentionError, match="sources is empty"):
         pack([], tmp_path / "z")
     tensors, meta = checkpoint.load(tmp_path / "ens")

@@ -42,7 +42,7 @@ MODELS = {"rnn": (RNNConfig, RNNSeq2Seq), "transformer": (TransformerConfig, Tra
 SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
 LENGTHS = ((1, 5), (6, 8), (9, 11), (12, None))  # word-length buckets in letters, for by_length
 VALID_PHRASES = 1000  # validation phrases of a phrase task without valid_limit
-STORAGES = ("float16", "int8")  # how pack stores the weights
+STORAGES = ("float16", "int8", "int4")  # how pack stores the weights
 TARGETS = "teacher-targets.safetensors"  # a distilled run's teacher targets, in G2PTask.cache
 _MODEL = (
     "name",
@@ -458,9 +458,10 @@ def pack(
 ) -> dict:
     """Write the G2P checkpoints ``sources`` as one checkpoint at ``target`` that :meth:`G2P.load`
     reads: one source as a single model, several as an :class:`~attnkit.models.Ensemble` whose
-    next-token distributions are combined by ``combine``. ``storage``: "float16" (half of float32)
-    or "int8" (:func:`~attnkit.train.checkpoint.quantize`, a quarter); either is read back into
-    float32. The sources must be the same model over the same vocabularies. Returns the metadata."""
+    next-token distributions are combined by ``combine``. ``storage``: "float16" (half of float32),
+    "int8" (:func:`~attnkit.train.checkpoint.quantize`, a quarter) or "int4" (an eighth, plus a
+    float32 scale per 128 weights); each is read back into float32. The sources must be the same
+    model over the same vocabularies. Returns the metadata."""
     if not sources:
         raise AttentionError("sources is empty; give at least one checkpoint")
     if storage not in STORAGES:
@@ -481,8 +482,8 @@ def pack(
         tensors |= {prefix + k[len("model.") :]: v for k, v in found.items() if k.startswith("model.")}
         run = {k: meta["task"][k] for k in _RUN_ONLY if k in meta["task"]}
         members.append({"source": str(path), "train": meta.get("train"), "progress": meta.get("progress"), **run})
-    if storage == "int8":
-        tensors = checkpoint.quantize(tensors)
+    if storage in ("int8", "int4"):
+        tensors = checkpoint.quantize(tensors, bits=int(storage[3:]))
     else:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     meta = {"task": task, "storage": storage, "members": members}

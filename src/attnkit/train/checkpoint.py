@@ -47,6 +47,9 @@ __all__ = [
 FORMAT = "attnkit/1"
 CHECKSUM = "attnkit.sha256"  # the safetensors metadata key of the tensors' checksum
 SCALE = ":int8_scale"  # suffix of the per-row scales of a tensor stored in int8 (:func:`quantize`)
+SCALE4 = ":int4_scale"  # suffix of the per-group scales of a tensor stored in int4
+SCALES = (SCALE, SCALE4)
+GROUP = 128  # weights that share one int4 scale
 
 
 class CheckpointError(AttentionError):
@@ -165,7 +168,7 @@ def _read(path: str | os.PathLike, tensors: bool) -> tuple[dict[str, Tensor], di
 
 def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     """(tensors, meta) of a checkpoint written by :func:`save`; a missing, corrupt or foreign file
-    raises an AttentionError that names it. Tensors stored in int8 (:func:`quantize`) come back
+    raises an AttentionError that names it. Tensors stored in int8 or int4 (:func:`quantize`) come back
     in float32."""
     tensors, meta = _read(path, tensors=True)
     try:
@@ -174,11 +177,19 @@ def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {err}") from None
 
 
-def quantize(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Per-row symmetric int8 storage: every floating tensor with two or more dims (the weight
-    matrices) becomes int8 values ``round(w / s)`` plus float32 scales ``NAME:int8_scale`` (rows,),
-    ``s = max |w_row| / 127``, so each element is within s/2 of its value; 1-dim tensors (biases,
-    norms) and the rest are kept as they are. A quarter of float32's bytes; :func:`load` reverses it.
+def quantize(tensors: dict[str, Tensor], *, bits: int = 8, group: int = GROUP) -> dict[str, Tensor]:
+    """Symmetric integer storage of every floating tensor with two or more dims (the weight
+    matrices); 1-dim tensors (biases, norms) and the rest are kept as they are. :func:`load` reverses it.
+
+    - ``bits=8``: per row, int8 values ``round(w / s)`` in [-127, 127] plus float32 scales
+      ``NAME:int8_scale`` (rows,), ``s = max |w_row| / 127``. A quarter of float32's bytes.
+    - ``bits=4``: per ``group`` consecutive weights along the last dim (the whole last dim where
+      it is not a multiple of ``group``), values ``round(w / s)`` in [-7, 7] stored two to a byte
+      (uint8, ``value + 8``, the first of each pair in the low nibble) plus float32 scales
+      ``NAME:int4_scale`` (*shape[:-1], groups), ``s = max |w_group| / 7``. An eighth of float32's
+      bytes, plus the scales; a tensor whose last dim is odd is stored in int8 instead.
+
+    Either way each element is within s/2 of its value, and an all-zero row or group stays zero.
 
     >>> w = torch.tensor([[1.0, -0.5], [0.0, 0.0]])
     >>> q = quantize({"w": w})
@@ -186,38 +197,79 @@ def quantize(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     ([[127, -64], [0, 0]], [0.007874015718698502, 0.0])
     >>> dequantize(q)["w"].tolist()
     [[1.0, -0.5039370059967041], [0.0, 0.0]]
+    >>> q = quantize({"w": w}, bits=4)
+    >>> q["w"].tolist(), dequantize(q)["w"].tolist()
+    ([[95], [136]], [[1.0, -0.4285714626312256], [0.0, 0.0]])
     """
+    if bits not in (4, 8):
+        raise CheckpointError(f"bits={bits!r} is not supported; expected 4 or 8")
+    if not (isinstance(group, int) and group >= 2 and group % 2 == 0):
+        raise CheckpointError(f"group={group!r} must be an even int >= 2")
     out = {}
     for name, t in tensors.items():
-        if name.endswith(SCALE):
-            raise CheckpointError(f"tensor {name!r} already holds int8 scales; quantize the float tensors once")
+        if name.endswith(SCALES):
+            raise CheckpointError(f"tensor {name!r} already holds integer scales; quantize the float tensors once")
         if not (t.is_floating_point() and t.dim() >= 2):
             out[name] = t
-            continue
-        rows = t.detach().float().reshape(t.shape[0], -1)
-        scale = rows.abs().amax(-1) / 127  # (rows,)
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
-        out[name] = (rows / safe[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(t.shape)
-        out[name + SCALE] = scale
+        elif bits == 4 and t.shape[-1] % 2 == 0:
+            out[name], out[name + SCALE4] = _int4(t.detach().float(), group)
+        else:
+            rows = t.detach().float().reshape(t.shape[0], -1)
+            scale = rows.abs().amax(-1) / 127  # (rows,)
+            out[name] = (rows / _nonzero(scale)[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(t.shape)
+            out[name + SCALE] = scale
     return out
 
 
+def _nonzero(scale: Tensor) -> Tensor:
+    """``scale`` with its zeros made ones, so that an all-zero row or group divides to zero."""
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def _int4(w: Tensor, group: int) -> tuple[Tensor, Tensor]:
+    """(packed uint8 values (*lead, last / 2), float32 scales (*lead, groups)) of ``w`` (*lead, last)."""
+    last = w.shape[-1]
+    size = group if last % group == 0 else last
+    groups = w.reshape(*w.shape[:-1], last // size, size)
+    scale = groups.abs().amax(-1) / 7  # (*lead, groups)
+    q = (groups / _nonzero(scale)[..., None]).round().clamp(-7, 7).add(8).to(torch.uint8).reshape(w.shape)
+    return q[..., 0::2] | (q[..., 1::2] << 4), scale
+
+
 def dequantize(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The float32 tensors of a :func:`quantize`-d dict (a dict without int8 scales is returned as
-    it is); a scale without its tensor, or of the wrong length, raises a CheckpointError."""
-    if not any(name.endswith(SCALE) for name in tensors):
+    """The float32 tensors of a :func:`quantize`-d dict (a dict without integer scales is returned
+    as it is); a scale without its tensor, or of the wrong shape, raises a CheckpointError."""
+    if not any(name.endswith(SCALES) for name in tensors):
         return tensors
-    out = {name: t for name, t in tensors.items() if not name.endswith(SCALE)}
-    for key in (name for name in tensors if name.endswith(SCALE)):
-        name, scale = key[: -len(SCALE)], tensors[key]
+    out = {name: t for name, t in tensors.items() if not name.endswith(SCALES)}
+    for key in (name for name in tensors if name.endswith(SCALES)):
+        four = key.endswith(SCALE4)
+        name, scale = key[: -len(SCALE4 if four else SCALE)], tensors[key]
         values = out.get(name)
-        if values is None or values.dtype != torch.int8 or scale.shape != values.shape[:1]:
+        if four:
+            fits = (
+                values is not None
+                and values.dtype == torch.uint8
+                and scale.shape[:-1] == values.shape[:-1]
+                and scale.dim() == values.dim()
+                and (2 * values.shape[-1]) % max(scale.shape[-1], 1) == 0
+            )
+            expected = "uint8 values holding two weights a byte, with one scale per group of the last dim"
+        else:
+            fits = values is not None and values.dtype == torch.int8 and scale.shape == values.shape[:1]
+            expected = "int8 values with one scale per row"
+        if not fits:
             got = "missing" if values is None else f"{values.dtype} {tuple(values.shape)}"
             raise CheckpointError(
-                f"int8 scales {key!r} {tuple(scale.shape)} do not match tensor {name!r} ({got}); "
-                "expected int8 values with one scale per row"
+                f"{'int4' if four else 'int8'} scales {key!r} {tuple(scale.shape)} do not match tensor "
+                f"{name!r} ({got}); expected {expected}"
             )
-        out[name] = (values.float().reshape(len(scale), -1) * scale.float()[:, None]).reshape(values.shape)
+        if four:
+            q = torch.stack([values & 15, values >> 4], -1).reshape(*values.shape[:-1], 2 * values.shape[-1])
+            groups = (q.float() - 8).reshape(*scale.shape, -1)
+            out[name] = (groups * scale.float()[..., None]).reshape(q.shape)
+        else:
+            out[name] = (values.float().reshape(len(scale), -1) * scale.float()[:, None]).reshape(values.shape)
     return out
 
 
