@@ -9,8 +9,8 @@ on validation). Each is then evaluated on the whole test split with beam 5 (``at
 that already has a best checkpoint is evaluated, not retrained. The previously shipped model
 (PREVIOUS) is evaluated from its file, with the training record it had; the shipped ensemble
 (ENSEMBLE, packed by ensemble.py) from its file, with the training records of its members' runs
-and of the runs they started from (``--init``) and learnt from (``--teacher``) summed; the ensemble
-shipped before it (ENSEMBLE_BEFORE) keeps its row.
+and of the runs they started from (``--init``) and learnt from (``--teacher``) summed; the ensembles
+shipped before it (ENSEMBLES_BEFORE) keep their rows.
 Results: ``benchmarks/g2p/results.md`` (with the peers of ``peers.json`` beside every table) and
 ``results.json``.
 """
@@ -47,10 +47,13 @@ SHIPPED = {
 PREVIOUS = "rnn, Luong general, 12 epochs (shipped before)"  # evaluated from a copy of its file, if given
 # an ensemble of runs of the recipe, chosen and packed by ensemble.py: evaluated from its file, if there
 ENSEMBLE = (
-    "ensemble of 2 runs of that recipe fine-tuned on the 3-run ensemble (distilled), int8 (shipped)",
+    "ensemble of 3 runs of that recipe, 2 of them fine-tuned on the 3-run ensemble (distilled), int4 (shipped)",
     Path("runs/g2p-ensemble.safetensors"),
 )
-ENSEMBLE_BEFORE = "ensemble of 2 runs of that recipe, int8 (shipped before)"  # its record stays in results.json
+ENSEMBLES_BEFORE = (  # the ensembles shipped before it, oldest first: their records stay in results.json
+    "ensemble of 2 runs of that recipe, int8 (shipped before)",
+    "ensemble of 2 runs of that recipe fine-tuned on the 3-run ensemble (distilled), int8 (shipped before)",
+)
 
 
 def attnkit(*args: str) -> None:
@@ -147,7 +150,7 @@ def peers(here: Path) -> list[dict]:
 
 
 def _ordered(results: dict) -> list[tuple[str, dict]]:
-    order = [*MODELS, PREVIOUS, *SHIPPED, ENSEMBLE_BEFORE, ENSEMBLE[0]]
+    order = [*MODELS, PREVIOUS, *SHIPPED, *ENSEMBLES_BEFORE, ENSEMBLE[0]]
     return sorted(((n, r) for n, r in results.items() if n in order), key=lambda item: order.index(item[0]))
 
 

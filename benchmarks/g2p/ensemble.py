@@ -1,17 +1,25 @@
-"""An ensemble of G2P models chosen on the validation split, packed into one int8 file for shipping.
+"""An ensemble of G2P models chosen on the validation split, packed into one file for shipping.
 
     OMP_NUM_THREADS=1 python benchmarks/g2p/ensemble.py runs/g2p-ship2/chosen.safetensors \\
         runs/g2p-seed1 runs/g2p-kd-ft1 runs/g2p-kd-ft0 runs/g2p-kd3 --jobs 2 --out benchmarks/g2p/ensemble
 
-Every model alone and every ensemble of two or more of them whose int8 file
-(:func:`attnkit.tasks.g2p.pack`) fits the size budget, with each way of combining the members
-(mean of probabilities, mean of log-probabilities; ``--combine`` keeps one), is scored on the whole
-validation split with the shipped decoding (beam 5, alpha 0.6; WER with stress kept, the metric the
-trainer selects on), ``--jobs`` candidates at a time (one torch thread each). The lowest valid WER
-wins (ties: fewer members, then the first listed); ensembles over the budget are listed unscored. It is packed to PACKED
-(default runs/g2p-ensemble.safetensors, where compare.py looks for it), its packed file is scored on valid once more (int8 rounding included) and only
-then on the test split, beside the best single model on valid; the tables go to OUT.json and OUT.md.
-Ship it with ``cp PACKED src/attnkit/pretrained/g2p.safetensors``.
+Candidates are packed as they would ship (:func:`attnkit.tasks.g2p.pack`, ``--storage`` int8 or
+int4, so the rounding is in every score) and scored on the whole validation split with the shipped
+decoding (beam 5, alpha 0.6; WER with stress kept, the metric the trainer selects on), ``--jobs``
+at a time (one torch thread each). The lowest valid WER wins (ties: fewer members, then the first
+listed). Which candidates (``--search``):
+
+- ``all``: every model alone and every ensemble of two or more whose packed file fits the size
+  budget, with each way of combining the members (mean of probabilities, mean of log-probabilities;
+  ``--combine`` keeps one). Ensembles over the budget are listed unscored, those of the smallest
+  size that does not fit (larger ones are not tried).
+- ``forward``: forward selection (Caruana et al., 2004, without replacement): every model alone,
+  then the best so far with each other model added, while that fits and lowers the valid WER. For
+  many sources, where ``all`` would score hundreds of ensembles.
+
+The winner is packed to PACKED (default runs/g2p-ensemble.safetensors, where compare.py looks for
+it) and only then scored on the test split, beside the best single model on valid; the tables go to
+OUT.json and OUT.md. Ship it with ``cp PACKED src/attnkit/pretrained/g2p.safetensors``.
 """
 
 from __future__ import annotations
@@ -26,7 +34,6 @@ from pathlib import Path
 
 import torch
 
-from attnkit.models import Ensemble
 from attnkit.models.ensemble import COMBINES
 from attnkit.tasks.g2p import G2P, pack
 
@@ -40,18 +47,59 @@ def scored(model: G2P, split: str, limit: int | None) -> dict:
     return {**{k: m[k] for k in KEYS}, "seconds": round(m["words"] / m["words_per_s"], 1), "full": m}
 
 
-def _score(sources: list[Path], subset: tuple[int, ...], combine: str | None, limit: int | None) -> dict:
-    """The valid figures of the models ``subset`` of ``sources`` combined by ``combine``."""
+def _score(path: Path, limit: int | None) -> dict:
+    """The valid figures of the packed candidate at ``path``."""
     torch.set_num_threads(1)
-    models = [G2P.load(sources[i]) for i in subset]
-    model = (
-        models[0]
-        if combine is None
-        else G2P(Ensemble([m.model for m in models], combine), models[0].task_doc, "ensemble")
-    )
-    row = scored(model, "valid", limit)
+    row = scored(G2P.load(path), "valid", limit)
     row.pop("full")
     return row
+
+
+class Candidates:
+    """Packs, sizes and scores candidate ensembles, remembering every one in ``rows``."""
+
+    def __init__(self, sources: list[Path], args, pool: ProcessPoolExecutor, tmp: str):
+        self.sources, self.args, self.pool, self.tmp, self.rows = sources, args, pool, tmp, []
+
+    def score(self, subsets: list[tuple[int, ...]]) -> list[dict]:
+        """The rows of ``subsets`` with each way of combining; those that fit are scored."""
+        work = []
+        for subset in subsets:
+            for combine in (self.args.combine or COMBINES) if len(subset) > 1 else (None,):
+                path = Path(self.tmp, f"{len(self.rows)}.safetensors")
+                members = [self.sources[i] for i in subset]
+                pack(members, path, combine=combine or "probability", storage=self.args.storage)
+                row = {"members": [str(m) for m in members], "combine": combine, "bytes": path.stat().st_size}
+                self.rows.append(row)
+                if row["bytes"] <= self.args.budget:
+                    work.append((row, self.pool.submit(_score, path, self.args.limit)))
+                else:
+                    path.unlink()
+        for row, future in work:
+            row |= future.result()
+            print(f"valid {row['members']} {row['combine']}: WER {row['wer']:.2f} / {row['wer_nostress']:.2f}, "
+                  f"{row['bytes']:,} bytes {self.args.storage}", flush=True)  # fmt: skip
+        return [row for row, _ in work]
+
+
+def _best(rows: list[dict]) -> dict:
+    return min(rows, key=lambda r: (r["wer"], len(r["members"])))
+
+
+def search_all(found: Candidates, n: int) -> None:
+    for size in range(1, n + 1):
+        if not found.score(list(itertools.combinations(range(n), size))):
+            break  # none of this size fits, so no larger one will
+
+
+def search_forward(found: Candidates, n: int) -> None:
+    best = _best(found.score([(i,) for i in range(n)]))
+    while len(best["members"]) < n:
+        chosen = tuple(found.sources.index(Path(m)) for m in best["members"])
+        fits = found.score([chosen + (i,) for i in range(n) if i not in chosen])
+        if not fits or _best(fits)["wer"] >= best["wer"]:
+            break
+        best = _best(fits)
 
 
 def main() -> None:
@@ -60,62 +108,45 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="OUT.json and OUT.md are written")
     parser.add_argument("--packed", type=Path, default=Path("runs/g2p-ensemble.safetensors"), help="the chosen, packed")
     parser.add_argument("--budget", type=int, default=BUDGET, help="bytes the packed file may take")
+    parser.add_argument("--storage", choices=("int8", "int4"), default="int8", help="how the weights are packed")
+    parser.add_argument("--search", choices=("all", "forward"), default="all", help="which candidates are scored")
     parser.add_argument("--limit", type=int, help="score N evenly spaced words of each split (a smoke run)")
     parser.add_argument("--combine", choices=COMBINES, action="append", help="only this way of combining (repeatable)")
     parser.add_argument("--jobs", type=int, default=1, help="candidates scored at once, one thread each")
     args = parser.parse_args()
     sources = [s / "best.safetensors" if s.is_dir() else s for s in args.sources]
-    candidates, work = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in range(1, len(sources) + 1):
-            for subset in itertools.combinations(range(len(sources)), n):
-                size = Path(tmp, "size.safetensors")
-                pack([sources[i] for i in subset], size, storage="int8")
-                for combine in (args.combine or COMBINES) if n > 1 else (None,):
-                    row = {"members": [str(sources[i]) for i in subset], "combine": combine}
-                    candidates.append(row | {"bytes_int8": size.stat().st_size})
-                    if candidates[-1]["bytes_int8"] <= args.budget:
-                        work.append((candidates[-1], subset, combine))
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [(row, pool.submit(_score, sources, subset, combine, args.limit)) for row, subset, combine in work]
-        for row, future in futures:
-            row |= future.result()
-            print(f"valid {row['members']} {row['combine']}: WER {row['wer']:.2f} / {row['wer_nostress']:.2f}, "
-                  f"{row['bytes_int8']:,} bytes int8", flush=True)  # fmt: skip
-    fits = [r for r in candidates if r["bytes_int8"] <= args.budget]
-    chosen = min(fits, key=lambda r: (r["wer"], len(r["members"])))
-    single = min((r for r in candidates if len(r["members"]) == 1), key=lambda r: r["wer"])
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        found = Candidates(sources, args, pool, tmp)
+        (search_all if args.search == "all" else search_forward)(found, len(sources))
+    candidates = found.rows
+    chosen = _best([r for r in candidates if "wer" in r])
+    single = _best([r for r in candidates if len(r["members"]) == 1])
     packed = args.packed
-    pack(chosen["members"], packed, combine=chosen["combine"] or "probability", storage="int8")
+    pack(chosen["members"], packed, combine=chosen["combine"] or "probability", storage=args.storage)
     shipped = G2P.load(packed)
-    valid_packed = scored(shipped, "valid", args.limit)
-    valid_packed.pop("full")
-    print(f"packed {packed}: valid WER {valid_packed['wer']:.2f} / {valid_packed['wer_nostress']:.2f}", flush=True)
     best = G2P.load(single["members"][0])
     test = {"chosen": scored(shipped, "test", args.limit), "best single": scored(best, "test", args.limit)}
     doc = {
         "threads": torch.get_num_threads(),
         "limit": args.limit,
         "budget_bytes": args.budget,
+        "storage": args.storage,
+        "search": args.search,
         "valid": candidates,
-        "chosen": {k: chosen[k] for k in ("members", "combine", "bytes_int8")},
-        "packed": {"path": str(packed), "bytes": packed.stat().st_size, "valid": valid_packed},
+        "chosen": {k: chosen[k] for k in ("members", "combine", "bytes")},
+        "packed": {"path": str(packed), "bytes": packed.stat().st_size},
         "test": test,
     }
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     rows = [
-        "| split | members | combine | int8 bytes | WER | PER | WER no stress | PER no stress | seconds |",
+        f"| split | members | combine | {args.storage} bytes | WER | PER | WER no stress | PER no stress | seconds |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     short = [" + ".join(Path(m).parent.name + "/" + Path(m).name for m in r["members"]) for r in candidates]
     for name, r in zip(short, candidates):
         figures = [f"{r[k]:.2f}" for k in KEYS] + [str(r["seconds"])] if "wer" in r else ["over budget"] + [""] * 4
-        rows.append(f"| valid | {name} | {r['combine'] or '-'} | {r['bytes_int8']:,} | " + " | ".join(figures) + " |")
-    rows.append(
-        f"| valid, packed int8 | chosen | {chosen['combine'] or '-'} | {packed.stat().st_size:,} | "
-        + " | ".join(f"{valid_packed[k]:.2f}" for k in KEYS)
-        + f" | {valid_packed['seconds']} |"
-    )
+        rows.append(f"| valid | {name} | {r['combine'] or '-'} | {r['bytes']:,} | " + " | ".join(figures) + " |")
     for name, r in test.items():
         rows.append(f"| test | {name} | | | " + " | ".join(f"{r[k]:.2f}" for k in KEYS) + f" | {r['seconds']} |")
     args.out.with_suffix(".md").write_text("\n".join(rows) + "\n")
