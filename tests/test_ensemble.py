@@ -129,13 +129,13 @@ def test_int4_storage_is_within_half_a_step_of_every_weight_in_its_group():
     torch.manual_seed(0)
     w = torch.randn(5, 3, 256) * 2
     w[1, 2, 128:] = 0  # an all-zero group
-    tensors = {"w": w, "odd": torch.randn(4, 7), "short": torch.randn(3, 6), "b": torch.randn(7)}
+    tensors = {"w": w, "odd": torch.randn(4, 7), "short": torch.randn(3, 6), "b": torch.randn(7), "e": torch.ones(0, 4)}
     stored = checkpoint.quantize(tensors, bits=4)
     assert stored["w"].dtype == torch.uint8 and stored["w"].shape == (5, 3, 128)  # two weights a byte
     assert stored["w:int4_scale"].shape == (5, 3, 2)  # one scale per 128 weights of the last dim
     assert stored["short:int4_scale"].shape == (3, 1)  # 6 is no multiple of 128: one group a row
     assert stored["odd"].dtype == torch.int8 and "odd:int8_scale" in stored  # an odd last dim: int8
-    assert stored["b"] is tensors["b"]
+    assert stored["b"] is tensors["b"] and stored["e"] is tensors["e"]  # an empty matrix stays
     back = checkpoint.dequantize(stored)
     assert set(back) == set(tensors) and back["w"].shape == w.shape
     step = w.reshape(5, 3, 2, 128).abs().amax(-1, keepdim=True) / 7

@@ -178,8 +178,9 @@ def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
 
 
 def quantize(tensors: dict[str, Tensor], *, bits: int = 8, group: int = GROUP) -> dict[str, Tensor]:
-    """Symmetric integer storage of every floating tensor with two or more dims (the weight
-    matrices); 1-dim tensors (biases, norms) and the rest are kept as they are. :func:`load` reverses it.
+    """Symmetric integer storage of every non-empty floating tensor with two or more dims (the
+    weight matrices); 1-dim tensors (biases, norms) and the rest are kept as they are. :func:`load`
+    reverses it.
 
     - ``bits=8``: per row, int8 values ``round(w / s)`` in [-127, 127] plus float32 scales
       ``NAME:int8_scale`` (rows,), ``s = max |w_row| / 127``. A quarter of float32's bytes.
@@ -209,7 +210,7 @@ def quantize(tensors: dict[str, Tensor], *, bits: int = 8, group: int = GROUP) -
     for name, t in tensors.items():
         if name.endswith(SCALES):
             raise CheckpointError(f"tensor {name!r} already holds integer scales; quantize the float tensors once")
-        if not (t.is_floating_point() and t.dim() >= 2):
+        if not (t.is_floating_point() and t.dim() >= 2) or t.numel() == 0:
             out[name] = t
         elif bits == 4 and t.shape[-1] % 2 == 0:
             out[name], out[name + SCALE4] = _int4(t.detach().float(), group)
