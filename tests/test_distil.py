@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from attnkit import AttentionError
 from attnkit.cli import main
 from attnkit.data.vocab import BOS, PAD
-from attnkit.tasks.g2p import G2P, G2PTask, pack, teacher_targets
+from attnkit.tasks.g2p import G2P, G2PDoc, G2PTask, pack, teacher_targets
 from attnkit.train import TrainConfig, Trainer, checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,6 +149,17 @@ def test_bad_teachers_and_inits_are_named(teacher, tmp_path):
         G2PTask("rnn", limit=10, valid_limit=2, distil=0.3)
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         G2PTask("rnn", limit=10, valid_limit=2, teacher=str(tmp_path / "missing.safetensors"))
+
+
+def test_a_runs_document_gives_back_its_teacher_and_start(teacher):
+    ens, start = str(teacher / "ens.safetensors"), str(teacher / "0")
+    described = G2PTask("rnn", limit=20, valid_limit=2, init=start, teacher=ens, distil=0.3).describe()
+    assert G2PDoc(**described).sources() == {"init": start, "teacher": ens, "distil": 0.3}
+    assert G2PDoc(**{**described, "teacher": None, "init": None}).sources() == {}
+    with pytest.raises(AttentionError, match=r"teacher must hold \['path', 'sha256', 'distil'\], got \{'path': 'x'\}"):
+        G2PDoc(**{**described, "teacher": {"path": "x"}})
+    with pytest.raises(AttentionError, match=r"init must hold \['path', 'sha256'\], got 'x'"):
+        G2PDoc(**{**described, "init": "x"})
 
 
 def test_members_of_other_runs_pack_with_their_teachers_and_starts(teacher, tmp_path):

@@ -153,31 +153,24 @@ def test_int4_storage_is_within_half_a_step_of_every_weight_in_its_group():
         checkpoint.quantize(tensors, bits=4, group=5)
 
 
-def test_int4_bad_scales_are_named(tmp_path):
+@pytest.mark.parametrize(
+    "bits, shape, bad",
+    [
+        (8, (4, 3), r"int8 scales 'w:int8_scale' \(2,\) do not match tensor 'w' \(torch.int8 \(4, 3\)\)"),
+        (4, (4, 256), r"int4 scales 'w:int4_scale' \(2, 2\) do not match tensor 'w' \(torch.uint8 \(4, 128\)\)"),
+    ],
+)
+def test_quantized_checkpoints_load_as_float_and_bad_scales_are_named(tmp_path, bits, shape, bad):
     path = tmp_path / "q.safetensors"
-    bad = checkpoint.quantize({"w": torch.randn(4, 256)}, bits=4)
-    bad["w:int4_scale"] = bad["w:int4_scale"][:2]
-    checkpoint.save(path, bad, {})
-    with pytest.raises(
-        checkpoint.CheckpointError,
-        match=r"is corrupt: int4 scales 'w:int4_scale' \(2, 2\) do not match tensor 'w' \(torch.uint8 \(4, 128\)\)",
-    ):
-        checkpoint.load(path)
-
-
-def test_int8_checkpoints_load_as_float_and_bad_scales_are_named(tmp_path):
-    path = tmp_path / "q.safetensors"
-    w = torch.randn(4, 3)
-    checkpoint.save(path, checkpoint.quantize({"w": w}), {})
+    w = torch.randn(*shape)
+    checkpoint.save(path, checkpoint.quantize({"w": w}, bits=bits), {})
     loaded, _ = checkpoint.load(path)
-    assert loaded["w"].dtype == torch.float32 and (loaded["w"] - w).abs().max() < w.abs().max() / 127
-    bad = checkpoint.quantize({"w": w})
-    bad["w:int8_scale"] = bad["w:int8_scale"][:2]
-    checkpoint.save(path, bad, {})
-    with pytest.raises(
-        checkpoint.CheckpointError,
-        match=r"q.safetensors' is corrupt: int8 scales 'w:int8_scale' \(2,\) do not match tensor 'w' \(torch.int8 \(4, 3\)\)",
-    ):
+    levels = 127 if bits == 8 else 7
+    assert loaded["w"].dtype == torch.float32 and (loaded["w"] - w).abs().max() < w.abs().max() / levels
+    broken = checkpoint.quantize({"w": w}, bits=bits)
+    broken[f"w:int{bits}_scale"] = broken[f"w:int{bits}_scale"][:2]
+    checkpoint.save(path, broken, {})
+    with pytest.raises(checkpoint.CheckpointError, match=r"q.safetensors' is corrupt: " + bad):
         checkpoint.load(path)
 
 
@@ -204,8 +197,8 @@ def test_packed_members_decode_as_their_ensemble(runs, tmp_path, storage):
     for m, loaded in zip(members, packed.members):  # each member as it is stored: rounded to float16, int8 or int4
         tensors = m.model.state_dict()
         stored = (
-            checkpoint.dequantize(checkpoint.quantize(tensors, bits=int(storage[3:])))
-            if storage.startswith("int")
+            checkpoint.dequantize(checkpoint.quantize(tensors, bits={"int8": 8, "int4": 4}[storage]))
+            if storage != "float16"
             else {k: v.half().float() for k, v in tensors.items()}
         )
         m.model.load_state_dict(stored)

@@ -18,8 +18,9 @@ listed). Which candidates (``--search``):
   many sources, where ``all`` would score hundreds of ensembles.
 
 The winner is packed to PACKED (default runs/g2p-ensemble.safetensors, where compare.py looks for
-it) and only then scored on the test split, beside the best single model on valid; the tables go to
-OUT.json and OUT.md. Ship it with ``cp PACKED src/attnkit/pretrained/g2p.safetensors``.
+it) and only then scored on the test split, beside the best single model on valid (its checkpoint
+as trained, not rounded); the tables go to OUT.json and OUT.md. Ship it with
+``cp PACKED src/attnkit/pretrained/g2p.safetensors``.
 """
 
 from __future__ import annotations

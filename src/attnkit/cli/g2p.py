@@ -110,7 +110,7 @@ def _train(args, device) -> int:
                 phrases=doc.phrases,
                 max_words=doc.max_words,
                 cache=str(out),
-                **_sources(doc),
+                **doc.sources(),
             )
         except AttentionError as err:
             raise CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
@@ -137,21 +137,6 @@ def _train(args, device) -> int:
     trainer = Trainer(task, config, out, progress=not args.no_progress, device=device)
     summary = f"g2p {task.model} {json.dumps(task.model_config)}, {len(task.pairs):,} training pairs"
     return fit(trainer, out, args.resume, summary, "attnkit eval {best}")
-
-
-def _sources(doc) -> dict:
-    """G2PTask's teacher, distil and init arguments from a resumed run's task document."""
-    out = {}
-    for name, keys in (("teacher", ("path", "sha256", "distil")), ("init", ("path", "sha256"))):
-        entry = getattr(doc, name)
-        if entry is None:
-            continue
-        if set(entry) != set(keys):
-            raise AttentionError(f"task.{name} must hold {list(keys)}, got {entry!r}")
-        out[name] = entry["path"]
-        if name == "teacher":
-            out["distil"] = entry["distil"]
-    return out
 
 
 def evaluate(args) -> int:

@@ -43,16 +43,10 @@ SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
 LENGTHS = ((1, 5), (6, 8), (9, 11), (12, None))  # word-length buckets in letters, for by_length
 VALID_PHRASES = 1000  # validation phrases of a phrase task without valid_limit
 STORAGES = ("float16", "int8", "int4")  # how pack stores the weights
+_BITS = {"int8": 8, "int4": 4}  # the storages that quantize, and their bits
 TARGETS = "teacher-targets.safetensors"  # a distilled run's teacher targets, in G2PTask.cache
-_MODEL = (
-    "name",
-    "model",
-    "model_config",
-    "letters",
-    "phonemes",
-    "phrases",
-    "max_words",
-)  # the task fields pack's members share
+# the task fields pack's members share
+_MODEL = ("name", "model", "model_config", "letters", "phonemes", "phrases", "max_words")
 _RUN_ONLY = ("teacher", "init")  # task fields of how a run was trained, not of its model: pack keeps them per member
 
 
@@ -396,6 +390,18 @@ class G2PDoc:
             symbols = getattr(self, name)
             if tuple(symbols[: len(SPECIALS)]) != SPECIALS:
                 raise AttentionError(f"{name} must begin with {list(SPECIALS)}, got {symbols[: len(SPECIALS)]}")
+        for name, keys in (("teacher", ("path", "sha256", "distil")), ("init", ("path", "sha256"))):
+            entry = getattr(self, name)
+            if entry is not None and (not isinstance(entry, dict) or set(entry) != set(keys)):
+                raise AttentionError(f"{name} must hold {list(keys)}, got {entry!r}")
+
+    def sources(self) -> dict:
+        """The ``teacher``, ``distil`` and ``init`` arguments of the :class:`G2PTask` that wrote
+        this document (the inverse of its ``describe``), for a resumed run."""
+        out = {} if self.init is None else {"init": self.init["path"]}
+        if self.teacher is not None:
+            out |= {"teacher": self.teacher["path"], "distil": self.teacher["distil"]}
+        return out
 
     @classmethod
     def read(cls, meta: dict, path) -> G2PDoc:
@@ -482,8 +488,8 @@ def pack(
         tensors |= {prefix + k[len("model.") :]: v for k, v in found.items() if k.startswith("model.")}
         run = {k: meta["task"][k] for k in _RUN_ONLY if k in meta["task"]}
         members.append({"source": str(path), "train": meta.get("train"), "progress": meta.get("progress"), **run})
-    if storage in ("int8", "int4"):
-        tensors = checkpoint.quantize(tensors, bits=int(storage[3:]))
+    if storage in _BITS:
+        tensors = checkpoint.quantize(tensors, bits=_BITS[storage])
     else:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     meta = {"task": task, "storage": storage, "members": members}

@@ -215,16 +215,27 @@ def quantize(tensors: dict[str, Tensor], *, bits: int = 8, group: int = GROUP) -
         elif bits == 4 and t.shape[-1] % 2 == 0:
             out[name], out[name + SCALE4] = _int4(t.detach().float(), group)
         else:
-            rows = t.detach().float().reshape(t.shape[0], -1)
-            scale = rows.abs().amax(-1) / 127  # (rows,)
-            out[name] = (rows / _nonzero(scale)[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(t.shape)
-            out[name + SCALE] = scale
+            out[name], out[name + SCALE] = _int8(t.detach().float())
     return out
 
 
 def _nonzero(scale: Tensor) -> Tensor:
     """``scale`` with its zeros made ones, so that an all-zero row or group divides to zero."""
     return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def _int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """(int8 values shaped as ``w``, float32 scales (rows,)) of ``w`` (rows, ...)."""
+    rows = w.reshape(w.shape[0], -1)
+    scale = rows.abs().amax(-1) / 127  # (rows,)
+    return (rows / _nonzero(scale)[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(w.shape), scale
+
+
+def _from_int8(values: Tensor, scale: Tensor) -> Tensor | None:
+    """The float32 weights of :func:`_int8`'s ``values`` and ``scale``; None if they do not match."""
+    if values.dtype != torch.int8 or scale.shape != values.shape[:1]:
+        return None
+    return (values.float().reshape(len(scale), -1) * scale.float()[:, None]).reshape(values.shape)
 
 
 def _int4(w: Tensor, group: int) -> tuple[Tensor, Tensor]:
@@ -237,40 +248,42 @@ def _int4(w: Tensor, group: int) -> tuple[Tensor, Tensor]:
     return q[..., 0::2] | (q[..., 1::2] << 4), scale
 
 
+def _from_int4(values: Tensor, scale: Tensor) -> Tensor | None:
+    """The float32 weights of :func:`_int4`'s ``values`` and ``scale``; None if they do not match."""
+    lead, last = values.shape[:-1], 2 * values.shape[-1]
+    if values.dtype != torch.uint8 or scale.shape[:-1] != lead or last % max(scale.shape[-1], 1):
+        return None
+    q = torch.stack([values & 15, values >> 4], -1).reshape(*lead, last)
+    return ((q.float() - 8).reshape(*scale.shape, -1) * scale.float()[..., None]).reshape(q.shape)
+
+
+# a scale suffix: the storage's name, the layout it expects and how its weights are read back
+_FORMATS = {
+    SCALE: ("int8", "int8 values with one scale per row", _from_int8),
+    SCALE4: ("int4", "uint8 values holding two weights a byte, with one scale per group of the last dim", _from_int4),
+}
+
+
 def dequantize(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """The float32 tensors of a :func:`quantize`-d dict (a dict without integer scales is returned
     as it is); a scale without its tensor, or of the wrong shape, raises a CheckpointError."""
     if not any(name.endswith(SCALES) for name in tensors):
         return tensors
     out = {name: t for name, t in tensors.items() if not name.endswith(SCALES)}
-    for key in (name for name in tensors if name.endswith(SCALES)):
-        four = key.endswith(SCALE4)
-        name, scale = key[: -len(SCALE4 if four else SCALE)], tensors[key]
+    for key, scale in tensors.items():
+        suffix = next((s for s in SCALES if key.endswith(s)), None)
+        if suffix is None:
+            continue
+        kind, expected, read = _FORMATS[suffix]
+        name = key[: -len(suffix)]
         values = out.get(name)
-        if four:
-            fits = (
-                values is not None
-                and values.dtype == torch.uint8
-                and scale.shape[:-1] == values.shape[:-1]
-                and scale.dim() == values.dim()
-                and (2 * values.shape[-1]) % max(scale.shape[-1], 1) == 0
-            )
-            expected = "uint8 values holding two weights a byte, with one scale per group of the last dim"
-        else:
-            fits = values is not None and values.dtype == torch.int8 and scale.shape == values.shape[:1]
-            expected = "int8 values with one scale per row"
-        if not fits:
+        weights = None if values is None else read(values, scale)
+        if weights is None:
             got = "missing" if values is None else f"{values.dtype} {tuple(values.shape)}"
             raise CheckpointError(
-                f"{'int4' if four else 'int8'} scales {key!r} {tuple(scale.shape)} do not match tensor "
-                f"{name!r} ({got}); expected {expected}"
+                f"{kind} scales {key!r} {tuple(scale.shape)} do not match tensor {name!r} ({got}); expected {expected}"
             )
-        if four:
-            q = torch.stack([values & 15, values >> 4], -1).reshape(*values.shape[:-1], 2 * values.shape[-1])
-            groups = (q.float() - 8).reshape(*scale.shape, -1)
-            out[name] = (groups * scale.float()[..., None]).reshape(q.shape)
-        else:
-            out[name] = (values.float().reshape(len(scale), -1) * scale.float()[:, None]).reshape(values.shape)
+        out[name] = weights
     return out
 
 
