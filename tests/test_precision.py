@@ -94,6 +94,73 @@ def test_every_g2p_model_trains_and_decodes_under_bf16(tmp_path, model, config):
         assert [len(p.phones) > 0 for p in bf16] == [True] * 3 and len(fp32) == 3
 
 
+@pytest.fixture
+def no_native_bf16(monkeypatch):
+    """This machine as an AVX2-only CPU sees it: no oneDNN bfloat16 LSTM (the fallback's path)."""
+    from attnkit.models import rnn
+
+    monkeypatch.setenv("ATTNKIT_CPU_BF16", "0")
+    for cached in (rnn.cpu_bf16_lstm, rnn._say_lstm_fallback):
+        cached.cache_clear()
+    yield
+    for cached in (rnn.cpu_bf16_lstm, rnn._say_lstm_fallback):
+        cached.cache_clear()
+
+
+def test_the_bf16_lstm_probe_tells_whether_torch_runs_one():
+    from attnkit.models.rnn import cpu_bf16_lstm
+
+    lstm, x = torch.nn.LSTM(4, 4, batch_first=True), torch.randn(2, 3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        if cpu_bf16_lstm():
+            assert lstm(x)[0].dtype == torch.bfloat16
+        else:  # an AVX2-only CPU (or ONEDNN_MAX_CPU_ISA=AVX2): oneDNN has no bf16 LSTM kernel
+            with pytest.raises(RuntimeError, match="primitive descriptor"):
+                lstm(x)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_without_native_bf16_an_lstm_runs_in_float32_and_says_so_once(no_native_bf16, packed):
+    from attnkit.models.rnn import PrecisionFallbackWarning, over_sequence
+
+    torch.manual_seed(0)
+    lstm, x = torch.nn.LSTM(4, 6, batch_first=True, bidirectional=True), torch.randn(2, 3, 4)
+    h0 = (torch.randn(2, 2, 6), torch.randn(2, 2, 6))
+    if packed:
+        x, h0 = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([3, 2]), batch_first=True), None
+    expected = lstm(x, h0)[0]
+    with pytest.warns(PrecisionFallbackWarning, match="LSTM runs in float32") as said:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs = [over_sequence(lstm, x, h0)[0] for _ in range(2)]
+    assert len(said) == 1  # once per process, not once per call
+    for out in outs:
+        out, want = (out.data, expected.data) if packed else (out, expected)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("attention", ["none", "luong-general"])
+def test_without_native_bf16_lstm_g2p_models_train_and_decode_under_bf16(tmp_path, no_native_bf16, attention):
+    config = {"hidden_dim": 16, "embed_dim": 8, "attention": attention}
+    config |= {"input_feed": False} if attention != "none" else {}  # both run the LSTM over the whole target
+    task = G2PTask("rnn", config, limit=40, valid_limit=6)
+    trainer = Trainer(task, TrainConfig(epochs=1, batch_size=16, precision="bf16"), tmp_path, progress=False)
+    trainer.fit()
+    assert all(torch.isfinite(torch.tensor(trainer.losses)))
+    g2p = G2P.load(tmp_path)
+    for beam in (1, 3):
+        fp32 = g2p.pronounce(["cat", "attention"], beam=beam)
+        bf16 = g2p.pronounce(["cat", "attention"], beam=beam, precision="bf16")
+        assert [len(p.phones) > 0 for p in bf16] == [True, True] and len(fp32) == 2
+
+
+def test_without_native_bf16_the_command_line_pronounces_in_bf16_with_one_note(no_native_bf16, capsys):
+    assert main(["pronounce", "--precision", "bf16", "cat", "dog"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["cat", "dog"]
+    assert len(err.strip().splitlines()) == 1 and "LSTM runs in float32" in err
+
+
 def test_every_classifier_takes_a_step_under_bf16():
     from test_classify_models import TINY
 

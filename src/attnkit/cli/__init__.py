@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from ..errors import AttentionError
 from . import classify, experiment, g2p, viz
@@ -103,13 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a flag argparse rejected (already one line on stderr)
         return done.code if isinstance(done.code, int) else 2
     try:
-        return _run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            return _run(args)
     except AttentionError as err:  # bad input, checkpoints included: one line, no traceback
         return _fail(err, f"attnkit: error: {err}", 2)
     except OSError as err:  # the file system: a full disk, a read-only folder, a name too long
         return _fail(err, f"attnkit: error: {_os_message(err)}", 1)
     except KeyboardInterrupt as err:  # Ctrl-C outside training (training says where to resume)
         return _fail(err, "attnkit: interrupted", 130)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (e.g. a precision fallback) as one line on stderr, like the errors: no source line."""
+    print(f"attnkit: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def _fail(err: BaseException, line: str, status: int) -> int:

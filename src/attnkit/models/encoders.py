@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..core.scores import SCORES
 from ..errors import AttentionError, check_int, check_probability, shape_str
 from ..modules import AttentionPooling, MaskedEncoder, MultiHeadAttention
-from .rnn import CELLS
+from .rnn import CELLS, over_sequence
 
 __all__ = [
     "POOLINGS",
@@ -133,7 +133,7 @@ class RNNEncoder(MaskedEncoder):
         packed = nn.utils.rnn.pack_padded_sequence(
             x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
         )
-        out, _ = self.rnn(packed)
+        out, _ = over_sequence(self.rnn, packed)
         states, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # (N, T, M)
         return states * mask.unsqueeze(-1)  # an empty row read one padding step: zero it too
 

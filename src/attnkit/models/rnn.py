@@ -29,6 +29,9 @@ W_k h_j of ``additive``) is projected once per source, in :meth:`RNNSeq2Seq.enco
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -41,7 +44,7 @@ from ..errors import AttentionError, check_int, check_probability
 from ..modules import Attention
 from .base import Decoded, Memory, source_padding
 
-__all__ = ["ATTENTIONS", "RNNConfig", "RNNSeq2Seq"]
+__all__ = ["ATTENTIONS", "PrecisionFallbackWarning", "RNNConfig", "RNNSeq2Seq", "cpu_bf16_lstm", "over_sequence"]
 
 # name -> (score, region, normalize) of the decoder's Attention; None: no attention
 ATTENTIONS: dict[str, tuple[str, str, str] | None] = {
@@ -159,7 +162,7 @@ class RNNSeq2Seq(nn.Module):
         lengths = (~padding).sum(-1).clamp(min=1).cpu()
         x = self.drop(self.src_embed(src))  # (B, S, E)
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, final = self.encoder(packed)
+        out, final = over_sequence(self.encoder, packed)
         states, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])  # (B, S, M)
         h = final[0] if isinstance(final, tuple) else final  # (L x dirs, B, H)
         dirs = 2 if self.config.bidirectional else 1
@@ -245,7 +248,8 @@ class RNNSeq2Seq(nn.Module):
         if self.kind is None:
             e = torch.cat([e, memory.context[:, None].expand(-1, e.shape[1], -1)], -1)  # (B, T, E + M)
         h0 = state.h.transpose(0, 1).contiguous()  # (L, B, M)
-        s, _ = self.decoder(e, h0 if state.c is None else (h0, state.c.transpose(0, 1).contiguous()))  # (B, T, M)
+        hx = h0 if state.c is None else (h0, state.c.transpose(0, 1).contiguous())  # (L, B, M)
+        s, _ = over_sequence(self.decoder, e, hx)  # (B, T, M)
         if self.kind is None:
             o = torch.tanh(self.combine(torch.cat([s, memory.context[:, None].expand_as(s)], -1)))
             return Decoded(self.out(self.drop(o)))
@@ -260,3 +264,59 @@ class RNNSeq2Seq(nn.Module):
 def _stack_steps(steps: list) -> Tensor | None:
     """Per-step tensors (B, ...) -> (B, T, ...); None where the steps gave None (no such output)."""
     return None if not steps or steps[0] is None else torch.stack(steps, 1)
+
+
+def over_sequence(rnn: nn.RNNBase, x: Tensor | nn.utils.rnn.PackedSequence, hx=None):
+    """``rnn(x, hx)`` over a whole sequence (a tensor or a ``PackedSequence``). oneDNN runs an
+    ``nn.LSTM`` under CPU bfloat16 autocast only on CPUs with native bfloat16 (AVX512-BF16, AMX);
+    elsewhere (AVX2-only CPUs) it fails to build the kernel, so there the LSTM runs in float32
+    (said once, as a :class:`PrecisionFallbackWarning`) and the rest of the model in bfloat16."""
+    if not (isinstance(rnn, nn.LSTM) and _cpu_bf16_autocast()) or rnn.weight_ih_l0.device.type != "cpu":
+        return rnn(x, hx)
+    if cpu_bf16_lstm():
+        return rnn(x, hx)
+    _say_lstm_fallback()
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        x = nn.utils.rnn.PackedSequence(x.data.float(), x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+    else:
+        x = x.float()
+    with torch.autocast("cpu", enabled=False):
+        return rnn(x, None if hx is None else tuple(h.float() for h in hx))
+
+
+def _cpu_bf16_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+@functools.cache
+def cpu_bf16_lstm() -> bool:
+    """Whether ``nn.LSTM`` runs under CPU bfloat16 autocast on this machine: probed once on a tiny LSTM,
+    as the CPU's features alone do not tell (``ONEDNN_MAX_CPU_ISA=AVX2`` hides AVX512-BF16 from
+    oneDNN). ``ATTNKIT_CPU_BF16=0`` answers False without probing (the fallback's tests use it)."""
+    if os.environ.get("ATTNKIT_CPU_BF16") == "0":
+        return False
+    lstm = nn.LSTM(2, 2, batch_first=True)
+    x = torch.zeros(1, 1, 2)
+    try:  # oneDNN takes the LSTM with gradients and without (inference) by different paths: try both
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(x)[0].sum().backward()
+            with torch.no_grad():
+                lstm(nn.utils.rnn.pack_padded_sequence(x, torch.tensor([1]), batch_first=True))
+    except RuntimeError:  # oneDNN: "could not create a primitive descriptor for the LSTM forward ..."
+        return False
+    return True
+
+
+@functools.cache
+def _say_lstm_fallback() -> None:
+    warnings.warn(
+        "this CPU has no native bfloat16 kernels for nn.LSTM (AVX512-BF16 or AMX): the LSTM runs in float32, "
+        "the rest of the model in bfloat16",
+        PrecisionFallbackWarning,
+        stacklevel=3,
+    )
+
+
+class PrecisionFallbackWarning(UserWarning):
+    """A part of a model runs in a higher precision than asked for, because this machine cannot run it lower."""
+
