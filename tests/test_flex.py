@@ -68,3 +68,14 @@ def test_compiled_flex_matches_reference(name, score):
         want = attnkit.attention(q, k, v, backend="reference", **kwargs).output
     atol, rtol = TOLERANCES[("flex", torch.float32)]
     torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+
+
+def test_flex_refuses_float64_on_cpu():
+    """Its compiled CPU kernel has no float64 (torch.compile raised an InductorError): never
+    chosen for such a call, and forcing it says why."""
+    q = torch.randn(1, 8, 16, dtype=torch.float64)
+    reason = "FlexAttention on CPU takes float32, float16 or bfloat16, got dtype torch.float64 on device cpu"
+    with torch.no_grad():
+        assert explain(q, q, q, mask=masks.causal()).passed_over["flex"] == reason
+        with pytest.raises(AttentionError, match=re.escape(f"backend='flex' cannot run this call: {reason}")):
+            attnkit.attention(q, q, q, mask=masks.causal(), backend="flex")

@@ -2,10 +2,15 @@
 equals one full causal call; a cross-attention cache projects its source once; the Transformer's
 cached greedy and beam search equal its uncached decoding (tokens, scores, weights), in float64."""
 
+import copy
+import pickle
+import re
+
+import numpy as np
 import pytest
 import torch
 
-from attnkit import AttentionError, KVCache, MultiHeadAttention, capture
+from attnkit import AttentionError, KVCache, MultiHeadAttention, capture, masks
 from attnkit.data.vocab import EOS
 from attnkit.models import TransformerConfig, TransformerSeq2Seq, beam_search, greedy
 from attnkit.models.transformer import DecoderCache
@@ -263,3 +268,177 @@ def test_capture_of_cached_decoding_records_each_steps_weights():
     whole = full["decoder.1.self_attn"][0]  # (H, T, T)
     for t, step in enumerate(rec.calls("decoder.1.self_attn")):
         torch.testing.assert_close(step[0, :, 0], whole[:, t, : t + 1])
+
+
+def test_cross_cache_rejects_a_new_source_of_the_same_shape():
+    """A filled KVCache(cross=True) reuses its projection: a later key or value that is not the
+    tensor it was filled from (same shape or not), or that was modified in place since, raises
+    instead of silently attending the old source."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4).double().eval()
+    q, src, other = (torch.randn(2, n, 16, dtype=torch.double) for n in (3, 5, 5))
+    cache = KVCache(cross=True)
+    first = mha(q, src, cache=cache).output
+    torch.testing.assert_close(mha(q, src, cache=cache).output, first)  # the same source again
+    torch.testing.assert_close(mha(q, cache=cache).output, first)  # or omitted
+    with pytest.raises(AttentionError, match=r"key \(2, 5, 16\) is not the tensor the cache was filled from: KVCache"):
+        mha(q, other, cache=cache)
+    with pytest.raises(AttentionError, match=r"value \(2, 5, 16\) is not the tensor"):
+        mha(q, src, other, cache=cache)
+    with pytest.raises(AttentionError, match=r"value \(2, 5, 16\) is not the tensor"):
+        mha(q, None, other, cache=cache)
+    src.add_(1.0)  # in place: the projection in the cache is stale
+    with pytest.raises(AttentionError, match=r"key .* modified in place since"):
+        mha(q, src, cache=cache)
+    seq_first = MultiHeadAttention(16, 4, batch_first=False).double().eval()
+    cache, src_t = KVCache(cross=True), src.transpose(0, 1)  # (Tk, B, D)
+    seq_first(q.transpose(0, 1), src_t, cache=cache)
+    seq_first(q.transpose(0, 1), src_t, cache=cache)  # the caller's tensor is what is remembered
+    given = KVCache(cross=True, k=torch.zeros(2, 4, 5, 4).double(), v=torch.zeros(2, 4, 5, 4).double())
+    with pytest.raises(AttentionError, match=r"does not know the source of its k and v"):
+        mha(q, src, cache=given)
+    mha(q, cache=given)
+    loaded = pickle.loads(pickle.dumps(cache))  # without its weak references: reused with key=None
+    q_t = q.transpose(0, 1)  # (Tq, B, D)
+    torch.testing.assert_close(seq_first(q_t, cache=loaded).output, seq_first(q_t, src_t).output)
+    with pytest.raises(AttentionError, match=r"does not know the source .* or the cache was unpickled"):
+        seq_first(q.transpose(0, 1), src_t, cache=loaded)
+
+
+def test_copied_caches_fork_independently():
+    """copy.copy and copy.deepcopy of a cache are forks: appending different steps to the copy and
+    to the original gives each the outputs of a cache built for its own sequence alone."""
+    mha = make_mha("plain")
+    x = torch.randn(2, 6, 16, dtype=torch.double)
+    a, b = torch.randn(2, 2, 16, dtype=torch.double), torch.randn(2, 2, 16, dtype=torch.double)
+
+    def steps(cache, prefix, tail):
+        for t in range(prefix.shape[1]):
+            mha(prefix[:, t : t + 1], cache=cache)
+        return [mha(tail[:, t : t + 1], cache=cache).output for t in range(tail.shape[1])]
+
+    with torch.no_grad():
+        want_a, want_b = (torch.cat(steps(KVCache(), x, tail), 1) for tail in (a, b))
+        for fork in (copy.copy, copy.deepcopy):
+            cache = KVCache()
+            steps(cache, x, x[:, :0])
+            other = fork(cache)
+            got_a, got_b = [], []
+            for t in range(2):  # interleaved: each branch appends after the other has
+                got_a.append(mha(a[:, t : t + 1], cache=cache).output)
+                got_b.append(mha(b[:, t : t + 1], cache=other).output)
+            torch.testing.assert_close(torch.cat(got_a, 1), want_a)
+            torch.testing.assert_close(torch.cat(got_b, 1), want_b)
+            assert cache.length == other.length == 8
+    cache = KVCache()  # with gradients: the deep copy keeps the history, so both branches backpropagate
+    x.requires_grad_()
+    steps(cache, x, x[:, :0])
+    fork = copy.deepcopy(cache)
+    (mha(a[:, :1], cache=cache).output.sum() + mha(b[:, :1], cache=fork).output.sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+class EveryOtherPast(masks.Mask):
+    """A rule of the user's own: query i attends keys i, i - 2, i - 4, ..."""
+
+    def materialize(self, shape, device=None):
+        i, j = torch.arange(shape[-2])[:, None], torch.arange(shape[-1])[None, :]  # (Tq, 1), (1, Tk)
+        return (j <= i) & ((i - j) % 2 == 0)  # (Tq, Tk)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        masks.causal(),
+        masks.causal(1) & masks.causal(),
+        masks.causal() & masks.sliding_window(2, 0),
+        masks.sliding_window(1, 0) | masks.sliding_window(0, 0, -3),
+        EveryOtherPast(),
+        masks.sliding_window(3, 0) & EveryOtherPast(),
+    ],
+    ids=["causal", "causal-and-causal", "causal-and-window", "window-or-window", "own-rule", "window-and-own-rule"],
+)
+def test_mask_rules_with_a_cache_are_shifted_past_the_cached_keys(mask):
+    """``mask=masks.causal()`` (and windows, their compositions, any rule over positions) with a
+    self-attention cache puts query i of a call at position T + i, as the module's own causal and
+    window masks: step-by-step calls equal one call over the whole sequence."""
+    mha = make_mha("plain", causal=False)
+    x = torch.randn(2, 7, 16, dtype=torch.double)
+    full, full_w = mha(x, mask=mask, need_weights=True)
+    if mask == masks.causal():  # the README's equivalence: mask=masks.causal() is causal=True
+        torch.testing.assert_close(full, make_mha("plain")(x).output)
+    cache, t = KVCache(), 0
+    for n in (1, 2, 1, 3):
+        out, w = mha(x[:, t : t + n], mask=mask, need_weights=True, cache=cache)
+        torch.testing.assert_close(out, full[:, t : t + n])
+        torch.testing.assert_close(w, full_w[:, t : t + n, : t + n])
+        t += n
+
+
+def test_a_dense_mask_with_a_cache_covers_the_calls_queries_and_all_keys():
+    """A tensor ``mask`` (Tq, T + Tk_new) is the call's rows over every key: never shifted."""
+    mha = make_mha("plain", causal=False)
+    x = torch.randn(2, 5, 16, dtype=torch.double)
+    allowed = (torch.rand(5, 5, generator=torch.Generator().manual_seed(0)) < 0.7).tril()  # (T, T), causal
+    allowed[:, 0] = True
+    full = mha(x, mask=allowed).output
+    cache = KVCache()
+    for t in range(5):
+        out = mha(x[:, t : t + 1], mask=allowed[t : t + 1, : t + 1], cache=cache).output
+        torch.testing.assert_close(out, full[:, t : t + 1])
+
+
+def test_a_cache_belongs_to_the_module_that_filled_it():
+    torch.manual_seed(0)
+    first, second = make_mha("plain"), make_mha("plain")  # same shapes, same weights even
+    x = torch.randn(2, 3, 16, dtype=torch.double)
+    cache = KVCache()
+    first(x[:, :1], cache=cache)
+    with pytest.raises(AttentionError, match=r"cache was filled by another MultiHeadAttention .* new KVCache"):
+        second(x[:, 1:2], cache=cache)
+    first(x[:, 1:2], cache=cache)  # its own module still may, and after a reorder too
+    first(x[:, 2:3], cache=cache.reorder(torch.tensor([1, 0])))
+    cross = KVCache(cross=True)
+    first(x, x, cache=cross)
+    with pytest.raises(AttentionError, match=r"cache was filled by another MultiHeadAttention"):
+        second(x, cache=cross)
+
+
+def test_cross_must_be_a_bool():
+    with pytest.raises(AttentionError, match=r"cross must be a bool \(True or False\), got 'no' \(str\)"):
+        KVCache(cross="no")
+    with pytest.raises(AttentionError, match=r"cross must be a bool .* got 1 \(int\)"):
+        KVCache(cross=1)
+
+
+BAD_INDEX = {
+    "out-of-range": (torch.tensor([0, 2]), r"index has values \[2\] outside 0..1"),
+    "negative": (torch.tensor([-1, 0]), r"index has values \[-1\] outside 0..1"),
+    "float": (torch.tensor([0.0, 1.0]), r"index has shape \(2,\) and dtype torch.float32"),
+    "bool": (torch.tensor([True, False]), r"index has shape \(2,\) and dtype torch.bool"),
+    "2-D": (torch.tensor([[0, 1]]), r"index has shape \(1, 2\) and dtype torch.int64"),
+    "numpy": (np.array([0, 1]), r"index must be .* got array\(\[0, 1\]\) \(ndarray\)"),
+    "list-of-floats": ([0.0, 1.0], r"index must be .* got \[0.0, 1.0\] \(list\)"),
+    "list-out-of-range": ([0, 5], r"index has values \[5\] outside 0..1"),
+    "int": (1, r"index must be .* got 1 \(int\)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INDEX)
+def test_reorder_rejects_a_bad_index(case):
+    index, match = BAD_INDEX[case]
+    cache = KVCache()
+    cache.append(torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4))
+    expected = r"a 1-D integer torch tensor \(int64 or int32\) or a list of ints on cpu with values in 0..1 \(B = 2"
+    with pytest.raises(AttentionError, match=match) as error:
+        cache.reorder(index)
+    assert re.search(expected, str(error.value)), str(error.value)
+    assert cache.k.shape == (2, 1, 3, 4)  # unchanged
+
+
+def test_reorder_takes_a_list_of_ints_or_an_int32_tensor():
+    cache = KVCache()
+    k = torch.randn(2, 1, 3, 4)
+    cache.append(k, -k)
+    torch.testing.assert_close(cache.reorder([1, 1, 0]).k, k[[1, 1, 0]])
+    torch.testing.assert_close(cache.reorder(torch.tensor([2, 0], dtype=torch.int32)).k, k[[0, 1]])

@@ -9,6 +9,7 @@ B batch, Tq query positions, Tk key positions, D feature dim. Masks: True = may 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -342,3 +343,69 @@ def test_a_non_finite_key_or_value_poisons_exactly_the_rows_that_may_attend_it(p
         if q.dtype == BF16:
             atol, rtol = 4 * atol, 4 * rtol  # same-dtype comparison: both round
         torch.testing.assert_close(got[~poisoned], ref[~poisoned], atol=atol, rtol=rtol)
+
+
+# ---------------------------------------------------------------------------------------------
+# a key/value cache: a sequence fed to MultiHeadAttention in chunks through a KVCache (reordered
+# and forked on the way) gives the outputs of one call over the whole sequence
+
+
+@st.composite
+def kv_cache_runs(draw):
+    b, kv_heads = draw(st.integers(1, 3)), draw(st.sampled_from([1, 2]))
+    heads, dh = kv_heads * draw(st.sampled_from([1, 2])), draw(st.integers(1, 3))
+    chunks = draw(st.lists(st.integers(1, 3), min_size=1, max_size=5))  # Tq of each call, summing to T
+    left, right = draw(st.integers(0, 3)), draw(st.integers(0, 2))
+    # the module's own causal / window, or the same rule as mask=: both are shifted past the cache.
+    # A window without causal has right = 0: keys after a chunk are not there yet
+    kind = draw(st.sampled_from(["causal", "window", "causal+window", "mask=causal", "mask=causal&window"]))
+    module = {"causal": {"causal": True}, "window": {"window": (left, 0)}}.get(kind, {})
+    if kind == "causal+window":
+        module = {"causal": True, "window": (left, right)}
+    mask = {"mask=causal": attnkit.masks.causal(), "mask=causal&window": attnkit.masks.causal()}.get(kind)
+    if kind == "mask=causal&window":
+        mask = mask & attnkit.masks.sliding_window(left, right)
+    at = draw(st.integers(0, len(chunks) - 1) | st.none())  # reorder before call `at` (0: the empty cache)
+    index = draw(st.permutations(range(b)) | st.lists(st.integers(0, b - 1), min_size=b, max_size=b))
+    fork = draw(st.sampled_from([None, "copy", "deepcopy"]))  # continue on a copy; the original moves on too
+    return {
+        "module": dict(module, kv_heads=kv_heads, score=draw(st.sampled_from(["scaled_dot", "general", "additive"]))),
+        "heads": heads,
+        "dh": dh,
+        "b": b,
+        "chunks": chunks,
+        "mask": mask,
+        "at": at,  # reorder before this call (None: never)
+        "index": torch.tensor(index),
+        "fork": fork if at is not None else None,
+        "grad": draw(st.booleans()),  # gradients on: the cache concatenates; off: it writes into its storage
+        "seed": draw(st.integers(0, 2**31 - 1)),
+        "label": f"{kind}, reorder: {at is not None}, fork: {fork if at is not None else None}",
+    }
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(run=kv_cache_runs())
+def test_chunked_calls_with_a_kv_cache_equal_one_full_call(run):
+    event(run["label"])
+    torch.manual_seed(run["seed"])
+    d, b, index = run["heads"] * run["dh"], run["b"], run["index"]
+    mha = attnkit.MultiHeadAttention(d, run["heads"], **run["module"]).double().eval()
+    x = torch.randn(b, sum(run["chunks"]), d, dtype=F64)  # (B, T, D)
+    s = sum(run["chunks"][: run["at"]]) if run["at"] is not None else x.shape[1]  # positions before the reorder
+    y = torch.cat([x[index, :s], x[:, s:]], 1)  # what the rows hold after reordering at s, then the rest
+    with torch.set_grad_enabled(run["grad"]):
+        full_x, full_y = (mha(seq, mask=run["mask"]).output for seq in (x, y))  # (B, T, D)
+        cache, other, t = attnkit.KVCache(), None, 0
+        for i, n in enumerate(run["chunks"]):
+            if i == run["at"]:
+                cache.reorder(index)
+                if run["fork"] is not None:
+                    other, cache = cache, copy.copy(cache) if run["fork"] == "copy" else copy.deepcopy(cache)
+            out = mha(x[:, t : t + n], mask=run["mask"], cache=cache).output  # (B, n, D)
+            want = (full_x if run["at"] is None or i < run["at"] else full_y)[:, t : t + n]
+            torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+            if other is not None:  # the original appends other keys at the same positions, after the fork's
+                mha(torch.randn(b, n, d, dtype=F64), mask=run["mask"], cache=other)
+            t += n
+    assert cache.length == x.shape[1]

@@ -11,7 +11,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AttentionError", "check_rank", "check_int", "check_probability", "check_float_input", "shape_str"]
+__all__ = [
+    "AttentionError",
+    "check_rank",
+    "check_int",
+    "check_bool",
+    "check_probability",
+    "check_float_input",
+    "check_real_device",
+    "shape_str",
+]
 
 MAX_INT = 2**62  # the largest size or position an argument may hold: index arithmetic stays in int64
 
@@ -47,6 +56,13 @@ def check_int(name: str, value, minimum: int = 1, maximum: int = MAX_INT) -> int
     raise AttentionError(f"{name} must be an int in {lo}..{hi}, got {got}")
 
 
+def check_bool(name: str, value) -> bool:
+    """Raise unless ``value`` is a bool (not a truthy string, int or tensor: ``"no"`` is truthy); return it."""
+    if not isinstance(value, bool):
+        raise AttentionError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__})")
+    return value
+
+
 def check_probability(name: str, value) -> float:
     """Raise unless ``value`` is a real number in [0, 1) (a dropout probability); return it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -65,6 +81,16 @@ def check_float_input(name: str, x: Tensor, dtype: torch.dtype | None = None, ag
         raise AttentionError(
             f"{name} has dtype {x.dtype} but expected {dtype}, the dtype of {against}: convert one of them "
             f"with .to(dtype) (a module with module.to(dtype))"
+        )
+
+
+def check_real_device(name: str, x) -> None:
+    """Raise if ``x`` is a tensor on the ``meta`` device: it has shapes but no values, and attention
+    reads values (non-finite rows, masks, empty rows) besides computing them."""
+    if isinstance(x, Tensor) and x.device.type == "meta":
+        raise AttentionError(
+            f"{name} is on the meta device, which holds no data (shape {shape_str(x.shape)}, dtype {x.dtype}); "
+            f"attention reads values, so move the tensors to a real device (cpu, cuda) first"
         )
 
 

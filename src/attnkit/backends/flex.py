@@ -6,8 +6,9 @@ that lets the compiled kernel skip whole blocks nobody attends. Scores are the d
 rewritten onto a scaled dot product as for SDPA; the normalizer is softmax.
 
 Limits, measured on torch 2.13: FlexAttention has no backward on CPU (training there takes
-another path), and every new shape costs a compilation (about 20 s on a 2-core CPU for T=256),
-so on CPU it is used only when forced (``backend="flex"``); on CUDA it is chosen automatically.
+another path) and no float64 there (its compiled kernel takes float32, float16 and bfloat16),
+and every new shape costs a compilation (about 20 s on a 2-core CPU for T=256), so on CPU it is
+used only when forced (``backend="flex"``); on CUDA it is chosen automatically.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from ..core.nonfinite import maybe_any, nonfinite_rows, poison, reaches
 from .registry import register
 from .sdpa import as_dot_product
 from .sdpa import supports as sdpa_supports
+
+CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the compiled CPU kernel takes (torch 2.13)
 
 
 def mask_mod(mask: Mask):
@@ -76,7 +79,10 @@ def supports(call: Call) -> str | None:
         return "FlexAttention pays off for structured masks (causal, window, padding, block-sparse) only"
     if call.query.dim() not in (3, 4) or call.key.dim() != call.query.dim():
         return "FlexAttention takes (B, T, D) or (B, H, T, D) inputs"
-    if call.query.device.type == "cpu" and call.requires_grad:
+    device, dtype = call.query.device, call.query.dtype
+    if device.type == "cpu" and dtype not in CPU_DTYPES:  # its compiled CPU kernel: an InductorError
+        return f"FlexAttention on CPU takes float32, float16 or bfloat16, got dtype {dtype} on device {device}"
+    if device.type == "cpu" and call.requires_grad:
         return "FlexAttention has no backward on CPU"
     return None
 

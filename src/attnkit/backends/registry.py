@@ -145,16 +145,19 @@ def attention(query, key, value, *, backend: str = "auto", **kwargs) -> Attentio
             added to the scores (-inf = blocked), broadcastable to (..., Tq, Tk).
         window: local region. ``D`` or ``(left, right)``: query i attends keys i-left..i+right
             (sliding window; Luong's local-m). With ``centre``, a symmetric ``D`` around it.
-        centre: (..., Tq) real-valued centres p_t for Luong's local-p: keys with |s - p_t| <= D,
-            weights multiplied by exp(-(s - p_t)² / (2 (D/2)²)), not renormalized.
-        score_params: the score's parameters, e.g. ``{"W": W}`` for ``general``.
+        centre: (..., Tq) centres p_t, a floating or integer tensor, for Luong's local-p: keys with
+            |s - p_t| <= D, weights multiplied by exp(-(s - p_t)² / (2 (D/2)²)), not renormalized.
+        score_params: the score's parameters (tensors), e.g. ``{"W": W}`` for ``general``; a name
+            the score does not declare raises.
         dropout: probability of zeroing a weight before aggregation (pass 0 at eval time).
-        need_weights: return the weights (after masking, before dropout); else ``None``.
+        need_weights: return the weights (after masking, before dropout); else ``None``. This
+            and ``enable_gqa`` are bools (a truthy ``"no"`` raises).
         scale: multiplies the scores, as SDPA's ``scale``: for ``scaled_dot`` it replaces 1/√Dk
             (so ``scaled_dot`` and ``dot`` with the same ``scale`` agree); for every other score it
             multiplies the score (a inverse temperature: for ``cosine`` it divides τ, for
-            ``general``/``concat``/``additive`` it scales W/w/v). A finite number > 0; default None
-            (each score as its formula reads).
+            ``general``/``concat``/``additive`` it scales W/w/v). A finite number > 0, and not so
+            large that the scaled query or parameter overflows (that raises: its scores would be
+            inf and the weights NaN); default None (each score as its formula reads).
         enable_gqa: grouped-query / multi-query attention, as SDPA's: query (..., H, Tq, D),
             key and value (..., Hkv, Tk, D) with Hkv dividing H; query head h uses key/value head
             h // (H / Hkv). Runs on SDPA's ``enable_gqa`` when the call goes there; other backends

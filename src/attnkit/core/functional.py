@@ -16,7 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils import _pytree
 
-from ..errors import AttentionError, check_float_input, check_probability, check_rank, shape_str
+from ..errors import (
+    AttentionError,
+    check_bool,
+    check_float_input,
+    check_probability,
+    check_rank,
+    check_real_device,
+    shape_str,
+)
 from . import nonfinite as _nonfinite
 from . import normalizers as _normalizers
 from . import scores as _scores
@@ -151,6 +159,10 @@ def prepare(
     enable_gqa: bool = False,
 ) -> Call:
     """Validate the arguments of :func:`attnkit.attention` into a :class:`Call` (raises AttentionError)."""
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        check_real_device(name, x)
+    check_bool("need_weights", need_weights)
+    check_bool("enable_gqa", enable_gqa)
     query, key, value, score_params = _autocast(query, key, value, score_params)
     kv, groups = (key, value), 1
     if enable_gqa:  # validate against stand-ins with the query's head count; the Call keeps Hkv heads
@@ -170,6 +182,14 @@ def prepare(
             raise AttentionError(f"centre (local-p) needs a symmetric window D, got window={window!r}")
         half = window if isinstance(window, int) else window[0]
         lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2])
+        if not isinstance(centre, Tensor):
+            raise AttentionError(
+                f"centre must be a torch.Tensor of positions p_t (..., Tq), got {type(centre).__name__}"
+            )
+        if centre.dtype == torch.bool or centre.is_complex():
+            raise AttentionError(
+                f"centre has dtype {centre.dtype} but expected a floating or integer tensor of positions p_t (..., Tq)"
+            )
         if centre.shape != (*lead, tq):
             raise AttentionError(
                 f"centre has shape {shape_str(centre.shape)} but expected (..., Tq) = {shape_str((*lead, tq))}"
@@ -229,29 +249,61 @@ def _fold_scale(
     scale: float, score: _scores.Score, query: Tensor, key: Tensor, params: dict[str, Tensor]
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``scale=``: scores multiplied by ``scale`` (for ``scaled_dot`` in place of 1/√Dk, as SDPA's
-    ``scale``), folded into the query or a score parameter so every backend computes it unchanged."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise AttentionError(f"scale must be a finite number > 0 (it multiplies the scores), got {scale!r}")
+    ``scale``), folded into the query or a score parameter so every backend computes it unchanged.
+
+    A scale whose fold overflows (a scaled query or parameter past the dtype's largest number, a
+    cosine temperature divided below its smallest normal one) raises: its scores would be inf and
+    the softmax rows NaN. Checked on the values, outside ``torch.compile`` (as ``centre``'s)."""
+    rule = "scale must be a finite number > 0 (it multiplies the scores)"
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise AttentionError(f"{rule}, got {scale!r}")
+    try:
+        s = float(scale)
+    except OverflowError:  # an int past float's range, e.g. 2**2000
+        raise AttentionError(f"{rule}, got an int of {scale.bit_length()} bits, too large for a float") from None
+    if not math.isfinite(s) or s <= 0:
+        raise AttentionError(f"{rule}, got {scale!r}")
     name, params = score.name, dict(params)
     if name == "dot":  # (q·s)ᵀk = s·qᵀk
-        return query * scale, params
+        return _unless_overflow(scale, "query · scale", query, query * s), params
     if name == "scaled_dot":  # (q·s·√Dk)ᵀk / √Dk = s·qᵀk
-        return query * (scale * math.sqrt(key.shape[-1])), params
-    if name == "general":  # qᵀ(sW)k
-        params["W"] = params["W"] * scale
-    elif name == "concat":  # (sw)ᵀ[q; k]
-        params["w"] = params["w"] * scale
-    elif name == "additive":  # (sv)ᵀtanh(W_q q + W_k k)
-        params["v"] = params["v"] * scale
+        return _unless_overflow(scale, "query · scale · √Dk", query, query * (s * math.sqrt(key.shape[-1]))), params
+    multiplied = {"general": "W", "concat": "w", "additive": "v"}  # qᵀ(sW)k, (sw)ᵀ[q; k], (sv)ᵀtanh(...)
+    if name in multiplied:
+        p = multiplied[name]
+        params[p] = _unless_overflow(scale, f"params[{p!r}] · scale", params[p], params[p] * s)
     elif name == "cosine":  # cos / (τ/s)
         tau = params.get("temperature")
-        params["temperature"] = query.new_tensor(1.0 / scale) if tau is None else tau / scale
+        params["temperature"] = query.new_tensor(1.0 / s) if tau is None else tau / s
+        if not torch.compiler.is_compiling():
+            low = _scores.not_positive(params["temperature"])
+            if low is not None:
+                dtype = params["temperature"].dtype
+                tiny = torch.finfo(dtype).tiny
+                raise AttentionError(
+                    f"scale={scale!r} overflows the scores: cosine's temperature / scale is {low:.3g}, below "
+                    f"{tiny:.3g}, the smallest normal {dtype}, and the scores are divided by it; expected a "
+                    f"smaller scale"
+                )
     else:
         raise AttentionError(
             f"scale= is defined for the scores dot, scaled_dot, general, cosine, concat and additive, "
             f"not for score={name!r}; fold the factor into the score function instead"
         )
     return query, params
+
+
+def _unless_overflow(scale: float, what: str, before: Tensor, after: Tensor) -> Tensor:
+    """``after``, ``before`` times the scale, unless the product overflowed where ``before`` was finite
+    (rows whose sum is no longer finite: :func:`~attnkit.core.nonfinite.nonfinite_rows`)."""
+    if not torch.compiler.is_compiling():
+        overflow = _nonfinite.nonfinite_rows(after) & ~_nonfinite.nonfinite_rows(before)
+        if bool(overflow.any()):
+            raise AttentionError(
+                f"scale={scale!r} overflows the scores: {what} exceeds {torch.finfo(after.dtype).max:.3g}, the "
+                f"largest {after.dtype}, so the scores would be inf and the weights NaN; expected a smaller scale"
+            )
+    return after
 
 
 def reference(call: Call) -> AttentionResult:

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..errors import AttentionError, shape_str
+from ..errors import AttentionError, check_bool, shape_str
 
 __all__ = [
     "NORMALIZERS",
@@ -317,6 +317,7 @@ class Gumbel:
     def __post_init__(self):
         if not self.temperature > 0:
             raise AttentionError(f"gumbel: temperature must be > 0, got {self.temperature!r}")
+        check_bool("gumbel: hard", self.hard)
 
     def __call__(self, scores: Tensor, allowed: Tensor | None = None) -> Normalized:
         u = torch.rand(scores.shape, generator=self.generator, dtype=scores.dtype, device=scores.device)

@@ -7,9 +7,10 @@ Every score is a plain function with one signature::
 
     fn(query: (..., Tq, Dq), key: (..., Tk, Dk), params: Mapping[str, Tensor]) -> (..., Tq, Tk)
 
-Parameters are passed explicitly, never read off a module. A parameter's trailing dims are fixed by
-its :class:`ParamSpec`; any leading dims broadcast against the query's leading dims, so a stack of
-per-head parameters of shape ``(H, *spec.shape)`` gives every head its own score.
+Parameters are passed explicitly, never read off a module. A score's ``params`` names every
+parameter it takes (a name it does not declare is an error, not ignored). A parameter's trailing
+dims are fixed by its :class:`ParamSpec`; any leading dims broadcast against the query's leading
+dims, so a stack of per-head parameters of shape ``(H, *spec.shape)`` gives every head its own score.
 
 Registry: ``SCORES[name]`` is a :class:`Score`, callable as ``SCORES["general"](q, k, {"W": W})``.
 """
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from ..errors import AttentionError, check_rank, shape_str
 
-__all__ = ["SCORES", "Score", "ParamSpec", "A"]
+__all__ = ["SCORES", "Score", "ParamSpec", "A", "not_positive"]
 
 ScoreFn = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]
 
@@ -41,6 +42,15 @@ class ParamSpec:
     shape: tuple[int, ...]  # may contain A, the hidden dim chosen by the caller
     init: str = "uniform"  # "uniform": U(-1/sqrt(fan_in), 1/sqrt(fan_in)); "ones": all 1
     optional: bool = False  # optional in the functional call; modules always create it
+    positive: bool = False  # a divisor of the scores (a temperature): every value finite and > 0
+
+
+def not_positive(t: Tensor) -> float | None:
+    """The first value of ``t`` that is not finite and at least the dtype's smallest normal number
+    (0, a negative, NaN, ±inf, or one so small that dividing by it overflows), or None."""
+    t = t.detach()
+    bad = ~(torch.isfinite(t) & (t >= torch.finfo(t.dtype).tiny))
+    return float(t[bad][0]) if bool(bad.any()) else None
 
 
 @dataclass(frozen=True)
@@ -100,10 +110,21 @@ class Score:
         return self.fn(query, key, params)
 
     def validate(self, query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> None:
-        """Raise :class:`AttentionError` for shapes or parameters this score cannot take."""
+        """Raise :class:`AttentionError` for shapes or parameters this score cannot take: a name
+        that :attr:`params` does not declare, a missing, misshapen or non-tensor parameter, or a
+        value out of its spec's range (checked outside ``torch.compile`` only: it reads values)."""
         check_rank("query", query, 2, "(..., Tq, Dq)")
         check_rank("key", key, 2, "(..., Tk, Dk)")
         dq, dk = query.shape[-1], key.shape[-1]
+        specs = self.params(dq, dk)
+        unknown = [name for name in params if name not in specs]
+        if unknown:
+            names = ", ".join(repr(n) for n in unknown)
+            expected = f"its parameters are {sorted(specs)}" if specs else "it takes none"
+            raise AttentionError(
+                f"score {self.name!r} has no parameter{'s' if len(unknown) > 1 else ''} {names} "
+                f"(score_params has keys {sorted(params)}); {expected}"
+            )
         if self.same_dim and dq != dk:
             raise AttentionError(
                 f"score {self.name!r} needs query and key of the same last dim, got query "
@@ -117,7 +138,7 @@ class Score:
                 f"leading (batch) dims do not broadcast: query {shape_str(query.shape)}, key {shape_str(key.shape)}"
             ) from None
         hidden = None  # A, bound by the first parameter that has it
-        for name, spec in self.params(dq, dk).items():
+        for name, spec in specs.items():
             if name not in params:
                 if spec.optional:
                     continue
@@ -125,6 +146,13 @@ class Score:
                     f"score {self.name!r} needs parameter {name!r} but params has keys {sorted(params)}"
                 )
             got, n = params[name], len(spec.shape)
+            if not isinstance(got, Tensor):
+                dims = ["...", *(("A" if hidden is None else hidden) if s == A else s for s in spec.shape)]
+                expected = ", ".join(map(str, dims))
+                raise AttentionError(
+                    f"score {self.name!r}: params[{name!r}] must be a torch.Tensor of shape ({expected}), "
+                    f"got {type(got).__name__}"
+                )
             trailing = tuple(got.shape[got.dim() - n :]) if got.dim() >= n else None
             if trailing is not None and hidden is None and A in spec.shape:
                 hidden = trailing[spec.shape.index(A)]
@@ -145,6 +173,14 @@ class Score:
                     f"score {self.name!r}: params[{name!r}] has shape {shape_str(got.shape)} whose leading dims "
                     f"{shape_str(got_lead)} do not broadcast to the query's and key's leading dims {shape_str(lead)}; "
                     f"per-head parameters (H, ...) need query (B, H, Tq, Dq) and key (B, H, Tk, Dk)"
+                )
+            checked = spec.positive and got.is_floating_point() and not torch.compiler.is_compiling()
+            low = not_positive(got) if checked else None  # another dtype: attention's dtype check says so
+            if low is not None:
+                tiny = torch.finfo(got.dtype).tiny
+                raise AttentionError(
+                    f"score {self.name!r}: params[{name!r}] must be finite and > 0 (at least {tiny:.3g}, the "
+                    f"smallest normal {got.dtype}: the scores are divided by it), got {low!r}"
                 )
 
 
@@ -194,7 +230,7 @@ def _general_params(dq: int, dk: int) -> dict[str, ParamSpec]:
 
 
 def _cosine_params(dq: int, dk: int) -> dict[str, ParamSpec]:
-    return {"temperature": ParamSpec((), init="ones", optional=True)}
+    return {"temperature": ParamSpec((), init="ones", optional=True, positive=True)}
 
 
 def _concat_params(dq: int, dk: int) -> dict[str, ParamSpec]:
@@ -243,7 +279,8 @@ def cosine(query: Tensor, key: Tensor, params: Mapping[str, Tensor]) -> Tensor:
     """score(q, k) = qᵀk / (‖q‖ ‖k‖ τ)
 
     Cosine similarity, divided by an optional temperature ``params["temperature"]`` (shape (...),
-    default 1; modules make it learnable). A zero vector scores 0 against everything.
+    default 1; modules make it learnable), finite and > 0 (0 would make the scores inf). A zero
+    vector scores 0 against everything.
     """
     q = F.normalize(query, dim=-1)  # (..., Tq, D), unit rows (zero rows stay zero)
     k = F.normalize(key, dim=-1)  # (..., Tk, D)

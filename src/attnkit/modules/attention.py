@@ -14,7 +14,7 @@ from ..core import normalizers as _normalizers
 from ..core import scores as _scores
 from ..core.functional import AttentionResult
 from ..core.local import as_window, predict_centre
-from ..errors import AttentionError, check_int, check_probability
+from ..errors import AttentionError, check_bool, check_int, check_probability
 from .capture import is_random, record, recording
 
 __all__ = ["REGIONS", "Attention", "combine_masks", "score_parameters"]
@@ -164,6 +164,7 @@ class Attention(nn.Module):
         ``projected_key``: :meth:`project_keys` of ``key``, computed once for many calls; the
         scores are then taken against it (same result, less work per call).
         """
+        check_bool("need_weights", need_weights)
         key = query if key is None else key
         value = key if value is None else value
         score, params = self.score, dict(self.score_params)

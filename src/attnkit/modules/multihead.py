@@ -10,6 +10,8 @@ Incremental decoding: ``forward(..., cache=KVCache())`` keeps the keys and value
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +26,15 @@ from ..core import normalizers as _normalizers
 from ..core import scores as _scores
 from ..core.functional import AttentionResult
 from ..core.local import as_window
-from ..errors import AttentionError, check_float_input, check_int, check_probability, check_rank, shape_str
+from ..errors import (
+    AttentionError,
+    check_bool,
+    check_float_input,
+    check_int,
+    check_probability,
+    check_rank,
+    shape_str,
+)
 from .attention import score_parameters
 from .capture import is_random, record, recording
 
@@ -44,12 +54,17 @@ class KVCache:
       ``causal`` and ``window`` masks are shifted by T, so step-by-step calls equal one causal call
       over the whole sequence.
     - True (cross-attention): the first call projects ``key`` and ``value`` (the source) and stores
-      them; later calls reuse them, with ``key``/``value`` omitted or the same source.
+      them; later calls reuse them, with ``key``/``value`` omitted or the very same tensors (not
+      modified in place since): any other key or value raises, as a new source needs a new cache.
 
-    The module updates the cache in place (as Hugging Face's ``DynamicCache``); other masks of a
-    call with a cache cover all its keys: ``key_padding_mask`` (B, T + Tk_new), ``attn_mask`` and
-    ``mask`` (Tq, T + Tk_new), with query i of the call at position T + i. Beam search calls
-    :meth:`reorder` when it reorders its hypotheses.
+    The module updates the cache in place (as Hugging Face's ``DynamicCache``), and the cache
+    belongs to the module that filled it: another module (another layer) raises. Query i of a call
+    is at position T + i: mask rules (``masks.causal()``, windows, their ``&``/``|``, any
+    :class:`~attnkit.masks.Mask` but a tensor) are shifted by T like the module's own, so
+    ``mask=masks.causal()`` steps equal ``causal=True``; tensor masks cover all the keys:
+    ``key_padding_mask`` (B, T + Tk_new), ``attn_mask`` and ``mask`` (Tq, T + Tk_new). Beam search
+    calls :meth:`reorder` when it reorders its hypotheses; ``copy.copy`` and ``copy.deepcopy`` fork
+    a cache (appending to one branch leaves the other as it was).
 
     >>> mha = MultiHeadAttention(8, 2, causal=True).eval()
     >>> x, cache = torch.randn(1, 3, 8), KVCache()
@@ -64,10 +79,36 @@ class KVCache:
     # storage (B, Hkv, capacity, Dh) whose first T positions are k and v: appending writes into it,
     # doubling it when full, so T steps copy O(T) positions in all, not O(T^2) as torch.cat would
     _storage: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False)
+    # the module that filled the cache (a weak reference: a cache does not keep a model alive)
+    _owner: weakref.ref | None = field(default=None, init=False, repr=False)
+    # cross: what the caller passed as key and value when the cache was filled, (_Source, _Source)
+    _source: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
+        check_bool("cross", self.cross)
         if (self.k is None) != (self.v is None):
             raise AttentionError("KVCache needs both k and v (B, Hkv, T, Dh), or neither (an empty cache)")
+
+    def __copy__(self) -> KVCache:
+        """A fork sharing the T positions held (never written again) but not the room to grow: its
+        first append reallocates, and the original writes only past T, where the fork does not look."""
+        new = dataclasses.replace(self)
+        new._owner, new._source = self._owner, self._source
+        return new
+
+    def __deepcopy__(self, memo) -> KVCache:
+        """A fork with its own k and v (clones, so gradients still flow to the past steps)."""
+        new = dataclasses.replace(
+            self, k=None if self.k is None else self.k.clone(), v=None if self.v is None else self.v.clone()
+        )
+        new._owner, new._source = self._owner, self._source
+        memo[id(self)] = new
+        return new
+
+    def __getstate__(self) -> dict:
+        """For pickle: without the weak references to the module and source (a loaded cache is
+        claimed by the first module that uses it, and a cross one is reused with key=None)."""
+        return {**self.__dict__, "_owner": None, "_source": None}
 
     @property
     def length(self) -> int:
@@ -97,8 +138,11 @@ class KVCache:
         self.k, self.v = self._storage[0][:, :, : t + n], self._storage[1][:, :, : t + n]  # (B, Hkv, T + Tnew, Dh)
         return self.k, self.v
 
-    def reorder(self, index: Tensor) -> KVCache:
-        """Take rows ``index`` (B',) along the batch dim, in place (beam search's reordering); returns self."""
+    def reorder(self, index: Tensor | Sequence[int]) -> KVCache:
+        """Take rows ``index`` (B',) along the batch dim, in place (beam search's reordering); returns self.
+
+        ``index``: a 1-D integer tensor (or a list of ints) on the cache's device, values in 0..B-1."""
+        index = _check_index(index, self.k)
         if self.k is None:
             return self
         own = self._storage is not None and self.k._base is self._storage[0] and self.v._base is self._storage[1]
@@ -161,7 +205,8 @@ class MultiHeadAttention(nn.Module):
       (B, H, Tq, Tk) per head, or None when not asked for.
     - ``cache``: a :class:`KVCache`, updated in place: self-attention appends the call's keys and
       values to it and attends all of them (Tk = cached + new), cross-attention projects its source
-      once and reuses it. With ``causal=True`` the step-by-step calls equal one causal call.
+      once and reuses it. With ``causal=True`` (or ``mask=masks.causal()``) the step-by-step calls
+      equal one causal call.
 
     Returns ``(output (B, Tq, D), weights)`` (output (Tq, B, D) with ``batch_first=False``). A
     query with no allowed key gets a zero attention output (so ``out_proj``'s bias), never NaN.
@@ -202,6 +247,14 @@ class MultiHeadAttention(nn.Module):
         if embed_dim % num_heads:
             raise AttentionError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
         check_probability("dropout", dropout)
+        for name, flag in (
+            ("bias", bias),
+            ("causal", causal),
+            ("batch_first", batch_first),
+            ("add_bias_kv", add_bias_kv),
+            ("add_zero_attn", add_zero_attn),
+        ):
+            check_bool(name, flag)
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.kv_heads = num_heads if kv_heads is None else check_int("kv_heads", kv_heads)
         if num_heads % self.kv_heads:
@@ -209,7 +262,7 @@ class MultiHeadAttention(nn.Module):
                 f"kv_heads={kv_heads} must divide num_heads={num_heads} (each key/value head serves a "
                 f"group of num_heads / kv_heads query heads)"
             )
-        self.batch_first, self.add_zero_attn = bool(batch_first), bool(add_zero_attn)
+        self.batch_first, self.add_zero_attn = batch_first, add_zero_attn
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         per_head = [score] * num_heads if isinstance(score, (str, _scores.Score)) else list(score)
         if len(per_head) != num_heads:
@@ -343,7 +396,8 @@ class MultiHeadAttention(nn.Module):
                 )
             torch_mask = masks.causal(past)  # the same mask, in a form the fast paths recognise
         region = self.region if cached is None else self._region_after(past, tq)
-        return masks.and_masks(region, _per_example(masks.as_mask(mask)), torch_mask, _padding(key_padding_mask, b, tk))
+        mask = _after(_per_example(masks.as_mask(mask)), past)  # query i at position past + i, as region's
+        return masks.and_masks(region, mask, torch_mask, _padding(key_padding_mask, b, tk))
 
     def _region_after(self, past: int, tq: int) -> masks.Mask | None:
         """The module's own causal / window mask for Tq queries after ``past`` cached positions."""
@@ -380,6 +434,11 @@ class MultiHeadAttention(nn.Module):
         average_weights: bool | None = None,
         cache: KVCache | None = None,
     ) -> AttentionResult:
+        check_bool("need_weights", need_weights)
+        check_bool("is_causal", is_causal)
+        for name, flag in (("average_attn_weights", average_attn_weights), ("average_weights", average_weights)):
+            if flag is not None:  # None: not given
+                check_bool(name, flag)
         if average_attn_weights is not None and average_weights is not None and average_attn_weights != average_weights:
             raise AttentionError(
                 f"average_attn_weights={average_attn_weights} and average_weights={average_weights} disagree; "
@@ -389,6 +448,7 @@ class MultiHeadAttention(nn.Module):
         reuse = self._check_cache(cache, query)  # a filled cross-attention cache: no key/value projection
         key = query if key is None and not reuse else key
         value = key if value is None else value
+        given = (key, value)  # as the caller passed them: a cross-attention cache remembers its source
         shared = (key is query, value is key)  # one input projected twice or thrice: one fused matmul
         for name, x, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
             if x is None:  # key and value omitted: a filled cross-attention cache holds them
@@ -408,6 +468,7 @@ class MultiHeadAttention(nn.Module):
         (b, tq, _), past = query.shape, 0 if cache is None or cache.cross else cache.length
         if reuse:
             _check_same_source(cache, key)
+            _check_source_identity(cache, *given)
         elif cache is not None and not cache.cross and key.shape[1] != tq:
             raise AttentionError(
                 f"a self-attention cache (KVCache()) appends the call's keys at the positions of its queries, so "
@@ -430,6 +491,9 @@ class MultiHeadAttention(nn.Module):
                 )
             if cache is not None:  # self-attention: after the cached positions; cross: the source
                 k, v = cache.append(k, v)  # (B, Hkv, Tk, Dh)
+                cache._source = tuple(map(_Source.of, given)) if cache.cross else None
+        if cache is not None and cache._owner is None:
+            cache._owner = weakref.ref(self)  # the module that filled it: no other may use it
         k, v = self._keys(k, v)  # (B, Hkv, Tk', Dh), Tk' = Tk + extra keys
         if k.shape[2] > tk and region is not None:
             region = _ExtraKeys(region, k.shape[2] - tk)
@@ -491,6 +555,11 @@ class MultiHeadAttention(nn.Module):
             )
         if cache.k is None:
             return False
+        if cache._owner is not None and cache._owner() is not self:
+            raise AttentionError(
+                "cache was filled by another MultiHeadAttention (a KVCache holds the keys and values of one "
+                "module, so each layer needs its own); pass this module a new KVCache"
+            )
         b = query.shape[0 if self.batch_first else 1] if isinstance(query, Tensor) and query.dim() == 3 else None
         expected = (b, self.kv_heads, "T", self.head_dim)
         for name, t in (("k", cache.k), ("v", cache.v)):
@@ -613,6 +682,128 @@ def _check_same_source(cache: KVCache, key: Tensor | None) -> None:
             f"(KVCache(cross=True) projects its first call's key and reuses it) but key has shape "
             f"{shape_str(key.shape)} (batch first); pass the same source, or key=None, or a new KVCache for a new source"
         )
+
+
+@dataclass(frozen=True, eq=False)
+class _Source:
+    """A tensor a cross-attention cache was filled from: the tensor itself (weakly: the cache does
+    not keep it alive), and its version counter (bumped by every in-place write), data pointer and
+    shape, to tell it was modified (or given new data) since."""
+
+    ref: weakref.ref
+    state: tuple
+
+    @staticmethod
+    def _state(x: Tensor) -> tuple:
+        try:
+            version = x._version
+        except RuntimeError:  # an inference-mode tensor keeps no version counter
+            version = None
+        try:
+            ptr = x.data_ptr()
+        except RuntimeError:  # no storage (a fake or functional tensor under tracing)
+            ptr = None
+        return version, ptr, tuple(x.shape)
+
+    @classmethod
+    def of(cls, x: Tensor) -> _Source:
+        return cls(weakref.ref(x), cls._state(x))
+
+    def mismatch(self, x: Tensor) -> str | None:
+        """None if ``x`` is this source as it was; otherwise what differs."""
+        if self.ref() is not x:
+            return "is not the tensor"
+        if self._state(x) != self.state:
+            return "is the tensor, but modified in place since, of"
+        return None
+
+
+def _check_source_identity(cache: KVCache, key: Tensor | None, value: Tensor | None) -> None:
+    """A filled cross-attention cache is reused: a ``key`` or ``value`` passed with it must be the
+    very tensor (as the caller passed it) that it was filled from, unmodified."""
+    for name, x, i in (("key", key, 0), ("value", value, 1)):
+        if x is None:
+            continue
+        if cache._source is None:
+            raise AttentionError(
+                f"cache (KVCache(cross=True)) does not know the source of its k and v (they were given directly, "
+                f"or the cache was unpickled), so it cannot tell whether {name} {shape_str(x.shape)} is that "
+                f"source; pass {name}=None to attend the cached keys, or a new "
+                f"KVCache(cross=True) to project this source"
+            )
+        what = cache._source[i].mismatch(x)
+        if what is not None:
+            raise AttentionError(
+                f"{name} {shape_str(x.shape)} {what} the cache was filled from: KVCache(cross=True) projects its "
+                f"first call's key and value and reuses them, so another source would be silently ignored; pass "
+                f"{name}=None (or the same tensor) to reuse the cache, or a new KVCache(cross=True) for a new source"
+            )
+
+
+def _check_index(index, k: Tensor | None) -> Tensor:
+    """``KVCache.reorder``'s ``index`` as a 1-D int64 or int32 tensor on the device of ``k``
+    (B, Hkv, T, Dh) with values in 0..B-1 (B unknown while the cache is empty); raise otherwise."""
+    b = None if k is None else k.shape[0]
+    where = "" if k is None else f" on {k.device} with values in 0..{b - 1} (B = {b}, the cache's rows)"
+    expected = f"a 1-D integer torch tensor (int64 or int32) or a list of ints{where}"
+    if isinstance(index, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in index):
+        try:
+            index = torch.tensor(index, dtype=torch.long, device=None if k is None else k.device)  # (B',)
+        except (RuntimeError, ValueError):  # an int past int64: reported as the list it is, below
+            pass
+    if not isinstance(index, Tensor):
+        raise AttentionError(f"index must be {expected}, got {index!r} ({type(index).__name__})")
+    if index.dim() != 1 or index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+        raise AttentionError(
+            f"index has shape {shape_str(index.shape)} and dtype {index.dtype} but expected {expected}"
+        )
+    if k is None:
+        return index
+    if index.device != k.device:
+        raise AttentionError(f"index is on {index.device} but expected {expected}")
+    if index.dtype not in (torch.int64, torch.int32):
+        index = index.long()
+    outside = (index < 0) | (index >= b)  # (B',)
+    if bool(outside.any()):
+        bad = index[outside].unique().tolist()
+        raise AttentionError(f"index has values {bad[:8]} outside 0..{b - 1} but expected {expected}")
+    return index
+
+
+def _after(mask: masks.Mask | None, past: int) -> masks.Mask | None:
+    """The ``mask`` argument for queries at positions ``past`` .. ``past`` + Tq - 1 (after a
+    self-attention cache's keys): rules over positions shifted by ``past`` (causal and window
+    offsets; any other rule through :class:`_Later`); masks given as tensors sized for the call
+    (``Dense``, ``KeyPadding``, a ``BlockSparse`` layout), the call's rows over every key, as they are."""
+    if mask is None or past == 0 or isinstance(mask, (masks.Dense, masks.KeyPadding, masks.BlockSparse)):
+        return mask
+    if isinstance(mask, (masks.Causal, masks.SlidingWindow)):
+        return dataclasses.replace(mask, offset=mask.offset + past)
+    if isinstance(mask, (masks.And, masks.Or)):
+        return type(mask)(*(_after(part, past) for part in mask.parts))
+    return _Later(mask, past)
+
+
+@dataclass(frozen=True, eq=False)
+class _Later(masks.Mask):
+    """``inner``, a rule over (query position, key position), for Tq queries at positions ``past``
+    .. ``past`` + Tq - 1: the last Tq rows of the rule over ``past`` + Tq queries."""
+
+    inner: masks.Mask
+    past: int
+
+    def _rows(self, m: Tensor | None) -> Tensor | None:
+        broadcast = m is None or m.dim() < 2 or m.shape[-2] == 1  # the same for every query
+        return m if broadcast else m[..., self.past :, :]
+
+    def _grid(self, shape):
+        return (*shape[:-2], self.past + shape[-2], shape[-1])
+
+    def materialize(self, shape, device=None):
+        return self._rows(self.inner.materialize(self._grid(shape), device))
+
+    def bias(self, shape, device=None, dtype=torch.float32):
+        return self._rows(self.inner.bias(self._grid(shape), device, dtype))
 
 
 def _is_causal(attn_mask: Tensor, past: int = 0) -> bool:
