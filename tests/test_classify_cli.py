@@ -245,6 +245,7 @@ def test_damaged_classifier_metadata_is_one_line(runs, tmp_path, capsys, path, v
     meta = json.loads(header["attnkit"])
     meta["task"][path] = value
     header["attnkit"] = json.dumps(meta)
+    header[checkpoint.CHECKSUM] = checkpoint.checksum(tensors, header)  # whole, but damaged
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=header)
     one_line_error(capsys, ["eval", str(tmp_path / "bad.safetensors"), "--limit", "5"], expected)
     one_line_error(capsys, ["explain", str(tmp_path / "bad.safetensors"), "a cat"], expected)

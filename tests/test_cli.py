@@ -19,9 +19,13 @@ def test_smoke_tour_prints_every_score_and_normalizer(capsys):
         assert formula in out  # printed literally, not eaten as markup
 
 
-def test_tour_lists_its_sections(capsys):
+def test_tour_lists_its_sections_with_a_line_each(capsys):
     assert main(["tour", "--list"]) == 0
-    assert capsys.readouterr().out.split() == list(SECTIONS)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(SECTIONS)
+    for line, name in zip(lines, SECTIONS):
+        assert len(line.split()) > 3, line  # the name and what the section shows
+        assert line.split(maxsplit=1)[1] == SECTIONS[name].__doc__.splitlines()[0], line
 
 
 def test_unknown_section_is_one_line_and_exit_2(capsys):

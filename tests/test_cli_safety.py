@@ -38,7 +38,8 @@ def one_line(capsys, argv, status=2, expected=""):
 
 def rewrite(source, target, edit=None, header=None):
     """Copy the checkpoint ``source`` to ``target`` with ``edit(meta)`` applied to its JSON metadata
-    (the tensors, and so their checksum, unchanged); ``header(h)`` edits the raw header instead."""
+    and a checksum that matches it (as a hand-edited file re-saved would have: a checksum shows a
+    file is whole, not that its metadata is sound); ``header(h)`` edits the raw header instead, after."""
     with safe_open(str(source), framework="pt") as f:
         h = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
@@ -46,6 +47,7 @@ def rewrite(source, target, edit=None, header=None):
         meta = json.loads(h["attnkit"])
         meta = edit(meta) or meta
         h["attnkit"] = json.dumps(meta)
+        h[checkpoint.CHECKSUM] = checkpoint.checksum(tensors, h)
     if header is not None:
         header(h)
     save_file(tensors, str(target), metadata=h)
@@ -143,23 +145,25 @@ def test_non_finite_weights_are_rejected(run, tmp_path, capsys, value):
     one_line(capsys, ["pronounce", "cat", "--model", str(bad)], 2, f"tensor {name!r} holds NaN or infinity")
 
 
-def test_checkpoints_without_a_checksum_still_load_but_not_with_nan(run, tmp_path):
-    old = rewrite(run / "best.safetensors", tmp_path / "old.safetensors", header=lambda h: h.pop("attnkit.sha256"))
-    assert G2P.load(old).pronounce(["cat"])[0].phones
-    tensors, meta = checkpoint.load(old)
+def test_checkpoints_without_a_checksum_load_only_trusted_and_never_with_nan(run, tmp_path):
+    old = rewrite(run / "best.safetensors", tmp_path / "old.safetensors", header=lambda h: h.pop(checkpoint.CHECKSUM))
+    with pytest.raises(checkpoint.CheckpointError, match="has no checksum"):
+        G2P.load(old)
+    assert G2P.load(old, trust_unchecked=True).pronounce(["cat"])[0].phones
+    tensors, meta = checkpoint.load(old, trust_unchecked=True)
     name = next(k for k in sorted(tensors) if tensors[k].is_floating_point())
     tensors[name].view(-1)[0] = float("nan")
     save_file(tensors, str(tmp_path / "old-nan.safetensors"), metadata={"attnkit": json.dumps(meta)})
     with pytest.raises(checkpoint.CheckpointError, match="holds NaN or infinity"):
-        G2P.load(tmp_path / "old-nan.safetensors")
+        G2P.load(tmp_path / "old-nan.safetensors", trust_unchecked=True)
 
 
 def test_the_shipped_model_carries_a_checksum_that_matches():
     path = G2P.shipped_path()
     with safe_open(str(path), framework="pt") as f:
-        stored = f.metadata()["attnkit.sha256"]
+        entries = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    assert checkpoint.digest(tensors) == stored
+    assert checkpoint.checksum(tensors, entries) == entries[checkpoint.CHECKSUM]
 
 
 def test_the_shipped_model_fits_the_package_budget_and_loads_as_it_was_packed():

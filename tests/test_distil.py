@@ -176,7 +176,7 @@ def test_members_of_other_runs_pack_with_their_teachers_and_starts(teacher, tmp_
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--distil", "0.3"], "distil=0.3 weighs a teacher's term"),
+        (["--distil", "0.3"], "--distil weighs the teacher's term in the loss; add --teacher CHECKPOINT"),
         (["--teacher", "nowhere.safetensors"], "checkpoint 'nowhere.safetensors' does not exist"),
         (["--init", "nowhere.safetensors"], "does not exist"),
     ],

@@ -253,7 +253,7 @@ def test_pack_refuses_other_models_ensembles_and_bad_options(runs, tmp_path):
     meta.pop("format")
     meta["ensemble"] = {"members": 0, "combine": "probability"}
     checkpoint.save(tmp_path / "bad", tensors, meta)
-    with pytest.raises(checkpoint.CheckpointError, match=r"'.*bad': ensemble must be \{'members': an int >= 1"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"'.*bad': ensemble must be \{'members': an int in 1..64"):
         G2P.load(tmp_path / "bad")
 
 

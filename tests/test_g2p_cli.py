@@ -59,7 +59,7 @@ def test_smoke_pronounce_plots_the_alignment(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["pronounce", ""], "word is empty"),
+        (["pronounce", ""], "word 1: '' is empty; give at least one letter"),
         (["pronounce", "c4t"], "'c4t' has ['4'] outside the letters vocabulary"),
         (["pronounce", "cat", "--plot", "x.pdf"], "must end in .png or .svg"),
         (["train", "g2p", "--attention", "luong"], "attention='luong' is unknown; expected one of"),

@@ -251,6 +251,7 @@ def sparse(kind: str = "sparsemax", rows=8 * 8 * 512, tk=512) -> Case:
 
 
 def entmax15(rows=8 * 8 * 512, tk=512) -> Case:
+    """entmax-1.5 against the entmax package, on (rows, Tk) scores (the sparse case)."""
     return sparse("entmax15", rows, tk)
 
 

@@ -15,7 +15,7 @@ import warnings
 
 from ..errors import AttentionError
 from . import classify, experiment, g2p, viz
-from .options import check_folder, check_new_file, count, positive
+from .options import BEAM_HELP, add_trust_flag, beam_width, check_folder, check_new_file, count
 
 __all__ = ["main"]
 
@@ -24,19 +24,41 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in the command line's one-line form."""
 
     def error(self, message: str):
-        self.exit(2, f"attnkit: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        command = self.prog.removeprefix("attnkit").strip()  # "pronounce", "train g2p"; "" for attnkit itself
+        where = f"{command}: " if command else ""
+        self.exit(2, f"attnkit: error: {where}{message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("attnkit")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnkit", description="Every kind of attention, tested and visible.")
+    parser.add_argument("--version", action="version", version=f"attnkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     tour = sub.add_parser("tour", help="run every kind of attention on one small example and print its weights")
     tour.add_argument("--section", action="append", help="only these sections (repeatable); default: all")
     tour.add_argument("--list", action="store_true", help="list the sections and exit")
     tour.add_argument("--plot", metavar="DIR", help="also save every weight table as a heatmap PNG in DIR")
-    bench = sub.add_parser("bench", help="time and memory of each kind of attention against its baselines")
+    bench = sub.add_parser(
+        "bench",
+        help="time and memory of each kind of attention against its baselines",
+        epilog=_bench_cases(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     bench.add_argument("--quick", action="store_true", help="smaller runs that finish in a few minutes")
-    bench.add_argument("--only", action="append", help="only these cases (repeatable); default: all")
+    bench.add_argument(
+        "--only",
+        action="append",
+        metavar="CASE",
+        help="only these cases (repeatable; listed below); default: all but train",
+    )
     bench.add_argument("--out", default="bench-results", help="folder for bench.md and bench.json")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     bench.add_argument(
@@ -55,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bench_cases() -> str:
+    """The cases ``bench --only`` takes, one line each: its name and its function's first docstring line."""
+    from ..bench.cases import CASES
+
+    about = {name: (make.__doc__ or "").strip().splitlines()[0] for name, make in CASES.items()}
+    about["train"] = "training and decoding speed of each G2P model kind (train.md, train.json; not run by default)"
+    width = max(map(len, about)) + 1
+    return "cases:\n" + "\n".join(f"  {name + ':':<{width}}  {line}" for name, line in about.items())
+
+
 def _add_eval_parser(sub) -> None:
     p = sub.add_parser(
         "eval",
@@ -64,7 +96,7 @@ def _add_eval_parser(sub) -> None:
         "checkpoint", nargs="?", help="a .safetensors checkpoint or a run folder (default: the shipped G2P model)"
     )
     p.add_argument("--split", default="test", help="test (default), valid or train")
-    p.add_argument("--beam", type=positive, help="G2P only: beam width; 1 = greedy (default 5)")
+    p.add_argument("--beam", type=beam_width, help=f"G2P only: {BEAM_HELP}")
     p.add_argument(
         "--limit",
         type=count,
@@ -72,6 +104,7 @@ def _add_eval_parser(sub) -> None:
     )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16 (mixed precision on CPU or CUDA)")
+    add_trust_flag(p)
 
 
 EVALUATORS = {"g2p": g2p.evaluate, "classify": classify.evaluate}  # a checkpoint's task name -> its eval

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ from . import progress
 from .options import (
     add_fields,
     add_run_flags,
+    add_trust_flag,
     add_shared_fields,
     check_model_flags,
     check_new_file,
@@ -71,6 +73,7 @@ def add_train_parser(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     add_run_flags(p)
+    add_trust_flag(p)
     configs = {}
     for name, spec in CLASSIFIERS.items():
         configs.setdefault(spec.config, []).append(name)
@@ -85,10 +88,11 @@ def add_train_parser(sub) -> None:
 def train(args) -> int:
     from ..train import distributed
 
-    return distributed.run(lambda device: _train(args, device), args.device)
+    with contextlib.ExitStack() as held:  # the run folder's lock, from the first look at it to the end
+        return distributed.run(lambda device: _train(args, device, held), args.device)
 
 
-def _train(args, device) -> int:
+def _train(args, device, held) -> int:
     from ..tasks.classify import DEFAULT_MODEL, TASKS, ClassifyDoc, ClassifyTask
     from ..train import TrainConfig, Trainer
     from ..train.checkpoint import CheckpointError
@@ -101,7 +105,7 @@ def _train(args, device) -> int:
         changed = {**model_given, **given(args, train_names + list(RUN_FIELDS))}
         if args.model is not None or args.task != "gloss":
             changed.update(model=args.model, task=args.task)
-        meta = resumed_run(out, changed, "classify")
+        meta = resumed_run(out, changed, "classify", held)
         path = out / "last.safetensors"
         doc = ClassifyDoc.read(meta, path)
         try:
@@ -120,7 +124,7 @@ def _train(args, device) -> int:
             vectors = None if args.vectors == "none" else args.vectors
             parts = ("classify", args.task, model, model_given.get("pooling"), vectors)
             out = Path("runs") / "-".join(x for x in parts if x)
-        fresh_run_folder(out)
+        fresh_run_folder(out, held)
     trainer = Trainer(task, config, out, progress=not args.no_progress, device=device)
     frozen = " (frozen)" if task.freeze_vectors else ""
     vectors = "" if task.vectors == "none" else f", {task.vectors} vectors{frozen}"
@@ -128,7 +132,8 @@ def _train(args, device) -> int:
         f"classify {task.task} {task.model} {json.dumps(task.model_config)}{vectors}, "
         f"{len(task.train):,} training examples, {len(task.words):,} words"
     )
-    return fit(trainer, out, args.resume, summary, "attnkit eval {best}; attnkit explain {best} TEXT")
+    hint = "attnkit eval {best}; attnkit explain {best} TEXT"
+    return fit(trainer, out, args.resume, summary, hint, trust_unchecked=args.trust_unchecked)
 
 
 def evaluate(args) -> int:
@@ -139,7 +144,7 @@ def evaluate(args) -> int:
 
     if args.beam is not None:
         raise AttentionError("--beam applies to G2P checkpoints only; drop it for a classifier")
-    clf = Classifier.load(args.checkpoint)
+    clf = Classifier.load(args.checkpoint, trust_unchecked=args.trust_unchecked)
     with progress.bar(f"classifying {args.split}") as bar:
         m = clf.evaluate(args.split, limit=args.limit, progress=bar, precision=args.precision)
     print(f"{clf.path}: {clf.name} on the {clf.task} task, {m['examples']:,} {args.split} examples")
@@ -170,6 +175,7 @@ def add_explain_parser(sub) -> None:
     p.add_argument("checkpoint", help="best.safetensors of attnkit train classify, or its run folder")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--plot", default="explain.png", help="the picture, .png or .svg (default explain.png)")
+    add_trust_flag(p)
 
 
 def _windows(words: list[str], count: int, width: int) -> list[str]:
@@ -184,7 +190,7 @@ def explain(args) -> int:
     plot = check_new_file(args.plot, "--plot", (".png", ".svg"))
     check_pictures("explain")
     with progress.spinner("loading the classifier, classifying"):
-        clf = Classifier.load(args.checkpoint)
+        clf = Classifier.load(args.checkpoint, trust_unchecked=args.trust_unchecked)
         e = clf.explain(*args.texts)
     title = f"{clf.name}: {e.label} (p = {e.probability:.2f})"
     saved = []

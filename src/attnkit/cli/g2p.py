@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import sys
+import warnings
 from pathlib import Path
 
 from ..errors import AttentionError
 from . import progress
 from .options import (
+    BEAM_HELP,
     add_fields,
     add_run_flags,
+    add_trust_flag,
+    beam_width,
     check_model_flags,
     check_new_file,
     check_pictures,
@@ -18,14 +24,14 @@ from .options import (
     fit,
     fresh_run_folder,
     given,
-    positive,
     read_words,
     resumed_run,
     resumed_train_config,
     train_config,
+    weight,
 )
 
-__all__ = ["add_pronounce_parser", "add_train_parser", "evaluate", "pronounce", "train"]
+__all__ = ["add_pronounce_parser", "add_train_parser", "evaluate", "pronounce", "pronounced", "train"]
 
 
 def _model_fields() -> dict[str, set[str]]:
@@ -65,7 +71,7 @@ def add_train_parser(sub) -> None:
     )
     p.add_argument(
         "--distil",
-        type=float,
+        type=weight,
         help="with --teacher: the weight of the teacher's term in the loss, in (0, 1] (default 0.5)",
     )
     p.add_argument(
@@ -75,6 +81,7 @@ def add_train_parser(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
     add_run_flags(p)
+    add_trust_flag(p)
     model = p.add_argument_group("model (fields of RNNConfig / TransformerConfig)")
     add_fields(model, RNNConfig, skip=("src_vocab", "tgt_vocab"))
     add_fields(model, TransformerConfig, skip=("src_vocab", "tgt_vocab"))
@@ -84,10 +91,11 @@ def add_train_parser(sub) -> None:
 def train(args) -> int:
     from ..train import distributed
 
-    return distributed.run(lambda device: _train(args, device), args.device)
+    with contextlib.ExitStack() as held:  # the run folder's lock, from the first look at it to the end
+        return distributed.run(lambda device: _train(args, device, held), args.device)
 
 
-def _train(args, device) -> int:
+def _train(args, device, held) -> int:
     from ..tasks.g2p import G2PDoc, G2PTask
     from ..train import TrainConfig, Trainer
     from ..train.checkpoint import CheckpointError
@@ -98,7 +106,7 @@ def _train(args, device) -> int:
     out = Path(args.out) if args.out else None
     if args.resume:
         task_flags = ["limit", "valid_limit", "phrases", "max_words", "teacher", "distil", "init"]
-        meta = resumed_run(out, {**model_given, **given(args, train_names + task_flags)}, "g2p")
+        meta = resumed_run(out, {**model_given, **given(args, train_names + task_flags)}, "g2p", held)
         path = out / "last.safetensors"
         doc = G2PDoc.read(meta, path)
         try:
@@ -110,6 +118,7 @@ def _train(args, device) -> int:
                 phrases=doc.phrases,
                 max_words=doc.max_words,
                 cache=str(out),
+                trust_unchecked=args.trust_unchecked,
                 **doc.sources(),
             )
         except AttentionError as err:
@@ -118,12 +127,16 @@ def _train(args, device) -> int:
     else:
         check_model_flags(args.model, fields, model_given)
         config = train_config(args, train_names)  # bad numbers before the data is read
+        if args.distil is not None and args.teacher is None:
+            raise AttentionError(
+                "--distil weighs the teacher's term in the loss; add --teacher CHECKPOINT or drop --distil"
+            )
         phrases = {} if args.max_words is None else {"max_words": args.max_words}
         sources = {k: getattr(args, k) for k in ("teacher", "distil", "init") if getattr(args, k) is not None}
         if out is None:
             attention = model_given.get("attention", "luong-general") if args.model == "rnn" else None
             out = Path("runs") / "-".join(x for x in ("g2p", args.model, attention) if x)
-        fresh_run_folder(out)
+        fresh_run_folder(out, held)
         task = G2PTask(
             args.model,
             model_given,
@@ -131,12 +144,13 @@ def _train(args, device) -> int:
             valid_limit=args.valid_limit,
             phrases=args.phrases,
             cache=str(out),
+            trust_unchecked=args.trust_unchecked,
             **phrases,
             **sources,
         )
     trainer = Trainer(task, config, out, progress=not args.no_progress, device=device)
     summary = f"g2p {task.model} {json.dumps(task.model_config)}, {len(task.pairs):,} training pairs"
-    return fit(trainer, out, args.resume, summary, "attnkit eval {best}")
+    return fit(trainer, out, args.resume, summary, "attnkit eval {best}", trust_unchecked=args.trust_unchecked)
 
 
 def evaluate(args) -> int:
@@ -146,7 +160,7 @@ def evaluate(args) -> int:
     from ..tasks.g2p import G2P
 
     beam = 5 if args.beam is None else args.beam
-    g2p = G2P.load(args.checkpoint)
+    g2p = G2P.load(args.checkpoint, trust_unchecked=args.trust_unchecked)
     with progress.bar(f"decoding {args.split}, beam {beam}") as bar:
         m = g2p.evaluate(args.split, beam=beam, limit=args.limit, progress=bar, precision=args.precision)
     print(f"{g2p.path}: {m['words']:,} {args.split} words, beam {beam}")
@@ -195,17 +209,24 @@ def add_pronounce_parser(sub) -> None:
         description=(
             "Phonemes of the words given, or of a word list: --file PATH (or a lone - : standard input), "
             "whitespace-separated words, one result per line in their order. Decoding runs in batches of "
-            "256 on torch's threads (one per core)."
+            "256 on torch's threads (one per core). A bad word (empty, a character outside a-z ' - ., longer "
+            "than the model reads) is one error line on stderr naming it and its place (word N, or the "
+            "list's line N); the others are pronounced, then the exit status is 2. An output that reaches "
+            "the length limit (2 x the word's letters + 10 phonemes) is cut, with a warning line on stderr."
         ),
     )
     p.add_argument("words", nargs="*", metavar="WORD", help="words; a lone - reads them from standard input")
     p.add_argument("--file", metavar="PATH", help="read the words from this file (- : standard input)")
     p.add_argument("--model", help="a G2P checkpoint (default: the shipped model)")
-    p.add_argument("--beam", type=positive, default=5, help="beam width; 1 = greedy (default 5)")
+    p.add_argument("--beam", type=beam_width, default=5, help=BEAM_HELP)
+    p.add_argument(
+        "--strict", action="store_true", help="stop at the first bad word, pronouncing none (default: report them all)"
+    )
     p.add_argument(
         "--plot", help="save the letter-to-phoneme alignment to this PNG/SVG (one file per word: FILE-WORD.png)"
     )
     p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16 (mixed precision on CPU or CUDA)")
+    add_trust_flag(p)
 
 
 def _source(args) -> str | None:
@@ -220,18 +241,42 @@ def _source(args) -> str | None:
     return source
 
 
-def _checked(found: list[tuple[str, int]], source: str, letters) -> list[str]:
-    """The words read from ``source``, each checked against the model's alphabet; a bad one is
-    named with its line."""
+def _placed(words: list[str], source: str | None, found: list[tuple[str, int]] | None) -> list[tuple[str, str]]:
+    """Each word with where it was given: ``word 3`` (the arguments) or ``'words.txt' line 7``."""
+    if source is None:
+        return [(w, f"word {i}") for i, w in enumerate(words, 1)]
     where = "standard input" if source == "-" else repr(source)
     if not found:
         raise AttentionError(f"{where} holds no words")
-    for word, line in found:
+    return [(w, f"{where} line {line}") for w, line in found]
+
+
+def _checked(g2p, placed: list[tuple[str, str]], strict: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    """The words ``g2p`` reads (as it reads them) with their places, and an error for each other
+    word, naming its place; with ``strict`` the first bad word is raised."""
+    good, bad = [], []
+    for word, place in placed:
         try:
-            letters.encode(word.lower())
+            good.append((g2p.check_word(word), place))
         except AttentionError as err:
-            raise AttentionError(f"{where} line {line}: {err}") from None
-    return [w for w, _ in found]
+            if strict:
+                raise AttentionError(f"{place}: {err}") from None
+            bad.append(f"{place}: {err}")
+    return good, bad
+
+
+def pronounced(g2p, words: list[str], places: list[str], **kwargs) -> list:
+    """``g2p.pronounce(words, **kwargs)``, with a warning line on stderr for each output cut at its
+    length limit, naming its word's place (``places``, "" for none)."""
+    from ..tasks.g2p import LengthLimitWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LengthLimitWarning)  # said below, in the command line's words
+        results = g2p.pronounce(words, **kwargs)
+    for r, place in zip(results, places):
+        if r.cut:
+            print(f"attnkit: warning: {place + ' ' if place else ''}{g2p.cut_note(r.word)}", file=sys.stderr)
+    return results
 
 
 def pronounce(args) -> int:
@@ -251,10 +296,16 @@ def pronounce(args) -> int:
                     continue
                 check_new_file(path, "--plot")
         check_pictures("--plot")
-    g2p = G2P.load(args.model)
-    words = args.words if source is None else _checked(found, source, g2p.letters)
+    placed = _placed(args.words, source, found)
+    g2p = G2P.load(args.model, trust_unchecked=args.trust_unchecked)
+    good, bad = _checked(g2p, placed, args.strict)
+    for line in bad:  # every bad word now; the good ones are pronounced all the same
+        print(f"attnkit: error: {line}", file=sys.stderr)
+    if not good:
+        return 2
+    words, places = [w for w, _ in good], [p for _, p in good]
     with progress.bar(f"pronouncing {len(words):,} words, {_threads()}") as bar:
-        results = g2p.pronounce(words, beam=args.beam, progress=bar, precision=args.precision)
+        results = pronounced(g2p, words, places, beam=args.beam, progress=bar, precision=args.precision)
     width = max(len(r.word) for r in results)
     for r in results:
         print(f"{r.word:<{width}}  {' '.join(r.phones)}")
@@ -265,8 +316,8 @@ def pronounce(args) -> int:
         for r in results:
             if r.weights is None:
                 raise AttentionError("this model has no attention (attention=none): there is no alignment to plot")
-            path = plot if len(results) == 1 else _word_plot(plot, r.word)
+            path = plot if len(args.words) == 1 else _word_plot(plot, r.word)
             rows = list(r.phones) + ["</s>"][: r.weights.shape[0] - len(r.phones)]  # no end row if cut at max length
             alignment(r.weights, list(r.word), rows, path, title=f"{r.word} -> {' '.join(r.phones)}")
             print(f"alignment: {path}")
-    return 0
+    return 2 if bad else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import math
 import os
 import shlex
@@ -11,12 +12,17 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    "BEAM_HELP",
     "IMAGE_SUFFIXES",
+    "MAX_BEAM",
     "add_fields",
     "add_run_flags",
+    "add_trust_flag",
     "add_shared_fields",
+    "beam_width",
     "check_folder",
     "check_model_flags",
+    "check_names",
     "check_new_file",
     "check_pictures",
     "count",
@@ -29,6 +35,7 @@ __all__ = [
     "read_words",
     "resumed_run",
     "train_config",
+    "weight",
     "whole",
 ]
 
@@ -47,8 +54,26 @@ def _at_least(text: str, low: int) -> int:
 
 
 def positive(text: str) -> int:
-    """A whole number >= 1 (``--limit``, ``--beam``, sizes)."""
+    """A whole number >= 1 (``--limit``, sizes)."""
     return _at_least(text, 1)
+
+
+MAX_BEAM = 100  # time and memory grow with the beam: a batch of 256 words decodes 256 x K prefixes
+BEAM_HELP = (
+    f"beam width, 1 to {MAX_BEAM}; 1 = greedy (default 5). Time and memory grow in proportion to it "
+    f"(a batch of 256 words holds 256 x K prefixes), hence the bound"
+)
+
+
+def beam_width(text: str) -> int:
+    """A beam width, 1 to :data:`MAX_BEAM` (``--beam``): refused before a model loads, not after
+    it has run out of memory."""
+    value = _at_least(text, 1)
+    if value > MAX_BEAM:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number <= {MAX_BEAM}, got {text!r} (time and memory grow with the beam)"
+        )
+    return value
 
 
 def whole(text: str) -> int:
@@ -68,13 +93,25 @@ def number(text: str) -> float:
     return value
 
 
+def weight(text: str) -> float:
+    """A number in (0, 1] (``--distil``: the share of a term in the loss)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
 count = positive  # an alias that reads better for --limit N
 _TYPES = {int: whole, float: number, str: str}
 
 
 # -- files and folders: refused before minutes of work, not after -----------------------------------
 def check_folder(path, option: str) -> Path:
-    """``path`` can be a folder to write into: not an existing file, nor under one."""
+    """``path`` can be a folder to write into: not an existing file, nor under one, and its nearest
+    existing folder can be written."""
     from ..errors import AttentionError
 
     path = Path(path)
@@ -84,6 +121,7 @@ def check_folder(path, option: str) -> Path:
             if not p.is_dir():
                 what = "is a file" if p == path else f"is under {str(p)!r}, a file"
                 raise AttentionError(f"{option} {str(path)!r} {what}; {option} takes a folder")
+            _check_writable(p)
             break
     return path
 
@@ -103,6 +141,21 @@ def check_new_file(path, option: str, suffixes: tuple[str, ...] | None = None) -
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise AttentionError(f"{option} {str(path)!r}: the folder {str(folder)!r} {what}")
+    _check_writable(folder)
+    return path
+
+
+def _check_writable(folder: Path) -> None:
+    """The file system's own error (exit 1), before the work rather than after it."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+
+
+def check_names(path, option: str) -> Path:
+    """Every name in ``path`` fits the file system (a file that is written later, in a folder that
+    may not exist yet)."""
+    path = Path(path)
+    _check_name_lengths(path, option)
     return path
 
 
@@ -183,6 +236,15 @@ def add_run_flags(parser) -> None:
     )
 
 
+def add_trust_flag(parser) -> None:
+    """``--trust-unchecked``, on every command that loads a checkpoint."""
+    parser.add_argument(
+        "--trust-unchecked",
+        action="store_true",
+        help="load checkpoints that carry no checksum (files of older attnkit too): only files you trust",
+    )
+
+
 def train_config(args, names):
     """The TrainConfig of a new run from the flags (bad numbers before the data is read)."""
     from ..errors import AttentionError
@@ -217,11 +279,13 @@ def given(args, names) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def resumed_run(out, changed: dict, task_name: str) -> dict:
+def resumed_run(out, changed: dict, task_name: str, held) -> dict:
     """The metadata of the run in ``out`` that ``--resume`` continues; flags that would change its
-    configuration (``changed``, name -> value) and a run of another task are errors."""
+    configuration (``changed``, name -> value) and a run of another task are errors. The folder is
+    held (:func:`attnkit.train.trainer.run_lock`) until the ``contextlib.ExitStack`` ``held`` closes."""
     from ..errors import AttentionError
     from ..train import checkpoint
+    from ..train.trainer import run_lock
 
     if out is None:
         raise AttentionError("--resume needs --out, the folder of the run to continue")
@@ -229,6 +293,7 @@ def resumed_run(out, changed: dict, task_name: str) -> dict:
         raise AttentionError(
             f"--resume continues with the run's own configuration; drop {', '.join(flag(n) for n in changed)}"
         )
+    held.enter_context(run_lock(out, "--out"))  # another training of this folder is refused here
     path = out / "last.safetensors"
     meta = checkpoint.read_meta(path)
     found = checkpoint.task_name(meta)
@@ -259,18 +324,22 @@ def check_model_flags(model: str, fields: dict[str, set[str]], model_given: dict
         raise AttentionError(f"{flag(foreign[0])} does not apply to --model {model}")
 
 
-def fresh_run_folder(out) -> None:
-    """A new run may not write over another run's checkpoints, nor into a file."""
+def fresh_run_folder(out, held) -> None:
+    """A new run may not write over another run's checkpoints, nor into a file, nor into a folder
+    another training holds; ``out`` is held (:func:`attnkit.train.trainer.run_lock`) from here until
+    the ``contextlib.ExitStack`` ``held`` closes, so that two runs started at once cannot both pass."""
     from ..errors import AttentionError
+    from ..train.trainer import run_lock
 
     check_folder(out, "--out")
+    held.enter_context(run_lock(out, "--out"))
     if (out / "last.safetensors").exists():
         raise AttentionError(f"{str(out)!r} already holds a run; add --resume to continue it or choose another --out")
 
 
-def fit(trainer, out, resume: bool, summary: str, hint: str) -> int:
-    """Print ``summary``, train (or resume), then say where the best model is. In a distributed
-    run only rank 0 speaks."""
+def fit(trainer, out, resume: bool, summary: str, hint: str, trust_unchecked: bool = False) -> int:
+    """Print ``summary``, train (or resume, from a checkpoint without a checksum too with
+    ``trust_unchecked``), then say where the best model is. In a distributed run only rank 0 speaks."""
     main = trainer.rank == 0
     params = sum(p.numel() for p in trainer.model.parameters())
     cfg = trainer.config
@@ -280,7 +349,7 @@ def fit(trainer, out, resume: bool, summary: str, hint: str) -> int:
     if main:
         print(f"{summary}: {params:,} parameters -> {out}{''.join(f', {h}' for h in how)}")
     try:
-        state = trainer.fit(resume=resume)
+        state = trainer.fit(resume=resume, trust_unchecked=trust_unchecked)
     except KeyboardInterrupt:  # Ctrl-C: where the run can be picked up, in one line
         if main:
             print(_interrupted(trainer, out), file=sys.stderr)

@@ -67,6 +67,7 @@ class _Printer:
 
 
 def _scores(p: _Printer) -> None:
+    """Every score function, on a sentence attending to itself."""
     p.section("1. Score functions", "Self-attention of a sentence over itself; softmax; one table per score.")
     x = _embed(SENTENCE)
     torch.manual_seed(0)
@@ -77,6 +78,7 @@ def _scores(p: _Printer) -> None:
 
 
 def _normalizers(p: _Printer) -> None:
+    """Soft, sparse and hard normalizers turning the same scores into weights."""
     p.section(
         "2. Normalizers: soft, sparse, hard",
         "The same scaled-dot scores turned into weights by each normalizer (· = exactly 0).",
@@ -98,6 +100,7 @@ def _normalizers(p: _Printer) -> None:
 
 
 def _regions(p: _Printer) -> None:
+    """Masks: causal, sliding window, padding, and a combination."""
     p.section(
         "3. Masks and regions: causal, sliding window, padding",
         "True = may attend. A decoder sees only the past; local attention a window; padding nothing.",
@@ -115,6 +118,7 @@ def _regions(p: _Printer) -> None:
 
 
 def _cross(p: _Printer) -> None:
+    """A decoder attending an encoder: global and local alignments."""
     p.section(
         "4. Cross attention: an encoder-decoder alignment",
         "Decoder states (le chat noir .) attend encoder states (the black cat .). Each decoder state "
@@ -143,6 +147,7 @@ def _cross(p: _Printer) -> None:
 
 
 def _multihead(p: _Printer) -> None:
+    """Two heads with their own score functions, and their average."""
     p.section(
         "5. Multi-head self-attention",
         "Two heads, each with its own projections (freshly initialised) and its own score function, and their average.",
@@ -158,6 +163,7 @@ def _multihead(p: _Printer) -> None:
 
 
 def _structure(p: _Printer) -> None:
+    """Attention pooling, and hierarchical attention (words, then sentences)."""
     p.section(
         "6. Pooling and hierarchy",
         "A learned query pools a sequence into one vector (LSTM + attention); two levels of it pool "
@@ -210,7 +216,10 @@ def run(
 ) -> int:
     console = console or Console()
     if list_only:
-        console.print("\n".join(SECTIONS))
+        width = max(map(len, SECTIONS))
+        for name, show in SECTIONS.items():  # the name, and the first line of what the section shows
+            line = f"{name:<{width}}  {show.__doc__.splitlines()[0]}"
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
         return 0
     unknown = [s for s in sections or [] if s not in SECTIONS]
     if unknown:

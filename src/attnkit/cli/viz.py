@@ -12,6 +12,8 @@ __all__ = ["add_viz_parser", "viz"]
 
 
 def add_viz_parser(sub) -> None:
+    from .options import add_trust_flag
+
     p = sub.add_parser("viz", help="pictures of a real model's attention: interactive HTML and PNG")
     kinds = p.add_subparsers(dest="model", required=True)
     bert = kinds.add_parser("bert", help="all-MiniLM-L6-v2 (6 layers x 12 heads) on a text")
@@ -21,22 +23,26 @@ def add_viz_parser(sub) -> None:
     )
     g2p.add_argument("word")
     g2p.add_argument("--checkpoint", help="a G2P checkpoint (default: the shipped model)")
+    add_trust_flag(g2p)
     for q in (bert, g2p):
         q.add_argument("--out", default="attention", help="folder for the .html and .png files (default ./attention)")
 
 
 def viz(args) -> int:
     from . import progress
-    from .options import check_folder, check_pictures
+    from .options import check_folder, check_names, check_pictures
 
     out = check_folder(args.out, "--out")
     check_pictures(f"viz {args.model}")  # the PNG beside the page: before anything is written
+    if args.model == "g2p":  # the files are named after the word: their names must fit before it is decoded
+        for suffix in (".html", ".png"):
+            check_names(out / f"g2p-{args.word.strip().lower()}{suffix}", "viz g2p WORD (its files are named after it)")
     if args.model == "bert":
         with progress.spinner("all-MiniLM-L6-v2: loading, encoding, drawing"):
             written = _bert(args.text, out)
     else:
         with progress.spinner("G2P: loading, decoding, drawing"):
-            written = _g2p(args.word, args.checkpoint, out)
+            written = _g2p(args.word, args.checkpoint, out, trust_unchecked=args.trust_unchecked)
     for path in written:
         print(path)
     return 0
@@ -65,16 +71,18 @@ def _in_member(name: str) -> str:
     return name.split(".", 2)[2] if name.startswith("members.") else name
 
 
-def _g2p(word: str, checkpoint: str | None, out: Path) -> list[Path]:
+def _g2p(word: str, checkpoint: str | None, out: Path, *, trust_unchecked: bool = False) -> list[Path]:
     from .. import capture
     from ..tasks.g2p import G2P
     from ..viz import View, alignment, write_html
+    from .g2p import pronounced
 
-    g2p = G2P.load(checkpoint)
+    g2p = G2P.load(checkpoint, trust_unchecked=trust_unchecked)
     if getattr(g2p.members[0].config, "attention", None) == "none":  # an ensemble: one panel per member
         raise AttentionError("this model has no attention (attention=none): there is nothing to show")
+    word = g2p.check_word(word)
     with capture(g2p.model) as rec:
-        (result,) = g2p.pronounce([word], beam=1)  # greedy: one decoder call per output step
+        (result,) = pronounced(g2p, [word], [""], beam=1)  # greedy: one decoder call per output step
     letters, phones = list(result.word), list(result.phones)
     outputs = ["<s>"] + phones  # the decoder's inputs: what each step reads
     views = []

@@ -9,6 +9,9 @@ shares (scaling now; bottleneck, parameters and hard / soft / local can use the 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -72,13 +75,34 @@ def trainer(kind: str, model_config: dict, size: TrainSize, work: Path, *, rever
     return Trainer(task, config, work, progress=False)
 
 
-def train(kind: str, model_config: dict, size: TrainSize, work: Path, *, reverse: bool = False) -> Run:
+def train(
+    kind: str, model_config: dict, size: TrainSize, work: Path, *, reverse: bool = False, label: str | None = None
+) -> Run:
     """Train :func:`trainer`'s model for ``size.epochs`` epochs in ``work`` (checkpoints: scratch,
     not results). A folder that holds a checkpoint of the same task and config continues from it;
-    a finished run is only loaded."""
+    a finished run is only loaded. The trainer's lines (one per epoch) begin with ``label``:
+    (default: the folder's name, which each experiment gives each of its models), so that an
+    experiment's log says which model each line belongs to."""
     run = trainer(kind, model_config, size, work, reverse=reverse)
-    history = run.fit(resume=(Path(work) / "last.safetensors").exists())["history"]
+    with contextlib.redirect_stdout(_Labelled(sys.stdout, f"{label or Path(work).name}: ")):
+        history = run.fit(resume=(Path(work) / "last.safetensors").exists())["history"]
     return Run(run.model, run.task, history)
+
+
+class _Labelled(io.TextIOBase):
+    """A text stream that writes to ``out`` with ``label`` at the start of every line."""
+
+    def __init__(self, out, label: str):
+        self.out, self.label, self.fresh = out, label, True
+
+    def write(self, text: str) -> int:
+        for piece in text.splitlines(keepends=True):
+            self.out.write(self.label + piece if self.fresh else piece)
+            self.fresh = piece.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def attention_sharpness(run: Run) -> dict:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import AttentionError, shape_str
+from . import limits
 from .encoders import Classified, check_fields, real_positions
 
 __all__ = ["ABCNN", "PLACES", "ABCNNConfig", "match_matrix"]
@@ -53,8 +54,23 @@ class ABCNNConfig:
 
     def __post_init__(self):
         check_fields(self, ("vocab", "classes", "embed_dim", "channels", "width", "max_len"))
+        limits.check_fields(
+            self, symbols=("vocab", "classes"), widths=("embed_dim", "channels"), lengths=("width", "max_len")
+        )
         if self.attention not in PLACES:
             raise AttentionError(f"attention={self.attention!r} is unknown; expected one of {PLACES}")
+        limits.check_size(self, ("vocab", "classes", "embed_dim", "channels", "width", "max_len"))
+
+    def size(self) -> int:
+        """At least the parameters of :class:`ABCNN` (at most twice them), for
+        :func:`~attnkit.models.limits.check_size`."""
+        before = self.attention in ("before", "both")
+        return (
+            self.vocab * self.embed_dim
+            + (2 * self.max_len * self.embed_dim if before else 0)  # W0, W1
+            + (self.embed_dim * (2 if before else 1) * self.width + 1) * self.channels  # the convolution
+            + limits.linear_size(4 * self.channels, self.classes)
+        )
 
 
 def match_matrix(x: Tensor, y: Tensor, x_mask: Tensor | None = None, y_mask: Tensor | None = None) -> Tensor:

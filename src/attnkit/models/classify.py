@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ..core.scores import SCORES
 from ..errors import AttentionError, shape_str
 from ..modules import Attention
+from . import limits
 from .abcnn import ABCNN, ABCNNConfig
 from .encoders import Classified, Pooling, RNNEncoder, check_cell, check_fields, check_pooling, real_positions
 from .han import HAN, HANConfig
@@ -61,9 +62,25 @@ class RNNClassifierConfig:
 
     def __post_init__(self):
         check_fields(self, ("vocab", "classes", "embed_dim", "hidden_dim", "layers"))
+        limits.check_fields(
+            self, symbols=("vocab", "classes"), widths=("embed_dim", "hidden_dim", "pool_heads"), layers=("layers",)
+        )
         check_cell(self.cell)
         check_pooling(
             self.pooling, self.pool_score, self.pool_heads, self.hidden_dim * (2 if self.bidirectional else 1)
+        )
+        limits.check_size(self, ("vocab", "classes", "embed_dim", "hidden_dim", "layers"))
+
+    def size(self) -> int:
+        """At least the parameters of :class:`RNNClassifier` (at most twice them), for
+        :func:`~attnkit.models.limits.check_size`."""
+        directions = 2 if self.bidirectional else 1
+        m = self.hidden_dim * directions
+        return (
+            self.vocab * self.embed_dim
+            + limits.rnn_size(self.cell, self.embed_dim, self.hidden_dim, self.layers, directions)
+            + max(limits.attention_size(m), limits.score_size(m, m)) + m  # attention pooling, its query
+            + limits.linear_size(m, self.classes)
         )
 
 
@@ -117,6 +134,9 @@ class CNNClassifierConfig:
 
     def __post_init__(self):
         check_fields(self, ("vocab", "classes", "embed_dim", "channels", "width", "hidden_dim"))
+        limits.check_fields(
+            self, symbols=("vocab", "classes"), widths=("embed_dim", "channels", "hidden_dim"), lengths=("width",)
+        )
         if self.width % 2 == 0:
             raise AttentionError(f"width must be odd (the window centres on a word), got {self.width}")
         check_pooling(self.pooling, self.pool_score, 1, self.channels, allowed=("attention", "max"))
@@ -125,6 +145,19 @@ class CNNClassifierConfig:
                 f"pool_score={self.pool_score!r} needs the query's 2 * hidden_dim = {2 * self.hidden_dim} to equal "
                 f"channels={self.channels}; use pool_score='additive' or 'general', or change one of them"
             )
+        limits.check_size(self, ("vocab", "classes", "embed_dim", "channels", "width", "hidden_dim"))
+
+    def size(self) -> int:
+        """At least the parameters of :class:`CNNClassifier` (at most twice them), for
+        :func:`~attnkit.models.limits.check_size`."""
+        h2 = 2 * self.hidden_dim
+        return (
+            self.vocab * self.embed_dim
+            + (self.embed_dim * self.width + 1) * self.channels  # the convolution
+            + limits.rnn_size("lstm", self.embed_dim, self.hidden_dim, 1, 2)  # the query's biLSTM
+            + limits.score_size(h2, self.channels)
+            + limits.linear_size(self.channels, self.classes)
+        )
 
 
 class CNNClassifier(nn.Module):
@@ -180,9 +213,31 @@ class TransformerClassifierConfig:
 
     def __post_init__(self):
         check_fields(self, ("vocab", "classes", "d_model", "heads", "ff_dim", "layers", "max_len"))
+        limits.check_fields(
+            self,
+            symbols=("vocab", "classes"),
+            widths=("d_model", "heads", "ff_dim", "pool_heads"),
+            layers=("layers",),
+            lengths=("max_len",),
+        )
         if self.d_model % self.heads:
             raise AttentionError(f"heads={self.heads} must divide d_model={self.d_model}")
         check_pooling(self.pooling, self.pool_score, self.pool_heads, self.d_model)
+        limits.check_size(self, ("vocab", "classes", "d_model", "ff_dim", "layers", "max_len"))
+
+    def size(self) -> int:
+        """At least the parameters and buffer elements of :class:`TransformerClassifier` (at most
+        twice them), for :func:`~attnkit.models.limits.check_size`."""
+        d = self.d_model
+        feed_forward = limits.linear_size(d, self.ff_dim) + limits.linear_size(self.ff_dim, d)
+        layer = limits.attention_size(d) + feed_forward + 4 * d  # and two layer norms
+        return (
+            (self.vocab + self.max_len) * d  # embeddings, the positions' table
+            + self.layers * layer
+            + 2 * d  # the final layer norm
+            + max(limits.attention_size(d), limits.score_size(d, d)) + d  # attention pooling, its query
+            + limits.linear_size(d, self.classes)
+        )
 
 
 class TransformerClassifier(nn.Module):

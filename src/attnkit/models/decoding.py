@@ -8,6 +8,11 @@ both decoders return, for every source, a :class:`Hypothesis` that carries the c
 weights of each of its steps. A state with a ``reorder(index)`` method (the Transformer's
 key/value cache) is reordered in place when beam search reorders its hypotheses; any other state
 (tensors, tuples, dataclasses of them) is indexed along its batch dim.
+
+Each source has its own length limit: ``max_len`` steps, or by default 2 S_b + 10 with S_b its own
+length (not its batch's longest, so an output does not depend on the other words of its batch),
+lowered to ``cap`` where the model has fewer positions (a Transformer's ``max_len``). An output
+that reaches its limit without emitting EOS is cut: its :class:`Hypothesis` has ``finished=False``.
 """
 
 from __future__ import annotations
@@ -21,17 +26,19 @@ from ..data.vocab import BOS, EOS, PAD
 from ..errors import AttentionError
 from .base import select
 
-__all__ = ["Hypothesis", "beam_search", "greedy", "length_penalty"]
+__all__ = ["Hypothesis", "beam_search", "greedy", "length_limit", "length_penalty"]
 
 
 class Hypothesis(NamedTuple):
     """One decoded output: ``tokens`` (ids, without BOS and EOS), ``score`` (summed log-probability,
     EOS included) and ``weights`` (len(tokens) + 1, S) over the real source positions, the last row
-    being the step that emitted EOS; None for a model without attention."""
+    being the step that emitted EOS; None for a model without attention. ``finished`` is False for
+    an output cut at its length limit: no EOS, so ``weights`` has len(tokens) rows."""
 
     tokens: list[int]
     score: float
     weights: Tensor | None
+    finished: bool = True
 
 
 def length_penalty(length: Tensor, alpha: float) -> Tensor:
@@ -50,12 +57,24 @@ def reorder_state(state, index: Tensor):
     return reorder(index) if callable(reorder) else select(state, index)
 
 
-def _max_len(src: Tensor, max_len: int | None, min_len: int) -> int:
+def length_limit(source_length: int, cap: int | None = None) -> int:
+    """The most steps a source of ``source_length`` positions decodes by default: 2 S + 10, at most
+    ``cap`` (the model's positions)."""
+    return 2 * source_length + 10 if cap is None else min(2 * source_length + 10, cap)
+
+
+def _limits(src: Tensor, max_len: int | None, min_len: int, cap: int | None) -> Tensor:
+    """Each source's most steps (B,): ``max_len``, else :func:`length_limit` of its own length."""
     if not (isinstance(min_len, int) and min_len >= 0):
         raise AttentionError(f"min_len must be an int >= 0, got {min_len!r}")
-    n = 2 * src.shape[1] + 10 if max_len is None else max_len
-    if min_len > n:
-        raise AttentionError(f"min_len={min_len} is above max_len={n}")
+    if cap is not None and not (isinstance(cap, int) and cap >= 1):
+        raise AttentionError(f"cap must be an int >= 1 or None, got {cap!r}")
+    if max_len is None:
+        n = torch.tensor([length_limit(s, cap) for s in src.ne(PAD).sum(-1).tolist()], device=src.device)  # (B,)
+    else:
+        n = torch.full((src.shape[0],), max_len, dtype=torch.long, device=src.device)
+    if min_len > int(n.min()):
+        raise AttentionError(f"min_len={min_len} is above max_len={int(n.min())}")
     return n
 
 
@@ -64,21 +83,28 @@ def _no_early_end(logp: Tensor, t: int, min_len: int) -> Tensor:
     return logp.index_fill(-1, torch.tensor([EOS], device=logp.device), float("-inf")) if t < min_len else logp
 
 
-def _hypotheses(tokens: Tensor, scores: Tensor, weights: Tensor | None, src: Tensor) -> list[Hypothesis]:
+def _hypotheses(
+    tokens: Tensor, scores: Tensor, weights: Tensor | None, src: Tensor, limits: Tensor
+) -> list[Hypothesis]:
     out = []
     src_len = src.ne(PAD).sum(-1).tolist()
-    for i, row in enumerate(tokens.tolist()):
-        n = row.index(EOS) if EOS in row else len(row)
-        w = None if weights is None else weights[i, : n + 1, : src_len[i]].clone()
-        out.append(Hypothesis(row[:n], float(scores[i]), w))
+    for i, (row, limit) in enumerate(zip(tokens.tolist(), limits.tolist())):
+        finished = EOS in row
+        n = row.index(EOS) if finished else min(len(row), limit)  # a cut row is padded after its limit
+        w = None if weights is None else weights[i, : n + finished, : src_len[i]].clone()
+        out.append(Hypothesis(row[:n], float(scores[i]), w, finished))
     return out
 
 
 @torch.no_grad()
-def greedy(model, src: Tensor, *, max_len: int | None = None, min_len: int = 0) -> list[Hypothesis]:
-    """Take the most likely token at every step; ``src`` (B, S) padded with 0. Stops when every row
-    has emitted EOS or after ``max_len`` steps (default 2S + 10); EOS is ruled out for the first
-    ``min_len`` steps (``min_len == max_len``: exactly that many steps, as benchmarks decode)."""
+def greedy(
+    model, src: Tensor, *, max_len: int | None = None, min_len: int = 0, cap: int | None = None
+) -> list[Hypothesis]:
+    """Take the most likely token at every step; ``src`` (B, S) padded with 0. A row stops when it
+    emits EOS or after ``max_len`` steps (default 2 S_b + 10, its own source length S_b, at most
+    ``cap``: see the module docstring); EOS is ruled out for the first ``min_len`` steps
+    (``min_len == max_len``: exactly that many steps, as benchmarks decode)."""
+    limits = _limits(src, max_len, min_len, cap)  # (B,)
     memory = model.encode(src)
     state = model.start(memory)
     b = src.shape[0]
@@ -87,30 +113,40 @@ def greedy(model, src: Tensor, *, max_len: int | None = None, min_len: int = 0) 
     dtype = _score_dtype(memory)
     scores = torch.zeros(b, device=src.device, dtype=dtype)
     tokens, weights = [], []
-    for t in range(_max_len(src, max_len, min_len)):
+    for t in range(int(limits.max())):
         logits, state, w, _ = model.step(memory, state, token, t, True)
         logp = _no_early_end(logits.to(dtype).log_softmax(-1), t, min_len)  # (B, V)
-        token = logp.argmax(-1).masked_fill(done, PAD)  # (B,)
-        scores += logp.gather(-1, token[:, None]).squeeze(-1).masked_fill(done, 0.0)
+        stopped = done | (t >= limits)  # (B,): ended, or at its length limit
+        token = logp.argmax(-1).masked_fill(stopped, PAD)  # (B,)
+        scores += logp.gather(-1, token[:, None]).squeeze(-1).masked_fill(stopped, 0.0)
         tokens.append(token)
         weights.append(w)
         done |= token == EOS
-        if done.all():
+        if (done | (t + 1 >= limits)).all():
             break
     w = None if weights[0] is None else torch.stack(weights, 1)  # (B, T, S)
-    return _hypotheses(torch.stack(tokens, 1), scores, w, src)
+    return _hypotheses(torch.stack(tokens, 1), scores, w, src, limits)
 
 
 @torch.no_grad()
 def beam_search(
-    model, src: Tensor, *, beam: int = 5, alpha: float = 0.6, max_len: int | None = None, min_len: int = 0
+    model,
+    src: Tensor,
+    *,
+    beam: int = 5,
+    alpha: float = 0.6,
+    max_len: int | None = None,
+    min_len: int = 0,
+    cap: int | None = None,
 ) -> list[Hypothesis]:
     """Keep the ``beam`` best prefixes of every source at each step; return each source's best
     finished output ranked by score / :func:`length_penalty` (``alpha=0``: raw score). A finished
     prefix stays in the beam with its score, extended by padding at no cost, so ``beam=1`` is
-    exactly :func:`greedy`. ``max_len`` and ``min_len`` as in :func:`greedy`."""
+    exactly :func:`greedy`; so does every prefix of a source at its length limit. ``max_len``,
+    ``min_len`` and ``cap`` as in :func:`greedy`."""
     if not (isinstance(beam, int) and beam >= 1):
         raise AttentionError(f"beam must be an int >= 1, got {beam!r}")
+    limits = _limits(src, max_len, min_len, cap)  # (B,)
     b, k = src.shape[0], beam
     device = src.device
     memory = select(model.encode(src), torch.arange(b, device=device).repeat_interleave(k))  # (B K, ...)
@@ -124,13 +160,15 @@ def beam_search(
     lengths = torch.zeros(b * k, dtype=torch.long, device=device)
     tokens = torch.zeros(b * k, 0, dtype=torch.long, device=device)
     weights = None
-    for t in range(_max_len(src, max_len, min_len)):
+    row_limits = limits.repeat_interleave(k)  # (B K,)
+    for t in range(int(limits.max())):
         logits, state, w, _ = model.step(memory, state, token, t, True)
         logp = _no_early_end(logits.to(dtype).log_softmax(-1), t, min_len)  # (B K, V)
         v = logp.shape[-1]
         finished = torch.full_like(logp[0], float("-inf"))
         finished[PAD] = 0.0  # a finished prefix continues with padding, at no cost
-        logp = torch.where(done[:, None], finished, logp)
+        stopped = done | (t >= row_limits)  # (B K,): ended, or its source at its length limit
+        logp = torch.where(stopped[:, None], finished, logp)
         cand = (scores[:, None] + logp).view(b, k * v)  # (B, K V)
         top, idx = cand.topk(k, dim=-1)  # (B, K)
         origin = (torch.arange(b, device=device)[:, None] * k + idx // v).view(-1)  # (B K,) parent rows
@@ -140,13 +178,13 @@ def beam_search(
         if w is not None:
             step_w = w[origin][:, None]  # (B K, 1, S)
             weights = step_w if weights is None else torch.cat([weights[origin], step_w], 1)
-        lengths = lengths[origin] + (~done[origin]).long()
-        done = done[origin] | (token == EOS)
+        lengths = lengths[origin] + (~stopped[origin]).long()
+        done = done[origin] | ((token == EOS) & ~stopped[origin])
         scores = top.view(-1)
-        if done.all():
+        if (done | (t + 1 >= row_limits)).all():
             break
     ranked = (scores / length_penalty(lengths, alpha)).masked_fill(~done, float("-inf")).view(b, k)
     # no finished prefix after max_len steps: fall back to the best raw score
     ranked = torch.where(done.view(b, k).any(-1, keepdim=True), ranked, scores.view(b, k))
     best = torch.arange(b, device=device) * k + ranked.argmax(-1)  # (B,)
-    return _hypotheses(tokens[best], scores[best], None if weights is None else weights[best], src)
+    return _hypotheses(tokens[best], scores[best], None if weights is None else weights[best], src, limits)

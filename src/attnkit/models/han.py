@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import AttentionError, shape_str
 from ..modules import HierarchicalAttention
+from . import limits
 from .encoders import Classified, RNNEncoder, check_cell, check_fields, check_pooling
 
 __all__ = ["HAN", "HANConfig"]
@@ -34,8 +35,22 @@ class HANConfig:
 
     def __post_init__(self):
         check_fields(self, ("vocab", "classes", "embed_dim", "hidden_dim"))
+        limits.check_fields(self, symbols=("vocab", "classes"), widths=("embed_dim", "hidden_dim"))
         check_cell(self.cell)
         check_pooling("attention", self.pool_score, 1, 2 * self.hidden_dim)
+        limits.check_size(self, ("vocab", "classes", "embed_dim", "hidden_dim"))
+
+    def size(self) -> int:
+        """At least the parameters of :class:`HAN` (at most twice them), for
+        :func:`~attnkit.models.limits.check_size`."""
+        h, h2 = self.hidden_dim, 2 * self.hidden_dim
+        return (
+            self.vocab * self.embed_dim
+            + limits.rnn_size(self.cell, self.embed_dim, h, 1, 2)  # words
+            + limits.rnn_size(self.cell, h2, h, 1, 2)  # sentences
+            + 2 * (limits.score_size(h2, h2) + h2)  # attention pooling at both levels, with their queries
+            + limits.linear_size(h2, self.classes)
+        )
 
 
 class HAN(nn.Module):

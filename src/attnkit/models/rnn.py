@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from ..core.normalizers import Gumbel, Sample
 from ..errors import AttentionError, check_int, check_probability
 from ..modules import Attention
+from . import limits
 from .base import Decoded, Memory, source_padding
 
 __all__ = ["ATTENTIONS", "PrecisionFallbackWarning", "RNNConfig", "RNNSeq2Seq", "cpu_bf16_lstm", "over_sequence"]
@@ -97,6 +98,29 @@ class RNNConfig:
         for name in ("src_vocab", "tgt_vocab", "embed_dim", "hidden_dim", "layers", "window"):
             check_int(name, getattr(self, name))
         check_probability("dropout", self.dropout)
+        limits.check_fields(
+            self,
+            symbols=("src_vocab", "tgt_vocab"),
+            widths=("embed_dim", "hidden_dim"),
+            layers=("layers",),
+            lengths=("window",),
+        )
+        limits.check_size(self, ("src_vocab", "tgt_vocab", "embed_dim", "hidden_dim", "layers", "bidirectional"))
+
+    def size(self) -> int:
+        """At least the parameters and buffer elements of :class:`RNNSeq2Seq` (at most twice them):
+        what :func:`~attnkit.models.limits.check_size` bounds before anything is built."""
+        directions = 2 if self.bidirectional else 1
+        m = self.hidden_dim * directions
+        return (
+            (self.src_vocab + self.tgt_vocab) * self.embed_dim
+            + limits.rnn_size(self.cell, self.embed_dim, self.hidden_dim, self.layers, directions)
+            + limits.rnn_size(self.cell, self.embed_dim + m, m, self.layers, 1)  # the decoder, fed a context
+            + limits.score_size(m, m, m)
+            + limits.linear_size(m, m)  # the bridge
+            + limits.linear_size(2 * m, m)  # the combination of state and context
+            + limits.linear_size(m, self.tgt_vocab)
+        )
 
 
 class RNNState(NamedTuple):

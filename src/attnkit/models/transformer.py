@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..core.scores import resolve
 from ..errors import AttentionError, check_int, check_probability
 from ..modules import KVCache, MultiHeadAttention
+from . import limits
 from .base import Decoded, Memory, source_padding
 
 __all__ = ["DecoderCache", "TransformerConfig", "TransformerSeq2Seq"]
@@ -54,10 +55,34 @@ class TransformerConfig:
             "max_len",
         ):
             check_int(name, getattr(self, name))
+        limits.check_fields(
+            self,
+            symbols=("src_vocab", "tgt_vocab"),
+            widths=("d_model", "heads", "ff_dim"),
+            layers=("encoder_layers", "decoder_layers"),
+            lengths=("max_len",),
+        )
         if self.d_model % self.heads:
             raise AttentionError(f"heads={self.heads} must divide d_model={self.d_model}")
         check_probability("dropout", self.dropout)
         resolve(self.score)  # a known name, before any layer is built
+        shown = ("src_vocab", "tgt_vocab", "d_model", "ff_dim", "encoder_layers", "decoder_layers", "max_len")
+        limits.check_size(self, shown)
+
+    def size(self) -> int:
+        """At least the parameters and buffer elements of :class:`TransformerSeq2Seq` (at most twice
+        them): what :func:`~attnkit.models.limits.check_size` bounds before anything is built."""
+        d = self.d_model
+        feed_forward = limits.linear_size(d, self.ff_dim) + limits.linear_size(self.ff_dim, d)
+        encoder = limits.attention_size(d) + feed_forward + 4 * d  # and two layer norms
+        decoder = 2 * limits.attention_size(d) + feed_forward + 6 * d
+        return (
+            (self.src_vocab + self.tgt_vocab + self.max_len) * d  # embeddings, the positions' table
+            + self.encoder_layers * encoder
+            + self.decoder_layers * decoder
+            + 4 * d  # the final layer norms
+            + limits.linear_size(d, self.tgt_vocab)
+        )
 
 
 def sinusoids(length: int, dim: int) -> Tensor:

@@ -429,21 +429,26 @@ class Classifier:
         self.encoder = Encoder(self.words, self.kind, getattr(model.config, "max_len", None))
 
     @classmethod
-    def load(cls, path: str | Path) -> Classifier:
-        """A checkpoint written by ``attnkit train classify`` (a ``.safetensors`` file or a run folder)."""
+    def load(cls, path: str | Path, *, trust_unchecked: bool = False) -> Classifier:
+        """A checkpoint written by ``attnkit train classify`` (a ``.safetensors`` file or a run
+        folder). A file without a checksum is refused unless ``trust_unchecked``
+        (:func:`~attnkit.train.checkpoint.load`). The model its metadata describes is checked, sizes
+        first, and matched against the file's tensors before it is built."""
         path = Path(path)
         if path.is_dir():
             path = path / "best.safetensors"
-        tensors, meta = checkpoint.load(path)
+        tensors, meta = checkpoint.load(path, trust_unchecked=trust_unchecked)
         doc = ClassifyDoc.read(meta, path)
         try:
             vocab, classes = len(SPECIALS) + len(doc.words), len(doc.labels)
-            model = build_model(doc.model, doc.model_config, vocab, classes, what="task.model_config")
-            loaded = cls(model, meta["task"], str(path))
+            config = _config(doc.model, doc.model_config, vocab, classes, "task.model_config")
         except AttentionError as err:
             raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
-        checkpoint.load_model(model, tensors, path)
-        return loaded
+        model = checkpoint.build_loaded(lambda: CLASSIFIERS[doc.model].model(config), tensors, path)
+        try:
+            return cls(model, meta["task"], str(path))
+        except AttentionError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -29,13 +30,16 @@ from ..data import cmudict
 from ..data.vocab import PAD, SPECIALS, Vocab
 from ..errors import AttentionError, check_int
 from ..models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq, beam_search, greedy
+from ..models.decoding import length_limit
 from ..models.ensemble import COMBINES, Ensemble
+from ..models.limits import MAX_MEMBERS
 from ..train import checkpoint, config_from_dict, precision
 from ..train.batching import token_batches
 
 __all__ = [
-    "G2P", "LENGTHS", "MODELS", "SHIPPED", "STORAGES", "TARGETS", "VALID_PHRASES", "G2PDoc", "G2PTask", "build_model", "by_length",
-    "edit_distance", "pack", "score", "teacher_targets",
+    "G2P", "LENGTHS", "MODELS", "SHIPPED", "STORAGES", "TARGETS", "VALID_PHRASES", "G2PDoc", "G2PTask",
+    "LengthLimitWarning", "Pronunciation", "build_model", "by_length", "edit_distance", "pack", "positions", "score",
+    "shown", "teacher_targets",
 ]  # fmt: skip
 
 MODELS = {"rnn": (RNNConfig, RNNSeq2Seq), "transformer": (TransformerConfig, TransformerSeq2Seq)}
@@ -106,11 +110,15 @@ def by_length(words: list[str], hyps, refs) -> dict[str, dict[str, float]]:
 def build_model(kind: str, config: dict, src_vocab: int, tgt_vocab: int, *, what: str | None = None) -> nn.Module:
     """A seq2seq model named ``kind`` ("rnn" or "transformer") with ``config``'s fields; ``what``
     names the config in error messages (default ``"KIND config"``)."""
+    return MODELS[kind][1](_config(kind, config, src_vocab, tgt_vocab, what))
+
+
+def _config(kind: str, config: dict, src_vocab: int, tgt_vocab: int, what: str | None = None):
+    """The checked config dataclass of :func:`build_model` (sizes bounded: nothing is built yet)."""
     if kind not in MODELS:
         raise AttentionError(f"model={kind!r} is unknown; expected one of {sorted(MODELS)}")
-    config_cls, model_cls = MODELS[kind]
     what = what or f"{kind} config"
-    return model_cls(config_from_dict(config_cls, {**config, "src_vocab": src_vocab, "tgt_vocab": tgt_vocab}, what))
+    return config_from_dict(MODELS[kind][0], {**config, "src_vocab": src_vocab, "tgt_vocab": tgt_vocab}, what)
 
 
 def _sorted_batches(words: list[str], letters, batch_size: int):
@@ -119,6 +127,14 @@ def _sorted_batches(words: list[str], letters, batch_size: int):
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         yield idx, letters.pad([letters.encode(words[i]) for i in idx])
+
+
+def positions(model: nn.Module) -> int | None:
+    """The longest source or output ``model`` holds: a Transformer's ``max_len`` (an ensemble's
+    smallest); None for an RNN, which has no table of positions."""
+    members = model.members if isinstance(model, Ensemble) else [model]
+    tables = [m.config.max_len for m in members if isinstance(m, TransformerSeq2Seq)]
+    return min(tables) if tables else None
 
 
 def decode_words(
@@ -145,7 +161,7 @@ def decode_words(
         progress(done, len(words))
     for idx, src in _sorted_batches(words, letters, batch_size):
         src = src.to(device)
-        lengths = {"max_len": steps, "min_len": steps or 0}
+        lengths = {"max_len": steps, "min_len": steps or 0, "cap": positions(model)}
         hyps = (
             greedy(model, src, **lengths) if beam == 1 else beam_search(model, src, beam=beam, alpha=alpha, **lengths)
         )
@@ -192,6 +208,7 @@ class G2PTask:
     distil: float = 0.5  # with teacher: the weight of the teacher's term in the loss, in (0, 1]
     init: str | None = None  # start from this G2P checkpoint's weights (the same model), not a fresh initialisation
     cache: str | None = None  # a folder that keeps the teacher's targets (TARGETS) for a resumed run; not described
+    trust_unchecked: bool = False  # load a teacher or init without a checksum (checkpoint.load); not described
     metric = "wer"  # early stopping and the best checkpoint follow validation WER (stress kept)
     higher_is_better = False
 
@@ -230,13 +247,12 @@ class G2PTask:
         self._init = None  # the weights init gives this task's model
         if self.init is not None:
             path, tensors, self._init_sha = self._source("init", self.init)
-            model = self.build()
-            checkpoint.load_model(model, tensors, path)  # names missing or misshapen weights
+            model = checkpoint.build_loaded(self.build, tensors, path)  # names missing or misshapen weights
             self._init = model.state_dict()
         self.soft = None  # the teacher's distributions of all pairs' positions, (Σ len(target) + 1, V)
         if self.teacher is not None:
             path, _, self._teacher_sha = self._source("teacher", self.teacher)
-            self.soft, self.soft_at = self._targets(G2P.load(path).model)
+            self.soft, self.soft_at = self._targets(G2P.load(path, trust_unchecked=self.trust_unchecked).model)
 
     def _targets(self, teacher: nn.Module) -> tuple[Tensor, list[int]]:
         """:func:`teacher_targets` of the pairs, read from ``cache`` when it holds them for this
@@ -260,7 +276,7 @@ class G2PTask:
         """The checkpoint file of ``path`` (``teacher`` or ``init``, named ``name`` in errors), its
         tensors and their SHA-256, checked to be a G2P model over this task's vocabularies."""
         path = _checkpoint_file(path)
-        tensors, meta = checkpoint.load(path)
+        tensors, meta = checkpoint.load(path, trust_unchecked=self.trust_unchecked)
         doc = G2PDoc.read(meta, path)
         if list(doc.letters) != list(self.letters.symbols) or list(doc.phonemes) != list(self.phonemes.symbols):
             raise AttentionError(f"{name} {str(path)!r} was trained with other letters or phonemes than this task")
@@ -411,11 +427,26 @@ class G2PDoc:
 
 class Pronunciation(NamedTuple):
     """``phones`` of ``word``, and ``weights`` (len(phones) + 1, len(word)): the attention of each
-    output step (the last emits the end) over the letters; None for a model without attention."""
+    output step (the last emits the end) over the letters; None for a model without attention.
+    ``cut``: the decoder reached the length limit before it ended the output (see
+    :class:`LengthLimitWarning`), so ``phones`` may lack an end and ``weights`` has no end row."""
 
     word: str
     phones: tuple[str, ...]
     weights: Tensor | None
+    cut: bool = False
+
+
+class LengthLimitWarning(UserWarning):
+    """:meth:`G2P.pronounce` cut an output at its length limit: 2 x the word's letters + 10
+    phonemes (:func:`~attnkit.models.decoding.length_limit`), at most a Transformer's positions.
+    One warning per cut word, naming it; its :class:`Pronunciation` has ``cut=True``. Silence it
+    with ``warnings.filterwarnings("ignore", category=LengthLimitWarning)``."""
+
+
+def shown(word: str, longest: int = 24) -> str:
+    """``word`` quoted for a message, cut after ``longest`` letters: ``'abab'...``."""
+    return repr(word) if len(word) <= longest else f"{word[:longest]!r}..."
 
 
 def teacher_targets(teacher: nn.Module, pairs, letters, phonemes, batch_size: int = 512) -> tuple[Tensor, list[int]]:
@@ -447,29 +478,42 @@ def _checkpoint_file(path: str | Path) -> Path:
     return path / "best.safetensors" if path.is_dir() else path
 
 
-def _ensemble(doc) -> tuple[int, str | None]:
-    """(members, combine) of a checkpoint's ``ensemble`` document; (1, None) for a single model."""
+def _ensemble(doc, tensors: dict[str, Tensor]) -> tuple[int, str | None]:
+    """(members, combine) of a checkpoint's ``ensemble`` document, checked against the members whose
+    ``tensors`` the file holds (before any is built); (1, None) for a single model."""
     if doc is None:
         return 1, None
     members, combine = (doc.get(k) if isinstance(doc, dict) else None for k in ("members", "combine"))
-    if not (isinstance(members, int) and members >= 1) or combine not in COMBINES:
+    if not (type(members) is int and 1 <= members <= MAX_MEMBERS) or combine not in COMBINES:
         raise AttentionError(
-            f"ensemble must be {{'members': an int >= 1, 'combine': one of {list(COMBINES)}}}, got {doc!r}"
+            f"ensemble must be {{'members': an int in 1..{MAX_MEMBERS}, 'combine': one of {list(COMBINES)}}}, "
+            f"got {doc!r:.200}"
         )
+    stored = len({k.split(".")[2] for k in tensors if k.startswith("model.members.") and k.count(".") >= 3})
+    if stored != members:
+        raise AttentionError(f"ensemble has members={members} but the file holds the weights of {stored}")
     return members, combine
 
 
 def pack(
-    sources: list[str | Path], target: str | Path, *, combine: str = "probability", storage: str = "float16"
+    sources: list[str | Path],
+    target: str | Path,
+    *,
+    combine: str = "probability",
+    storage: str = "float16",
+    trust_unchecked: bool = False,
 ) -> dict:
     """Write the G2P checkpoints ``sources`` as one checkpoint at ``target`` that :meth:`G2P.load`
     reads: one source as a single model, several as an :class:`~attnkit.models.Ensemble` whose
     next-token distributions are combined by ``combine``. ``storage``: "float16" (half of float32),
     "int8" (:func:`~attnkit.train.checkpoint.quantize`, a quarter) or "int4" (an eighth, plus a
     float32 scale per 128 weights); each is read back into float32. The sources must be the same
-    model over the same vocabularies. Returns the metadata."""
+    model over the same vocabularies; ``trust_unchecked`` reads sources without a checksum
+    (:func:`~attnkit.train.checkpoint.load`). Returns the metadata."""
     if not sources:
         raise AttentionError("sources is empty; give at least one checkpoint")
+    if len(sources) > MAX_MEMBERS:
+        raise AttentionError(f"sources holds {len(sources)} checkpoints; an ensemble has at most {MAX_MEMBERS}")
     if storage not in STORAGES:
         raise AttentionError(f"storage={storage!r} is unknown; expected one of {list(STORAGES)}")
     if combine not in COMBINES:
@@ -477,7 +521,7 @@ def pack(
     tensors, members, task = {}, [], None
     for i, source in enumerate(sources):
         path = _checkpoint_file(source)
-        found, meta = checkpoint.load(path)
+        found, meta = checkpoint.load(path, trust_unchecked=trust_unchecked)
         G2PDoc.read(meta, path)
         if meta.get("ensemble") is not None:
             raise AttentionError(f"checkpoint {str(path)!r} is an ensemble already; give its members' checkpoints")
@@ -518,40 +562,69 @@ class G2P:
         return Path(str(resources.files("attnkit") / "pretrained" / SHIPPED))
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> G2P:
+    def load(cls, path: str | Path | None = None, *, trust_unchecked: bool = False) -> G2P:
         """A checkpoint written by ``attnkit train g2p`` (``best.safetensors``, ``last.safetensors``
-        or a run folder); None: the shipped model."""
+        or a run folder); None: the shipped model. A file without a checksum is refused unless
+        ``trust_unchecked`` (:func:`~attnkit.train.checkpoint.load`). The model its metadata
+        describes is checked, sizes first, and matched against the file's tensors before it is built."""
         path = cls.shipped_path() if path is None else _checkpoint_file(path)
-        tensors, meta = checkpoint.load(path)
+        tensors, meta = checkpoint.load(path, trust_unchecked=trust_unchecked)
         doc = G2PDoc.read(meta, path)
         try:
-            members, combine = _ensemble(meta.get("ensemble"))
-            models = [
-                build_model(doc.model, doc.model_config, len(doc.letters), len(doc.phonemes), what="task.model_config")
-                for _ in range(members)
-            ]
-            model = models[0] if combine is None else Ensemble(models, combine)
-            loaded = cls(model, meta["task"], str(path))
+            members, combine = _ensemble(meta.get("ensemble"), tensors)
+            config = _config(doc.model, doc.model_config, len(doc.letters), len(doc.phonemes), "task.model_config")
         except AttentionError as err:
             raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
-        checkpoint.load_model(model, tensors, path)
-        return loaded
+        kind = MODELS[doc.model][1]
+
+        def build() -> nn.Module:
+            return kind(config) if combine is None else Ensemble([kind(config) for _ in range(members)], combine)
+
+        model = checkpoint.build_loaded(build, tensors, path)
+        try:
+            return cls(model, meta["task"], str(path))
+        except AttentionError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
 
     def pronounce(
         self, words: list[str], *, beam: int = 5, progress=None, precision: str = "fp32"
     ) -> list[Pronunciation]:
-        """Phonemes of each word (lower-cased; letters a-z, ' - . only); ``progress`` as in
-        :func:`decode_words`; ``precision`` fp32 or bf16 (:mod:`attnkit.train.precision`)."""
+        """Phonemes of each word (lower-cased; letters a-z, ' - . only; see :meth:`check_word`);
+        ``progress`` as in :func:`decode_words`; ``precision`` fp32 or bf16
+        (:mod:`attnkit.train.precision`). The first bad word is an error naming it (``words[i]``);
+        an output cut at its length limit is a :class:`LengthLimitWarning` and ``cut=True``."""
         clean = []
-        for w in words:
-            if not w or not w.strip():
-                raise AttentionError("word is empty; give at least one letter")
-            clean.append(w.strip().lower())
-        for w in clean:
-            self.letters.encode(w)  # names any character outside the alphabet
+        for i, w in enumerate(words):
+            try:
+                clean.append(self.check_word(w))
+            except AttentionError as err:
+                raise AttentionError(f"words[{i}]: {err}") from None
         with self._autocast(precision):
             hyps = decode_words(self.model, clean, self.letters, self.phonemes, beam=beam, progress=progress)
-        return [Pronunciation(w, h.tokens, h.weights) for w, h in zip(clean, hyps)]
+        for i, (w, h) in enumerate(zip(clean, hyps)):
+            if not h.finished:
+                warnings.warn(f"words[{i}] {self.cut_note(w)}", LengthLimitWarning, stacklevel=2)
+        return [Pronunciation(w, h.tokens, h.weights, not h.finished) for w, h in zip(clean, hyps)]
+
+    def check_word(self, word: str) -> str:
+        """``word`` as :meth:`pronounce` reads it (stripped, lower-cased), or an error naming it: empty,
+        a character outside the letters, or longer than the model's positions (a Transformer's)."""
+        clean = word.strip().lower()
+        if not clean:
+            raise AttentionError(f"{word!r} is empty; give at least one letter")
+        self.letters.encode(clean)  # names any character outside the alphabet
+        most = positions(self.model)
+        if most is not None and len(clean) > most:
+            raise AttentionError(
+                f"{shown(clean)} has {len(clean):,} letters; this model reads at most {most} "
+                "(its Transformer's max_len)"
+            )
+        return clean
+
+    def cut_note(self, word: str) -> str:
+        """What a cut output of ``word`` (checked) lacks, for a warning: where its length limit is."""
+        limit = length_limit(len(word), positions(self.model))
+        return f"{shown(word)} ({len(word):,} letters): output cut at the length limit of {limit} phonemes"
 
     def evaluate(
         self,

@@ -6,10 +6,19 @@ never half of one. The JSON (configs, progress, optimizer hyper-parameters) ride
 safetensors header's metadata under the key ``attnkit``, so the tensors and the config that
 explains them cannot drift apart.
 
-Beside it, under ``attnkit.sha256``, the header holds a SHA-256 of the tensors (each tensor's name,
-dtype, shape and bytes, in name order), checked on load: a flipped bit in the weights is an error,
-not a model that reads ``AA AA AA``. Checkpoints written before the checksum existed load without
-one; a tensor holding NaN or infinity is an error in every checkpoint.
+Beside it, under ``attnkit.checksum``, the header holds ``"sha256:"`` and the SHA-256 of everything
+else in the file (:func:`checksum`): the canonical form of every other metadata entry
+(:func:`canonical_metadata`), then each tensor's name, dtype, shape and bytes, in name order. It is
+checked on load, so a flipped bit in the weights, or a vocabulary, config field or ensemble setting
+edited in the header, is an error, not a model that reads ``AA AA AA``. A checksum is not a
+signature: it shows that a file is whole, not who wrote it, so the metadata is checked field by
+field as well, and model sizes are bounded (:mod:`attnkit.models.limits`) before anything is built.
+
+A file without that checksum is refused unless the caller trusts it (``trust_unchecked=True``;
+``--trust-unchecked`` on the command line). That includes files of attnkit before this checksum,
+whose ``attnkit.sha256`` covers the tensors alone: trusted, they load with that tensor checksum
+checked, and :func:`resave` writes them again with the full one. A tensor holding NaN or infinity,
+and a quantization scale below 0, is an error in every checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,6 +40,9 @@ __all__ = [
     "FORMAT",
     "CheckpointError",
     "average",
+    "build_loaded",
+    "canonical_metadata",
+    "checksum",
     "dequantize",
     "digest",
     "load",
@@ -39,13 +52,16 @@ __all__ = [
     "read_meta",
     "read_task",
     "remove_temporaries",
+    "resave",
     "save",
     "task_name",
     "write_json",
 ]
 
 FORMAT = "attnkit/1"
-CHECKSUM = "attnkit.sha256"  # the safetensors metadata key of the tensors' checksum
+CHECKSUM = "attnkit.checksum"  # the metadata key of the checksum of tensors and metadata (:func:`checksum`)
+OLD_CHECKSUM = "attnkit.sha256"  # the key of the tensors-only checksum of older files (:func:`digest`)
+_SCHEME = b"attnkit checksum 1\0"  # what the hash reads first: another scheme never collides with this one
 SCALE = ":int8_scale"  # suffix of the per-row scales of a tensor stored in int8 (:func:`quantize`)
 SCALE4 = ":int4_scale"  # suffix of the per-group scales of a tensor stored in int4
 SCALES = (SCALE, SCALE4)
@@ -57,15 +73,44 @@ class CheckpointError(AttentionError):
 
 
 def digest(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 (hex) of ``tensors``: each one's name, dtype, shape and bytes, in name order."""
+    """SHA-256 (hex) of ``tensors``: each one's name, dtype, shape and bytes, in name order. What a
+    run's document records of its teacher and start, and what older files held as ``attnkit.sha256``."""
     h = hashlib.sha256()
+    _hash_tensors(h, tensors)
+    return h.hexdigest()
+
+
+def _hash_tensors(h, tensors: dict[str, Tensor]) -> None:
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         size = t.numel() * t.element_size()
         if size:
             h.update((ctypes.c_ubyte * size).from_address(t.data_ptr()))  # the raw bytes, any dtype, no numpy
-    return h.hexdigest()
+
+
+def canonical_metadata(entries: dict[str, str]) -> bytes:
+    """The bytes of a file's metadata that :func:`checksum` reads: every entry of the safetensors
+    header's ``__metadata__`` (strings to strings) except :data:`CHECKSUM` itself, as a JSON list of
+    ``[key, value]`` pairs sorted by key, without spaces, non-ASCII escaped. Each value is taken as
+    stored (the ``attnkit`` entry is JSON text, hashed as that text), so any edit of any entry,
+    an entry added or one removed, changes these bytes.
+
+    >>> canonical_metadata({"b": "2", "attnkit.checksum": "sha256:...", "a": "[1, 2]"})
+    b'[["a","[1, 2]"],["b","2"]]'
+    """
+    pairs = sorted([key, value] for key, value in entries.items() if key != CHECKSUM)
+    return json.dumps(pairs, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def checksum(tensors: dict[str, Tensor], entries: dict[str, str]) -> str:
+    """``"sha256:"`` and the SHA-256 (hex) of a file's ``tensors`` (as stored: int8 and int4 ones
+    undequantized) and metadata ``entries``: a scheme tag, :func:`canonical_metadata`, then each
+    tensor's name, dtype, shape and bytes in name order (:func:`digest`'s input)."""
+    h = hashlib.sha256(_SCHEME)
+    h.update(canonical_metadata(entries))
+    _hash_tensors(h, tensors)
+    return "sha256:" + h.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -119,23 +164,47 @@ def save(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict) -> Non
     from safetensors.torch import save as to_bytes
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    header = {"attnkit": json.dumps({"format": FORMAT, **meta}), CHECKSUM: digest(flat)}
-    _atomic_write(Path(path), to_bytes(flat, metadata=header))
+    entries = {"attnkit": json.dumps({"format": FORMAT, **meta})}
+    entries[CHECKSUM] = checksum(flat, entries)
+    _atomic_write(Path(path), to_bytes(flat, metadata=entries))
 
 
-def _read(path: str | os.PathLike, tensors: bool) -> tuple[dict[str, Tensor], dict]:
-    """The tensors (when asked for) and the JSON of one checkpoint, from one open of the file.
+def resave(path: str | os.PathLike, target: str | os.PathLike | None = None) -> Path:
+    """Write the checkpoint ``path`` again, to ``target`` (default: in place), with the checksum of
+    :func:`checksum`: for a file you trust that has none, or only the tensor checksum of older
+    attnkit (checked here when there is one). The tensors are written as they are stored (int8 and
+    int4 stay so) and the ``attnkit`` metadata as it is; returns the path written.
+
+    ``python -c "from attnkit.train import checkpoint; checkpoint.resave('old.safetensors')"``"""
+    tensors, meta = _read(path, tensors=True, trust_unchecked=True)
+    target = Path(path if target is None else target)
+    save(target, tensors, {k: v for k, v in meta.items() if k != "format"})
+    return target
+
+
+def _read(path: str | os.PathLike, tensors: bool, trust_unchecked: bool = False) -> tuple[dict[str, Tensor], dict]:
+    """The tensors (when asked for, checked against the checksum) and the JSON of one checkpoint,
+    from one open of the file.
 
     A writer may replace the file at any moment (``os.replace`` of a new one), so everything is
     read through a single file handle: the whole file for the tensors (``safe_open`` may map the
     path a second time and mix the old header with the new tensors), the header alone for the JSON.
+    Without the tensors nothing is verified: :func:`read_meta`'s callers load the file before
+    they rely on more than its task's name.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load as from_bytes
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():  # say what is there instead: nothing, a folder, or a device, pipe or socket
+        what = (
+            "does not exist"
+            if not path.exists()
+            else "is a folder, not a checkpoint"
+            if path.is_dir()
+            else "is not a regular file (a device, a pipe or a socket), so not a checkpoint"
+        )
+        raise CheckpointError(f"checkpoint {str(path)!r} {what}")
     try:
         with path.open("rb") as f:
             if tensors:
@@ -147,30 +216,91 @@ def _read(path: str | os.PathLike, tensors: bool) -> tuple[dict[str, Tensor], di
                 head = f.read(min(size, 100_000_000))
         if len(head) != size:
             raise ValueError(f"the header says {size} bytes but the file holds {len(head)}")
-        header = (json.loads(head) or {}).get("__metadata__") or {}
-        meta = json.loads(header.get("attnkit", "null"))
-        found = from_bytes(data) if tensors else {}
-    except (SafetensorError, OSError, ValueError, RuntimeError, AttributeError) as e:
+        header = json.loads(head)
+    except (OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a safetensors file ({e})") from None
+    entries = _entries(header, path)
+    try:
+        meta = json.loads(entries.get("attnkit", "null"))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt: its metadata 'attnkit' is not JSON ({e})"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} was not written by attnkit (no {FORMAT!r} metadata)")
-    if tensors:
-        expected = header.get(CHECKSUM)  # None: written before checksums, still loads
-        if expected is not None and digest(found) != expected:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} is corrupt: its tensors do not match the sha256 checksum stored with them"
-            )
-        for name, t in sorted(found.items()):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: tensor {name!r} holds NaN or infinity")
+    if not tensors:
+        return {}, meta
+    try:
+        found = from_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a safetensors file ({e})") from None
+    _verify(found, entries, path, trust_unchecked)
+    for name, t in sorted(found.items()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: tensor {name!r} holds NaN or infinity")
     return found, meta
 
 
-def load(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
-    """(tensors, meta) of a checkpoint written by :func:`save`; a missing, corrupt or foreign file
-    raises an AttentionError that names it. Tensors stored in int8 or int4 (:func:`quantize`) come back
-    in float32."""
-    tensors, meta = _read(path, tensors=True)
+def _entries(header, path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors ``header`` (parsed JSON): an object of strings, else
+    an error naming the key that is not."""
+    from .schema import type_name
+
+    where = f"checkpoint {str(path)!r} is corrupt:"
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where} its safetensors header must be a JSON object, got {type_name(header)}")
+    entries = header.get("__metadata__")
+    if entries is None:
+        return {}
+    if not isinstance(entries, dict):
+        got = type_name(entries)
+        raise CheckpointError(f"{where} its header's __metadata__ must be an object of strings, got {got}")
+    for key, value in entries.items():
+        if not isinstance(value, str):
+            got = f"{type_name(value)} {value!r:.40}"
+            raise CheckpointError(f"{where} its metadata {key!r} must be a string, got {got}")
+    return entries
+
+
+def _verify(tensors: dict[str, Tensor], entries: dict[str, str], path: Path, trust_unchecked: bool) -> None:
+    """Check ``tensors`` and ``entries`` against the file's checksum; a file without one is an
+    error unless ``trust_unchecked`` (then an old tensor-only checksum, if any, is still checked)."""
+    stored = entries.get(CHECKSUM)
+    if stored is not None:
+        if stored != checksum(tensors, entries):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is corrupt: its tensors and metadata do not match the sha256 checksum "
+                f"stored with them"
+            )
+        return
+    old = entries.get(OLD_CHECKSUM)
+    if not trust_unchecked:
+        resave = f"from attnkit.train import checkpoint; checkpoint.resave({str(path)!r})"
+        how = (
+            "if you trust it, load it with --trust-unchecked (trust_unchecked=True in Python), or write it again "
+            f'with the full checksum: python -c "{resave}"'
+        )
+        if old is None:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has no checksum ({CHECKSUM!r}), so nothing shows that its weights and "
+                f"metadata are whole; {how}"
+            )
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds the checksum of older attnkit ({OLD_CHECKSUM!r}), which covers its "
+            f"tensors only, not its metadata (vocabularies, model config); {how}"
+        )
+    if old is not None and old != digest(tensors):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt: its tensors do not match the sha256 checksum stored with them"
+        )
+
+
+def load(path: str | os.PathLike, *, trust_unchecked: bool = False) -> tuple[dict[str, Tensor], dict]:
+    """(tensors, meta) of a checkpoint written by :func:`save`, checked against its checksum; a
+    missing, corrupt or foreign file raises an AttentionError that names it, and so does a file
+    without the checksum unless ``trust_unchecked``. Tensors stored in int8 or int4
+    (:func:`quantize`) come back in float32."""
+    tensors, meta = _read(path, tensors=True, trust_unchecked=trust_unchecked)
     try:
         return dequantize(tensors), meta
     except CheckpointError as err:
@@ -264,9 +394,20 @@ _FORMATS = {
 }
 
 
+def _bad_scale(scale: Tensor):
+    """The first value of ``scale`` that no :func:`quantize` writes (negative, NaN or infinite), or
+    its dtype when it is not floating; None when every value is a scale."""
+    if not scale.is_floating_point():
+        return scale.dtype
+    flat = scale.flatten()
+    wrong = flat[~(torch.isfinite(flat) & (flat >= 0))]  # (N,)
+    return wrong[0].item() if len(wrong) else None
+
+
 def dequantize(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """The float32 tensors of a :func:`quantize`-d dict (a dict without integer scales is returned
-    as it is); a scale without its tensor, or of the wrong shape, raises a CheckpointError."""
+    as it is); a scale without its tensor, of the wrong shape, negative or not finite raises a
+    CheckpointError."""
     if not any(name.endswith(SCALES) for name in tensors):
         return tensors
     out = {name: t for name, t in tensors.items() if not name.endswith(SCALES)}
@@ -276,6 +417,12 @@ def dequantize(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
             continue
         kind, expected, read = _FORMATS[suffix]
         name = key[: -len(suffix)]
+        bad = _bad_scale(scale)
+        if bad is not None:
+            raise CheckpointError(
+                f"{kind} scales {key!r} of tensor {name!r} hold {bad}; expected finite floating scales >= 0 "
+                f"(max |w| / {127 if suffix == SCALE else 7})"
+            )
         values = out.get(name)
         weights = None if values is None else read(values, scale)
         if weights is None:
@@ -287,17 +434,18 @@ def dequantize(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def average(paths: list[str | os.PathLike]) -> tuple[dict[str, Tensor], dict]:
+def average(paths: list[str | os.PathLike], *, trust_unchecked: bool = False) -> tuple[dict[str, Tensor], dict]:
     """Checkpoint averaging: the element-wise mean of the floating tensors of several checkpoints of
     one model (e.g. the weights after its last epochs), with the last one's metadata. Averaged
     weights often generalise better than any single one. The checkpoints must hold the same tensor
-    names and shapes, else a CheckpointError names the first that differs."""
+    names and shapes, else a CheckpointError names the first that differs; ``trust_unchecked`` as in
+    :func:`load`."""
     if not paths:
         raise CheckpointError("average needs at least one checkpoint")
-    tensors, meta = load(paths[-1])
+    tensors, meta = load(paths[-1], trust_unchecked=trust_unchecked)
     total = {k: v.double() if v.is_floating_point() else v for k, v in tensors.items()}
     for path in paths[:-1]:
-        other, _ = load(path)
+        other, _ = load(path, trust_unchecked=trust_unchecked)
         if other.keys() != tensors.keys() or any(other[k].shape != v.shape for k, v in tensors.items()):
             raise CheckpointError(f"checkpoint {str(path)!r} holds other tensors than {str(paths[-1])!r}")
         for k, v in other.items():
@@ -308,7 +456,9 @@ def average(paths: list[str | os.PathLike]) -> tuple[dict[str, Tensor], dict]:
 
 
 def read_meta(path: str | os.PathLike) -> dict:
-    """The JSON of a checkpoint without its tensors (only the header is read); errors as :func:`load`."""
+    """The JSON of a checkpoint without its tensors (only the header is read), unverified: the
+    checksum needs the tensors, so a caller loads the file (:func:`load`) before it relies on
+    more than the name of its task; errors as :func:`load`."""
     return _read(path, tensors=False)[1]
 
 
@@ -333,10 +483,28 @@ def task_name(meta: dict):
     return task.get("name") if isinstance(task, dict) else None
 
 
+def build_loaded(build: Callable[[], nn.Module], tensors: dict[str, Tensor], path, prefix: str = "model.") -> nn.Module:
+    """``build()``'s model holding the ``prefix``-ed ``tensors``. It is built on the meta device
+    first (shapes, no memory) and checked against the tensors as :func:`load_model` does, so that
+    metadata describing a far larger model than the file holds is an error, not an allocation."""
+    with torch.device("meta"):
+        shapes = build()
+    _check_fits(shapes.state_dict(), tensors, path, prefix)
+    model = build()
+    load_model(model, tensors, path, prefix)
+    return model
+
+
 def load_model(model: nn.Module, tensors: dict[str, Tensor], path: str | os.PathLike, prefix: str = "model.") -> None:
     """Load the ``prefix``-ed tensors into ``model``; missing, extra or misshapen ones raise an
     AttentionError that says which."""
     own = model.state_dict()
+    got = _check_fits(own, tensors, path, prefix)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in got.items()})
+
+
+def _check_fits(own: dict[str, Tensor], tensors: dict[str, Tensor], path, prefix: str) -> dict[str, Tensor]:
+    """The ``prefix``-ed ``tensors`` without the prefix, checked to be the names and shapes of ``own``."""
     got = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     missing, extra = sorted(own.keys() - got.keys()), sorted(got.keys() - own.keys())
     wrong = [
@@ -351,7 +519,7 @@ def load_model(model: nn.Module, tensors: dict[str, Tensor], path: str | os.Path
             if items
         )
         raise CheckpointError(f"checkpoint {str(path)!r} does not match the model ({detail})")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in got.items()})
+    return got
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:

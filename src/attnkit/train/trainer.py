@@ -19,7 +19,8 @@ written every ``checkpoint_every`` steps and after every epoch; ``best.safetenso
 its best validation score, with its config: what evaluation and inference read);
 ``config.json`` and ``history.json`` (one record per epoch), for people; with ``keep_epochs`` N,
 ``epoch-K.safetensors`` (the weights after epoch K, in ``best``'s form) for the last N epochs, for
-checkpoint averaging (:func:`attnkit.train.checkpoint.average`).
+checkpoint averaging (:func:`attnkit.train.checkpoint.average`); ``run.lock`` while a training holds
+the folder (:func:`run_lock`: one training per folder at a time).
 
 Under ``torchrun`` (:mod:`attnkit.train.distributed`) every process runs this loop on its share of
 each global batch inside ``DistributedDataParallel``; rank 0 alone validates, writes the files and
@@ -29,7 +30,9 @@ draws the progress bar. ``config.precision`` runs the forward passes (training a
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -42,18 +45,31 @@ from ..errors import AttentionError
 from . import checkpoint, distributed, precision
 from .schema import check_value, from_dict
 
-__all__ = ["FILES", "Progress", "TrainConfig", "Trainer", "config_from_dict", "epoch_file"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
+
+__all__ = ["FILES", "LOCK", "Progress", "TrainConfig", "Trainer", "config_from_dict", "epoch_file", "run_lock"]
 
 FILES = ["last.safetensors", "best.safetensors", "config.json", "history.json"]  # what a run writes in its folder
+LOCK = "run.lock"  # in a run folder while a training holds it (:func:`run_lock`); it names that process
+# AdamW moves every weight by about lr a step whatever its gradient's size (the update is divided by
+# the gradient's running RMS), so lr is in the units of the weights, which start near 1/sqrt(fan-in)
+# (0.06 for 256 inputs): past 1 each step throws every weight many times its size and nothing is
+# learnt (usual values are 1e-4 to 1e-2), and 1e308 overflowed the optimizer's arithmetic
+MAX_LR = 1.0
+MAX_SEED = 2**32 - 1  # seed x 1,000,003 + epoch seeds each epoch's batch order, and must fit in 64 bits
+TRAIN_LOSS_STEPS = 50  # an epoch's train_loss in history.json: the mean loss of the run's latest 50 steps
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 20  # passes over the training data, at most
     batch_size: int = 256  # examples per step
-    lr: float = 2e-3  # peak learning rate of Adam
+    lr: float = 2e-3  # peak learning rate of Adam, at most MAX_LR
     warmup_steps: int = 400  # linear warm-up, then cosine decay to 0 at the last step
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay; lr x weight_decay < 1
     clip_norm: float = 1.0  # gradient norm clipping
     label_smoothing: float = 0.1  # for the tasks' cross-entropy
     patience: int = 5  # stop after this many epochs without a better validation score
@@ -77,6 +93,18 @@ class TrainConfig:
                 raise AttentionError(f"{f.name} must be > 0, got {value!r}")
         if self.label_smoothing >= 1:
             raise AttentionError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.lr > MAX_LR:
+            raise AttentionError(
+                f"lr must be <= {MAX_LR:g}, got {self.lr!r} (AdamW moves every weight by about lr a step; "
+                "usual values are 1e-4 to 1e-2)"
+            )
+        if self.lr * self.weight_decay >= 1:
+            raise AttentionError(
+                f"weight_decay x lr must be < 1, got {self.weight_decay!r} x {self.lr!r} (AdamW scales every "
+                "weight by 1 - lr x weight_decay a step: at 1 or more it zeroes them or flips their sign)"
+            )
+        if self.seed > MAX_SEED:
+            raise AttentionError(f"seed must be in 0..{MAX_SEED}, got {self.seed!r}")
         precision.check(self.precision, "cuda")  # a known name; whether it runs here is the Trainer's check
 
 
@@ -92,6 +120,7 @@ class Progress:
     elapsed: float = 0.0  # seconds of training and validation
     history: list[dict] = field(default_factory=list)  # one record per epoch
     world_size: int = 1  # processes that took the latest steps (torchrun's WORLD_SIZE)
+    recent_losses: list[float] = field(default_factory=list)  # the latest TRAIN_LOSS_STEPS steps' losses
 
     def __post_init__(self):
         for name in ("epoch", "batch", "step", "bad_epochs"):
@@ -179,7 +208,7 @@ class Trainer:
     def _save_weights(self, name: str) -> None:
         """The model's weights with the run's config: what evaluation and inference read."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        meta = {**self.describe(), "progress": {k: v for k, v in self.state.items() if k != "history"}}
+        meta = {**self.describe(), "progress": {k: v for k, v in self.state.items() if k not in _RESUME_ONLY}}
         checkpoint.save(self.out / name, tensors, meta)
 
     def _keep_epoch(self) -> None:
@@ -192,9 +221,9 @@ class Trainer:
             if k.isdigit() and int(k) <= epoch - n:
                 old.unlink(missing_ok=True)
 
-    def _resume(self) -> None:
+    def _resume(self, trust_unchecked: bool) -> None:
         path = self.out / "last.safetensors"
-        tensors, meta = checkpoint.load(path)
+        tensors, meta = checkpoint.load(path, trust_unchecked=trust_unchecked)
         try:
             train = from_dict(TrainConfig, meta.get("train"), "train")  # older runs: the new fields' defaults
         except AttentionError as err:
@@ -235,14 +264,20 @@ class Trainer:
             return True
         return score > best if self.task.higher_is_better else score < best
 
-    def fit(self, *, resume: bool = False, max_steps: int | None = None) -> dict:
+    def fit(self, *, resume: bool = False, max_steps: int | None = None, trust_unchecked: bool = False) -> dict:
         """Train until ``config.epochs`` or early stopping (or ``max_steps`` more steps, for tests);
-        returns the final progress record."""
+        returns the final progress record. ``trust_unchecked``: resume from a ``last.safetensors``
+        without a checksum (:func:`attnkit.train.checkpoint.load`); what the run writes has one.
+        The run folder is held (:func:`run_lock`) while it trains."""
+        with run_lock(self.out):
+            return self._fit(resume, max_steps, trust_unchecked)
+
+    def _fit(self, resume: bool, max_steps: int | None, trust_unchecked: bool) -> dict:
         cfg = self.config
         if self.rank == 0:
             checkpoint.remove_temporaries(self.out, [*FILES, "epoch-*.safetensors"])  # what writes killed before their rename left
         if resume:
-            self._resume()
+            self._resume(trust_unchecked)
         if self.rank == 0:  # for people: the configuration, and how many processes train it now
             checkpoint.write_json(self.out / "config.json", {**self.describe(), "world_size": self.world})
         steps_per_epoch = len(self._epoch_batches(0))
@@ -283,15 +318,27 @@ class Trainer:
         else:
             whole = loss.detach()
         if not torch.isfinite(whole):
-            raise AttentionError(f"training loss became {whole.item()} at step {self.state['step']}; lower --lr")
+            raise self._diverged("loss", whole.item(), lr)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        if not self.scaler.is_enabled() and not torch.isfinite(norm):  # fp16's scaler skips such steps itself
+            raise self._diverged("gradient", norm.item(), lr)  # before the step writes it into the weights
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.losses.append(whole.item())
+        recent = self.state["recent_losses"]
+        recent.append(self.losses[-1])
+        del recent[:-TRAIN_LOSS_STEPS]
         return self.losses[-1], count
+
+    def _diverged(self, what: str, value: float, lr: float) -> AttentionError:
+        """The error of a step whose loss or gradient is not finite, naming its likely cause."""
+        return AttentionError(
+            f"training {what} became {value} at step {self.state['step']}: the learning rate (--lr "
+            f"{self.config.lr:g}, {lr:.3g} at this step) is likely too high; lower --lr or lengthen --warmup-steps"
+        )
 
     def _weigh(self, batch) -> int:
         weigh = getattr(self.task, "weight", None)
@@ -315,7 +362,8 @@ class Trainer:
         metrics = self._validate()
         score = metrics[self.task.metric]
         record = {"epoch": self.state["epoch"] + 1, "step": self.state["step"], **metrics}
-        record["train_loss"] = sum(self.losses[-50:]) / max(1, len(self.losses[-50:]))
+        recent = self.state["recent_losses"]  # in last.safetensors, so that a resumed run's history is the same
+        record["train_loss"] = sum(recent) / max(1, len(recent))
         improved = self._better(score)
         if improved:
             self.state["best"], self.state["bad_epochs"] = score, 0
@@ -336,9 +384,97 @@ class Trainer:
         bar.log(record, improved)
 
 
+_RESUME_ONLY = ("history", "recent_losses")  # progress that last.safetensors keeps and the weights' files do not
+
+
 def epoch_file(epoch: int) -> str:
     """The name of the weights kept after ``epoch`` (``keep_epochs``)."""
     return f"epoch-{epoch:03d}.safetensors"
+
+
+@contextlib.contextmanager
+def run_lock(out, option: str = "out"):
+    """Hold the run folder ``out`` (made if need be) for one training at a time: an exclusive
+    ``flock`` on ``out/LOCK``, a file that holds this process's id. Another process that asks for it
+    meanwhile gets an AttentionError naming that id (``option`` names the folder's setting in it:
+    ``--out`` on the command line). The kernel lets go of the lock when its process ends, SIGKILL
+    included, so a file left by a killed run holds nobody up. Re-entrant within a process (the
+    command line holds the folder from its first look at it, then :meth:`Trainer.fit` asks again).
+    In a process group rank 0 holds it and every process raises the same error. On release the
+    file goes, and so do the folders this call made if nothing else was written in them."""
+    error, key = None, None
+    if distributed.rank() == 0:
+        try:
+            key = _hold(Path(out), option)
+        except AttentionError as err:
+            error = str(err)
+    if distributed.world_size() > 1:  # every process raises, or none
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise AttentionError(error)
+    try:
+        yield
+    finally:
+        if key is not None:
+            _let_go(key)
+
+
+_HELD: dict[str, list] = {}  # folder (real path) -> [lock's file descriptor, holders in this process, folders made]
+
+
+def _hold(out: Path, option: str) -> str:
+    key = os.path.realpath(out)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return key
+    made = [p for p in (Path(key), *Path(key).parents) if not p.exists()]  # the folders this call makes, deepest first
+    while True:
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder went with a holder that let go just now: again
+            continue
+        if fcntl is None:  # no flock here (Windows): one training per folder is then the user's care
+            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            held_by = f" (pid {pid})" if pid.isdigit() else ""
+            raise AttentionError(
+                f"run folder {str(out)!r} is in use by another training{held_by}; "
+                f"wait for it or pick another {option}"
+            ) from None
+        try:  # the file locked is still the folder's, not one its holder removed as it let go
+            if os.path.samestat(os.stat(out / LOCK), os.fstat(fd)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[key] = [fd, 1, made]
+    return key
+
+
+def _let_go(key: str) -> None:
+    held = _HELD[key]
+    held[1] -= 1
+    if held[1]:
+        return
+    del _HELD[key]
+    fd, _, made = held
+    try:
+        os.unlink(Path(key) / LOCK)  # while still holding it: whoever opened it meanwhile sees it went, and tries again
+        for folder in made:
+            os.rmdir(folder)  # only if empty: a run that wrote nothing leaves nothing
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _rank_seed(seed: int, step: int, rank: int) -> int:

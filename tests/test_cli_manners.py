@@ -1,0 +1,240 @@
+"""The command line under fuzzing (issue 23): sizes are bounded before any work, cut outputs and
+bad words are reported one line each, paths are checked before decoding, errors say what a path
+is, and the commands describe themselves (--version, bench --help, tour --list, experiment lines)."""
+
+import importlib.metadata
+import io
+import os
+import sys
+import warnings
+
+import pytest
+from cli_errors import one_line_error
+
+from attnkit.cli import main
+from attnkit.errors import AttentionError
+from attnkit.tasks import g2p as task
+from attnkit.tasks.g2p import G2P
+
+LONG = "ab" * 50  # 100 letters: the shipped model's greedy output runs to the limit, 2 * 100 + 10 phonemes
+
+
+def no_model(monkeypatch):
+    """Loading a model fails the test: the check under test must come before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded: the check did not come first")
+
+    monkeypatch.setattr(G2P, "load", classmethod(refuse))
+
+
+def lines(text: str) -> list[str]:
+    return text.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def transformer(tmp_path_factory):
+    """A tiny G2P Transformer whose positions end at 64."""
+    out = tmp_path_factory.mktemp("transformer")
+    tiny = ["--d-model", "16", "--heads", "2", "--ff-dim", "32", "--encoder-layers", "1", "--decoder-layers", "1"]
+    argv = ["train", "g2p", "--model", "transformer", *tiny, "--max-len", "64", "--limit", "40", "--valid-limit", "5"]
+    assert main([*argv, "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+# -- sizes: bounded, and checked before any decoding -------------------------------------------------
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pronounce", "--beam", "99999999999999999999999", "cat"],
+        ["pronounce", "--beam", "1000000", "cat"],
+        ["pronounce", "--beam", "101", "cat"],
+        ["eval", "--beam", "1000000", "--limit", "2"],
+    ],
+)
+def test_beam_is_bounded_before_anything_loads(capsys, monkeypatch, argv):
+    no_model(monkeypatch)
+    one_line_error(capsys, argv, "argument --beam: must be a whole number <= 100")
+
+
+def test_the_beam_bound_is_in_the_help(capsys):
+    for command in ("pronounce", "eval"):
+        assert main([command, "--help"]) == 0
+        assert "1 to 100" in " ".join(capsys.readouterr().out.split())
+
+
+# -- outputs cut at the length limit ----------------------------------------------------------------
+def test_pronounce_says_which_word_was_cut_at_the_length_limit(capsys):
+    assert main(["pronounce", "--beam", "1", "cat", LONG]) == 0
+    captured = capsys.readouterr()
+    out = lines(captured.out)
+    assert out[0].split() == ["cat", "K", "AE1", "T"] and len(out[1].split()) == 1 + 210
+    (err,) = lines(captured.err)
+    assert err.startswith("attnkit: warning: word 2 ") and "cut at the length limit of 210 phonemes" in err
+
+
+def test_a_words_length_limit_is_its_own_not_its_batch_mates(capsys):
+    """Twelve letters: at most 2 * 12 + 10 = 34 phonemes, also beside a 100-letter word."""
+    assert main(["pronounce", "--beam", "1", "abababababab", LONG]) == 0
+    captured = capsys.readouterr()
+    short, long = lines(captured.out)
+    assert len(short.split()) == 1 + 34 and len(long.split()) == 1 + 210
+    first, second = lines(captured.err)
+    assert first.startswith("attnkit: warning: word 1 ") and "length limit of 34 phonemes" in first
+    assert second.startswith("attnkit: warning: word 2 ") and "length limit of 210 phonemes" in second
+
+
+def test_a_word_list_names_the_line_of_a_cut_word(tmp_path, capsys):
+    words = tmp_path / "words.txt"
+    words.write_text(f"cat\n\ndog {LONG}\n")
+    assert main(["pronounce", "--beam", "1", "--file", str(words)]) == 0
+    (err,) = lines(capsys.readouterr().err)
+    assert err.startswith(f"attnkit: warning: {str(words)!r} line 3 ") and "length limit of 210" in err
+
+
+def test_viz_g2p_says_its_output_was_cut(tmp_path, capsys):
+    assert main(["viz", "g2p", LONG, "--out", str(tmp_path)]) == 0
+    (err,) = lines(capsys.readouterr().err)
+    assert err.startswith("attnkit: warning: 'abab") and "cut at the length limit of 210 phonemes" in err
+
+
+def test_g2p_pronounce_warns_and_marks_a_cut_output():
+    g2p = G2P.load()
+    with pytest.warns(task.LengthLimitWarning, match=r"words\[1\] .*cut at the length limit of 210 phonemes") as caught:
+        cat, long = g2p.pronounce(["cat", LONG], beam=1)
+    assert len(caught) == 1
+    assert (cat.cut, long.cut) == (False, True) and len(long.phones) == 210
+    assert long.weights.shape == (210, 100)  # no end row: the decoder never emitted the end
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert g2p.pronounce(["cat"], beam=1)[0].cut is False
+
+
+def test_a_word_longer_than_a_transformers_positions_is_named(transformer, capsys):
+    assert main(["pronounce", "--model", str(transformer), "cat", "a" * 70]) == 2
+    captured = capsys.readouterr()
+    assert lines(captured.out)[0].split()[0] == "cat"
+    (err,) = [line for line in lines(captured.err) if line.startswith("attnkit: error: ")]  # the rest: cut outputs
+    assert err.startswith("attnkit: error: word 2: 'aaaa") and "70 letters" in err and "at most 64" in err
+    with pytest.raises(AttentionError, match=r"words\[0\]: 'a+'\.\.\. has 70 letters; this model reads at most 64"):
+        G2P.load(transformer).pronounce(["a" * 70])
+
+
+def test_a_transformers_output_stops_where_its_positions_end(transformer, capsys):
+    """30 letters allow 70 phonemes, the model's positions 64: the limit is 64, never a crash."""
+    assert main(["pronounce", "--model", str(transformer), "--beam", "1", "ab" * 15]) == 0
+    for line in lines(capsys.readouterr().err):
+        assert "length limit of 64 phonemes" in line
+    for beam in (1, 3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", task.LengthLimitWarning)
+            (p,) = G2P.load(transformer).pronounce(["ab" * 15], beam=beam)
+        assert len(p.phones) <= 64
+
+
+# -- bad words: every one reported, the good ones pronounced -----------------------------------------
+def test_every_bad_word_is_reported_and_the_good_ones_pronounced(capsys):
+    assert main(["pronounce", "--beam", "1", "cat", "123", "dog", "", "c4t"]) == 2
+    captured = capsys.readouterr()
+    assert [line.split()[0] for line in lines(captured.out)] == ["cat", "dog"]
+    assert lines(captured.err) == [
+        "attnkit: error: word 2: '123' has ['1', '2', '3'] outside the letters vocabulary; "
+        "allowed: \"abcdefghijklmnopqrstuvwxyz'-.\"",
+        "attnkit: error: word 4: '' is empty; give at least one letter",
+        "attnkit: error: word 5: 'c4t' has ['4'] outside the letters vocabulary; "
+        "allowed: \"abcdefghijklmnopqrstuvwxyz'-.\"",
+    ]
+
+
+def test_strict_stops_at_the_first_bad_word(capsys):
+    one_line_error(capsys, ["pronounce", "--strict", "cat", "123", ""], "word 2: '123' has ['1', '2', '3']")
+    assert capsys.readouterr().out == ""
+
+
+def test_every_bad_word_of_a_list_is_reported_by_line(tmp_path, capsys, monkeypatch):
+    words = tmp_path / "words.txt"
+    words.write_text("cat\n123 dog\n\nc4t\n")
+    assert main(["pronounce", "--beam", "1", "--file", str(words)]) == 2
+    captured = capsys.readouterr()
+    assert [line.split()[0] for line in lines(captured.out)] == ["cat", "dog"]
+    first, second = lines(captured.err)
+    assert first.startswith(f"attnkit: error: {str(words)!r} line 2: '123' has ['1', '2', '3'] outside")
+    assert second.startswith(f"attnkit: error: {str(words)!r} line 4: 'c4t' has ['4'] outside")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("cat\n123 dog\n\nc4t\n"))
+    one_line_error(capsys, ["pronounce", "--strict", "-"], "standard input line 2: '123' has")
+
+
+def test_g2p_pronounce_names_the_first_bad_word():
+    with pytest.raises(AttentionError, match=r"^words\[1\]: '123' has \['1', '2', '3'\] outside"):
+        G2P.load().pronounce(["cat", "123", ""])
+
+
+# -- paths: checked before decoding, and called what they are ----------------------------------------
+def test_viz_g2p_checks_its_file_names_before_decoding(tmp_path, capsys, monkeypatch):
+    no_model(monkeypatch)
+    one_line_error(capsys, ["viz", "g2p", "a" * 10_000, "--out", str(tmp_path)], "bytes long; this file system allows")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_viz_g2p_checks_its_folder_can_be_written_before_decoding(tmp_path, capsys, monkeypatch):
+    no_model(monkeypatch)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else real(path, mode))
+    assert main(["viz", "g2p", "cat", "--out", str(locked / "pictures")]) == 1  # the file system: exit 1
+    assert lines(capsys.readouterr().err) == [f"attnkit: error: Permission denied: {str(locked)!r}"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pronounce", "cat", "--model", "/dev/null"],
+        ["eval", "/dev/null"],
+        ["viz", "g2p", "cat", "--checkpoint", "/dev/null"],
+    ],
+)
+def test_a_device_given_as_a_checkpoint_is_called_what_it_is(tmp_path, capsys, argv):
+    argv = [*argv, "--out", str(tmp_path)] if argv[0] == "viz" else argv
+    one_line_error(capsys, argv, "checkpoint '/dev/null' is not a regular file")
+
+
+# -- the parser: --version, and one "attnkit" per error ----------------------------------------------
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"attnkit {importlib.metadata.version('attnkit')}\n"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "attnkit: error: the following arguments are required: command (see attnkit --help)"),
+        (["--verison"], "attnkit: error: the following arguments are required: command (see attnkit --help)"),
+        (["pronounce", "--beam", "x", "cat"], "attnkit: error: pronounce: argument --beam: must be a whole number"),
+        (["train", "g2p", "--epochs", "x"], "attnkit: error: train g2p: argument --epochs: must be a whole number"),
+    ],
+)
+def test_parser_errors_name_attnkit_once(capsys, argv, expected):
+    assert main(argv) == 2
+    (err,) = lines(capsys.readouterr().err)
+    assert err.startswith(expected) and err.count("attnkit") == 2, err  # the prefix and the --help hint
+
+
+# -- commands that describe themselves ---------------------------------------------------------------
+def test_bench_help_lists_its_cases(capsys):
+    from attnkit.bench.cases import CASES
+
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    listed = out[out.index("cases") :].split()
+    for name in [*CASES, "train"]:
+        assert f"{name}:" in listed, name
+
+
+def test_experiment_training_lines_name_their_model(tmp_path, capsys, one_thread):
+    from attnkit.experiments import g2p
+
+    size = g2p.TrainSize(24, 4, 2, 8, 2e-3, 1, 0)
+    g2p.train("rnn", {"attention": "luong-general", "embed_dim": 8, "hidden_dim": 16}, size, tmp_path / "luong")
+    out = lines(capsys.readouterr().out)
+    assert len(out) == 2 and all(line.startswith("luong: epoch ") for line in out), out
