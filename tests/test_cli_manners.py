@@ -16,7 +16,9 @@ from attnkit.errors import AttentionError
 from attnkit.tasks import g2p as task
 from attnkit.tasks.g2p import G2P
 
-LONG = "ab" * 50  # 100 letters: the shipped model's greedy output runs to the limit, 2 * 100 + 10 phonemes
+LONG = "ab" * 50  # 100 letters: the shipped model's greedy output runs to its cap
+# the shipped model's longest training word has 28 letters: no output runs past its limit, 2 * 28 + 10
+CAP = 66
 
 
 def no_model(monkeypatch):
@@ -68,20 +70,20 @@ def test_pronounce_says_which_word_was_cut_at_the_length_limit(capsys):
     assert main(["pronounce", "--beam", "1", "cat", LONG]) == 0
     captured = capsys.readouterr()
     out = lines(captured.out)
-    assert out[0].split() == ["cat", "K", "AE1", "T"] and len(out[1].split()) == 1 + 210
+    assert out[0].split() == ["cat", "K", "AE1", "T"] and len(out[1].split()) == 1 + CAP
     (err,) = lines(captured.err)
-    assert err.startswith("attnkit: warning: word 2 ") and "cut at the length limit of 210 phonemes" in err
+    assert err.startswith("attnkit: warning: word 2 ") and f"cut at the length limit of {CAP} phonemes" in err
 
 
 def test_a_words_length_limit_is_its_own_not_its_batch_mates(capsys):
-    """Twelve letters: at most 2 * 12 + 10 = 34 phonemes, also beside a 100-letter word."""
+    """Twelve letters: at most 2 * 12 + 10 = 34 phonemes, also beside a 100-letter word (at most CAP)."""
     assert main(["pronounce", "--beam", "1", "abababababab", LONG]) == 0
     captured = capsys.readouterr()
     short, long = lines(captured.out)
-    assert len(short.split()) == 1 + 34 and len(long.split()) == 1 + 210
+    assert len(short.split()) == 1 + 34 and len(long.split()) == 1 + CAP
     first, second = lines(captured.err)
     assert first.startswith("attnkit: warning: word 1 ") and "length limit of 34 phonemes" in first
-    assert second.startswith("attnkit: warning: word 2 ") and "length limit of 210 phonemes" in second
+    assert second.startswith("attnkit: warning: word 2 ") and f"length limit of {CAP} phonemes" in second
 
 
 def test_a_word_list_names_the_line_of_a_cut_word(tmp_path, capsys):
@@ -89,25 +91,56 @@ def test_a_word_list_names_the_line_of_a_cut_word(tmp_path, capsys):
     words.write_text(f"cat\n\ndog {LONG}\n")
     assert main(["pronounce", "--beam", "1", "--file", str(words)]) == 0
     (err,) = lines(capsys.readouterr().err)
-    assert err.startswith(f"attnkit: warning: {str(words)!r} line 3 ") and "length limit of 210" in err
+    assert err.startswith(f"attnkit: warning: {str(words)!r} line 3 ") and f"length limit of {CAP}" in err
 
 
 def test_viz_g2p_says_its_output_was_cut(tmp_path, capsys):
     assert main(["viz", "g2p", LONG, "--out", str(tmp_path)]) == 0
     (err,) = lines(capsys.readouterr().err)
-    assert err.startswith("attnkit: warning: 'abab") and "cut at the length limit of 210 phonemes" in err
+    assert err.startswith("attnkit: warning: 'abab") and f"cut at the length limit of {CAP} phonemes" in err
 
 
 def test_g2p_pronounce_warns_and_marks_a_cut_output():
     g2p = G2P.load()
-    with pytest.warns(task.LengthLimitWarning, match=r"words\[1\] .*cut at the length limit of 210 phonemes") as caught:
+    with pytest.warns(task.LengthLimitWarning, match=rf"words\[1\] .*cut at the length limit of {CAP} phonemes") as caught:
         cat, long = g2p.pronounce(["cat", LONG], beam=1)
     assert len(caught) == 1
-    assert (cat.cut, long.cut) == (False, True) and len(long.phones) == 210
-    assert long.weights.shape == (210, 100)  # no end row: the decoder never emitted the end
+    assert (cat.cut, long.cut) == (False, True) and len(long.phones) == CAP
+    assert long.weights.shape == (CAP, 100)  # no end row: the decoder never emitted the end
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert g2p.pronounce(["cat"], beam=1)[0].cut is False
+
+
+def test_the_shipped_model_knows_its_longest_training_word():
+    from attnkit.data import cmudict
+
+    g2p = G2P.load()
+    assert g2p.longest == max(len(e.word) for e in cmudict.load("train")) == 28
+    assert g2p.cap == 2 * g2p.longest + 10 == CAP
+
+
+def test_a_word_past_the_training_range_stops_at_its_cap_and_is_said_to_be_a_guess(capsys):
+    """A 2,000-letter word: decoded at most CAP steps (not 4,010), and a warning says why to doubt it."""
+    word = "ab" * 1000
+    assert main(["pronounce", "cat", word]) == 0
+    captured = capsys.readouterr()
+    cat, long = lines(captured.out)
+    assert cat.split()[1:] == ["K", "AE1", "T"] and 1 <= len(long.split()) - 1 <= CAP
+    (err,) = lines(captured.err)
+    assert err.startswith("attnkit: warning: word 2 'abab") and "(2,000 letters, longer than the model's" in err
+    assert "longest training word (28 letters)" in err
+    with pytest.warns(task.LengthLimitWarning, match=r"words\[0\] .*45 letters, longer than .* \(28 letters\)"):
+        (p,) = G2P.load().pronounce(["pneumonoultramicroscopicsilicovolcanoconiosis"], beam=1)
+    assert len(p.phones) <= CAP
+
+
+def test_a_trained_model_records_its_longest_training_word(transformer):
+    from attnkit.data import cmudict
+
+    g2p = G2P.load(transformer)
+    assert g2p.longest == max(len(e.word) for e in cmudict.spread(cmudict.load("train"), 40))
+    assert g2p.cap == min(64, 2 * g2p.longest + 10)  # its positions, or its longest word's limit
 
 
 def test_a_word_longer_than_a_transformers_positions_is_named(transformer, capsys):
@@ -121,15 +154,20 @@ def test_a_word_longer_than_a_transformers_positions_is_named(transformer, capsy
 
 
 def test_a_transformers_output_stops_where_its_positions_end(transformer, capsys):
-    """30 letters allow 70 phonemes, the model's positions 64: the limit is 64, never a crash."""
+    """30 letters allow 70 phonemes, the model's positions 64: decoding stops at 64, never a crash
+    (and pronounce stops sooner, at its longest training word's limit)."""
+    g2p = G2P.load(transformer)
+    for beam in (1, 3):
+        (h,) = task.decode_words(g2p.model, ["ab" * 15], g2p.letters, g2p.phonemes, beam=beam, cap=10**6)
+        assert len(h.tokens) <= 64
     assert main(["pronounce", "--model", str(transformer), "--beam", "1", "ab" * 15]) == 0
     for line in lines(capsys.readouterr().err):
-        assert "length limit of 64 phonemes" in line
+        assert f"length limit of {g2p.cap} phonemes" in line or "its output is a guess" in line
     for beam in (1, 3):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", task.LengthLimitWarning)
-            (p,) = G2P.load(transformer).pronounce(["ab" * 15], beam=beam)
-        assert len(p.phones) <= 64
+            (p,) = g2p.pronounce(["ab" * 15], beam=beam)
+        assert len(p.phones) <= g2p.cap <= 64
 
 
 # -- bad words: every one reported, the good ones pronounced -----------------------------------------

@@ -274,8 +274,9 @@ def pronounced(g2p, words: list[str], places: list[str], **kwargs) -> list:
         warnings.simplefilter("ignore", LengthLimitWarning)  # said below, in the command line's words
         results = g2p.pronounce(words, **kwargs)
     for r, place in zip(results, places):
-        if r.cut:
-            print(f"attnkit: warning: {place + ' ' if place else ''}{g2p.cut_note(r.word)}", file=sys.stderr)
+        note = g2p.note(r)
+        if note is not None:
+            print(f"attnkit: warning: {place + ' ' if place else ''}{note}", file=sys.stderr)
     return results
 
 

