@@ -145,8 +145,9 @@ def test_bad_teachers_and_inits_are_named(teacher, tmp_path):
         G2PTask("rnn", SMALL, phrases=10, valid_limit=2, teacher=str(teacher / "0"))
     with pytest.raises(AttentionError, match=r"distil must be a number in \(0, 1\], got 1.5"):
         G2PTask("rnn", limit=10, valid_limit=2, teacher=str(teacher / "0"), distil=1.5)
-    with pytest.raises(AttentionError, match="distil=0.3 weighs a teacher's term; set teacher or leave distil"):
-        G2PTask("rnn", limit=10, valid_limit=2, distil=0.3)
+    for distil in (0.3, 0.5):  # the default weight too: without a teacher no weight means anything
+        with pytest.raises(AttentionError, match=f"distil={distil} weighs a teacher's term; set teacher or leave"):
+            G2PTask("rnn", limit=10, valid_limit=2, distil=distil)
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         G2PTask("rnn", limit=10, valid_limit=2, teacher=str(tmp_path / "missing.safetensors"))
 

@@ -210,7 +210,7 @@ class G2PTask:
     phrases: int | None = None  # train on N phrases of training words instead of the words (long inputs)
     max_words: int = 8  # words per phrase, drawn uniformly from 1..max_words (with phrases only)
     teacher: str | None = None  # a G2P checkpoint (a packed ensemble too) whose distributions are learnt as well
-    distil: float = 0.5  # with teacher: the weight of the teacher's term in the loss, in (0, 1]
+    distil: float | None = None  # with teacher: the weight of the teacher's term in the loss, in (0, 1]; None: 0.5
     init: str | None = None  # start from this G2P checkpoint's weights (the same model), not a fresh initialisation
     cache: str | None = None  # a folder that keeps the teacher's targets (TARGETS) for a resumed run; not described
     trust_unchecked: bool = False  # load a teacher or init without a checksum (checkpoint.load); not described
@@ -229,10 +229,12 @@ class G2PTask:
             )
         if self.phrases is None and self.max_words != 8:
             raise AttentionError(f"max_words={self.max_words} applies to phrases only; set phrases or leave max_words")
-        if isinstance(self.distil, bool) or not isinstance(self.distil, (int, float)) or not 0 < self.distil <= 1:
-            raise AttentionError(f"distil must be a number in (0, 1], got {self.distil!r}")
-        if self.teacher is None and self.distil != 0.5:
+        if self.teacher is None and self.distil is not None:
             raise AttentionError(f"distil={self.distil} weighs a teacher's term; set teacher or leave distil")
+        self.distil = 0.5 if self.distil is None and self.teacher is not None else self.distil
+        bad = isinstance(self.distil, bool) or not isinstance(self.distil, (int, float)) or not 0 < self.distil <= 1
+        if self.teacher is not None and bad:
+            raise AttentionError(f"distil must be a number in (0, 1], got {self.distil!r}")
         self.model_config = dict(self.model_config or {})
         if self.model not in MODELS:
             raise AttentionError(f"model={self.model!r} is unknown; expected one of {sorted(MODELS)}")
