@@ -276,3 +276,36 @@ def test_experiment_training_lines_name_their_model(tmp_path, capsys, one_thread
     g2p.train("rnn", {"attention": "luong-general", "embed_dim": 8, "hidden_dim": 16}, size, tmp_path / "luong")
     out = lines(capsys.readouterr().out)
     assert len(out) == 2 and all(line.startswith("luong: epoch ") for line in out), out
+
+
+# -- memory: an allocation the machine cannot make is one line, exit 1 -------------------------------
+ALLOCATOR = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+    "allocate 268435456 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+@pytest.mark.parametrize(
+    "error, shown",
+    [(RuntimeError(ALLOCATOR), "out of memory (268,435,456 bytes at once)"), (MemoryError(), "out of memory:")],
+)
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch, error, shown):
+    def exhausted(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(G2P, "load", classmethod(exhausted))
+    assert main(["pronounce", "cat"]) == 1
+    captured = capsys.readouterr()
+    (err,) = lines(captured.err)
+    assert err.startswith(f"attnkit: error: {shown}") and "make it smaller" in err and captured.out == ""
+
+
+def test_another_runtime_error_keeps_its_traceback(monkeypatch):
+    """A bug is not dressed up as bad input: only allocation failures become a line."""
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+
+    monkeypatch.setattr(G2P, "load", classmethod(bug))
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        main(["pronounce", "cat"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 
@@ -146,6 +147,25 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(err, f"attnkit: error: {_os_message(err)}", 1)
     except KeyboardInterrupt as err:  # Ctrl-C outside training (training says where to resume)
         return _fail(err, "attnkit: interrupted", 130)
+    except (MemoryError, RuntimeError) as err:  # the machine's memory: a model or batch too big for it
+        memory = _memory_message(err)
+        if memory is None:
+            raise
+        return _fail(err, f"attnkit: error: {memory}", 1)
+
+
+def _memory_message(err: BaseException) -> str | None:
+    """One line for an allocation the machine could not make (torch's CPU allocator, a CUDA
+    out-of-memory, Python's MemoryError), None for any other error (a bug: its traceback shows)."""
+    text = str(err)
+    cpu = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if isinstance(err, MemoryError) or cpu or "out of memory" in text.lower():
+        asked = f" ({int(cpu[1]):,} bytes at once)" if cpu else ""
+        return (
+            f"out of memory{asked}: the model, batch or beam needs more memory than this machine has free; "
+            "make it smaller (e.g. --hidden-dim, --layers, --batch-size, --beam) or free memory"
+        )
+    return None
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
