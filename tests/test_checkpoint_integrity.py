@@ -31,7 +31,7 @@ from attnkit.cli import main
 from attnkit.data.vocab import SPECIALS
 from attnkit.models import CLASSIFIERS, RNNConfig, TransformerConfig
 from attnkit.tasks.classify import Classifier
-from attnkit.tasks.g2p import MODELS, G2P, build_model
+from attnkit.tasks.g2p import G2P, MODELS, build_model
 from attnkit.train import checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,12 +4,12 @@ import re
 
 import pytest
 import torch
+from tolerances import TOLERANCES
 
 import attnkit
 from attnkit import AttentionError, masks
 from attnkit.backends import explain
 from attnkit.backends.flex import mask_mod
-from tolerances import TOLERANCES
 
 B, TQ, TK = 2, 11, 13
 LENGTHS = torch.tensor([13, 6])

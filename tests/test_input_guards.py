@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit import NORMALIZERS, SCORES, AttentionError, MultiHeadAttention, masks
+from attnkit import NORMALIZERS, SCORES, AttentionError, MultiHeadAttention
 
 F64 = torch.float64
 

@@ -12,8 +12,8 @@ from . import progress
 from .options import (
     add_fields,
     add_run_flags,
-    add_trust_flag,
     add_shared_fields,
+    add_trust_flag,
     check_model_flags,
     check_new_file,
     check_pictures,
