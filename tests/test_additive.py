@@ -49,10 +49,10 @@ def tiles(monkeypatch, tmp_path):
     compiled kernels kept in a fresh cache folder."""
     for name, value in SMALL_TILES.items():
         monkeypatch.setattr(additive.config, name, value)
-    monkeypatch.setattr(additive, "_compile_failed", False)
-    monkeypatch.setattr(additive, "_building", {})
-    monkeypatch.setattr(additive, "_loaded", {})
-    monkeypatch.setattr(additive, "_calls", {})
+    monkeypatch.setattr(additive.compile, "_compile_failed", False)
+    monkeypatch.setattr(additive.compile, "_building", {})
+    monkeypatch.setattr(additive.compile, "_loaded", {})
+    monkeypatch.setattr(additive.compile, "_calls", {})
     monkeypatch.setenv("ATTNKIT_CACHE", str(tmp_path / "cache"))
 
 
@@ -228,7 +228,7 @@ def test_bfloat16_forward():
 def test_gradcheck(monkeypatch, factored):
     """float64 gradcheck through output and weights; both forms of r (e^(-2a)e^(-2b), sigmoid(2(a+b)))."""
     if not factored:
-        monkeypatch.setattr(additive, "FACTORED_LIMIT", {F32: 0.0, F64: 0.0})
+        monkeypatch.setattr(additive.kernels, "FACTORED_LIMIT", {F32: 0.0, F64: 0.0})
     q, k, value, params = _problem(lead=(2,), tq=3, tk=4, d=2, hidden=4)
     mask = torch.tensor([[True, True, False, True], [False] * 4, [True, False, True, True]])
 
@@ -405,9 +405,9 @@ def test_compiled_tiles_match_reference_and_compile_once(monkeypatch):
     def no_build(*args):
         raise AssertionError("built again")
 
-    monkeypatch.setattr(additive, "_start_build", no_build)
+    monkeypatch.setattr(additive.compile, "_start_build", no_build)
     _assert_matches_reference(q, k, value, params, mask=mask, need_weights=True)
-    monkeypatch.setattr(additive, "_loaded", {})  # a new process: loads the packages from the cache
+    monkeypatch.setattr(additive.compile, "_loaded", {})  # a new process: loads the packages from the cache
     _assert_matches_reference(q, k, value, params, mask=mask, need_weights=True)
     assert len(additive._loaded) == 1 and not additive._compile_failed
 
@@ -447,9 +447,9 @@ def test_auto_builds_a_tile_shape_in_the_background_from_its_second_call(monkeyp
         return _FinishedBuild(kernel_key, paths)
 
     _configure(monkeypatch, compile="auto", compile_min_work=0, compile_after=2)
-    monkeypatch.setattr(additive, "_start_build", start)
+    monkeypatch.setattr(additive.compile, "_start_build", start)
     monkeypatch.setattr(
-        additive, "_load_kernels", lambda paths: (stub(additive._scores_eager), stub(additive._grads_eager))
+        additive.compile, "_load_kernels", lambda paths: (stub(additive._scores_eager), stub(additive._grads_eager))
     )
     q, k, value, params = _problem(dtype=F32)
     for call in range(3):
@@ -457,8 +457,8 @@ def test_auto_builds_a_tile_shape_in_the_background_from_its_second_call(monkeyp
         _assert_matches_reference(q, k, value, params, mask=masks.causal())
         assert bool(used) == (call >= 1), call
     assert len(builds) == 1 and len(additive._loaded) == 1
-    monkeypatch.setattr(additive, "_loaded", {})
-    monkeypatch.setattr(additive, "_calls", {})
+    monkeypatch.setattr(additive.compile, "_loaded", {})
+    monkeypatch.setattr(additive.compile, "_calls", {})
     used.clear()
     _assert_matches_reference(q, k, value, params, mask=masks.causal())
     assert used and len(builds) == 1
@@ -473,7 +473,7 @@ def test_a_build_that_is_not_done_leaves_the_call_eager(monkeypatch):
             return None
 
     _configure(monkeypatch, compile="auto", compile_min_work=0, compile_after=1)
-    monkeypatch.setattr(additive, "_start_build", Running)
+    monkeypatch.setattr(additive.compile, "_start_build", Running)
     q, k, value, params = _problem(dtype=F32)
     for _ in range(2):
         _assert_matches_reference(q, k, value, params, mask=masks.causal(), need_weights=True)
@@ -488,7 +488,7 @@ def test_compile_failure_falls_back_to_eager_tiles(monkeypatch):
         return build
 
     _configure(monkeypatch, compile="always")
-    monkeypatch.setattr(additive, "_start_build", broken)
+    monkeypatch.setattr(additive.compile, "_start_build", broken)
     q, k, value, params = _problem(dtype=F32)
     _assert_matches_reference(q, k, value, params, mask=masks.causal(), need_weights=True)
     assert additive._compile_failed
@@ -528,7 +528,7 @@ def test_a_failing_block_raises_in_the_caller(monkeypatch):
     def broken(*args):
         raise RuntimeError("tile failed")
 
-    monkeypatch.setattr(additive, "_scores_eager", broken)
+    monkeypatch.setattr(additive.kernels, "_scores_eager", broken)
     q, k, value, params = _problem(dtype=F32)
     with pytest.raises(RuntimeError, match="tile failed"):
         attnkit.attention(q, k, value, score="additive", score_params=params, backend="additive_fused")
