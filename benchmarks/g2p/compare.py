@@ -26,24 +26,8 @@ from pathlib import Path
 
 import torch
 
-MODELS = {
-    "rnn, no attention": ["--attention", "none"],
-    "rnn, Bahdanau": ["--attention", "bahdanau"],
-    "rnn, Luong general": ["--attention", "luong-general"],
-    "rnn, Luong general, scaled": ["--attention", "luong-general", "--scaled"],
-    "rnn, Luong local-p": ["--attention", "local-p"],
-    "transformer": ["--model", "transformer", "--ff-dim", "512", "--lr", "1e-3"],
-}
-# the shipped model: its recipe (README), its folder, the checkpoint it ships (average.py's choice on valid)
-RECIPE = "--scaled --no-input-feed --layers 2 --embed-dim 128 --hidden-dim 256 --dropout 0.3 --epochs 40 --patience 8"
-RECIPE += " --keep-epochs 5 --precision bf16 --checkpoint-every 200"
-SHIPPED = {
-    "rnn, 2 layers, Luong scaled general, no input feeding (one run, shipped before the ensemble)": (
-        RECIPE.split(),
-        "runs/g2p-ship2",
-        "chosen.safetensors",
-    )
-}
+from attnkit.bench.g2p_runs import MODELS, SHIPPED, slug
+
 PREVIOUS = "rnn, Luong general, 12 epochs (shipped before)"  # evaluated from a copy of its file, if given
 # an ensemble of runs of the recipe, chosen and packed by ensemble.py: evaluated from its file, if there
 ENSEMBLE = (
@@ -137,10 +121,6 @@ def _runs(members: list[dict]) -> list[Path]:
                 if run not in found:
                     found.append(run)
     return found
-
-
-def slug(name: str) -> str:
-    return name.replace(", ", "-").replace(" ", "-").lower()
 
 
 def peers(here: Path) -> list[dict]:

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from peers import machine, phonetisaurus_env, sequitur_g2p, timed, write_data
+from attnkit.bench.g2p_tools import host, phonetisaurus_env, sequitur_g2p, timed, write_data
 
 HERE = Path(__file__).parent
 
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
     words = len(write_data(work / "data")["test"])
     rows = [attnkit_speed(beam, precision, args.passes) for beam in (1, 5) for precision in ("fp32", "bf16")]
     peers = {name: peer_speed(name, work, words) for name in ("phonetisaurus", "sequitur")}
-    doc = {"machine": machine(), "threads": 1, "words": words, "attnkit": rows, "peers": peers}
+    doc = {"machine": host(), "threads": 1, "words": words, "attnkit": rows, "peers": peers}
     (HERE / "inference.json").write_text(json.dumps(doc, indent=1) + "\n")
     lines = [
         f"# G2P inference speed, test split ({words:,} words), one thread, {doc['machine']['cpu']}",

@@ -33,17 +33,11 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
-import platform
-import resource
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnkit.bench.g2p_tools import host, phonetisaurus_env, sequitur_g2p, timed, write_data
 from attnkit.data import cmudict
 from attnkit.tasks.g2p import LENGTHS, by_length, score
 
@@ -52,21 +46,6 @@ HERE = Path(__file__).parent
 
 # ---------------------------------------------------------------------------------------------------
 # Data and scoring
-
-
-def write_data(folder: Path) -> dict[str, list[cmudict.Entry]]:
-    """The three splits, written once as the tools read them: ``SPLIT.lex`` (``word<TAB>P1 P2 ...``,
-    one line per pronunciation) and ``SPLIT.words`` (one word a line)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    splits = {split: cmudict.load(split) for split in cmudict.SPLITS}
-    for split, entries in splits.items():
-        lex, words = folder / f"{split}.lex", folder / f"{split}.words"
-        if not lex.exists():
-            lines = [f"{e.word}\t{' '.join(p)}\n" for e in entries for p in e.pronunciations]
-            lex.write_text("".join(lines))
-        if not words.exists():
-            words.write_text("".join(f"{e.word}\n" for e in entries))
-    return splits
 
 
 def read_outputs(path: Path, entries: list[cmudict.Entry]) -> list[tuple[str, ...]]:
@@ -91,21 +70,6 @@ def metrics(entries: list[cmudict.Entry], outputs) -> dict:
 # Running the tools
 
 
-def timed(command: list[str], *, cwd: Path, log: Path, stdout: Path | None = None, env=None) -> dict:
-    """Runs ``command`` in ``cwd``; its stdout goes to ``stdout`` (or the log), its stderr to ``log``.
-    Returns the command, its wall time and the CPU time (user + sys) of it and its children."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    with open(log, "w") as err, open(stdout, "w") if stdout else err as out:
-        done = subprocess.run(command, check=False, cwd=cwd, stdout=out, stderr=err, env=env)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
-        sys.exit(f"{' '.join(command)} failed (exit {done.returncode}); see {log}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"command": " ".join(command), "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
-
-
 def once(meta: Path, step, *args, **kwargs) -> dict:
     """``step(*args, **kwargs)``'s record, kept in ``meta``: a step whose record exists is not run
     again. The record is written last, so a step that was stopped half-way runs again from scratch."""
@@ -128,22 +92,6 @@ def evaluated(folder: Path, split: str, decode, splits) -> dict:
 
     run = once(folder / f"{split}.json", step)
     return {**metrics(splits[split], read_outputs(outputs, splits[split])), "decode": run}
-
-
-def phonetisaurus_env() -> dict:
-    """The environment that puts the phonetisaurus wheel's bundled binaries and libraries first."""
-    import phonetisaurus
-
-    env = phonetisaurus.guess_environment()
-    return {**os.environ, "PATH": env["PATH"], "LD_LIBRARY_PATH": env["LD_LIBRARY_PATH"]}
-
-
-def sequitur_g2p() -> list[str]:
-    """The command that runs Sequitur's g2p.py with this interpreter."""
-    script = shutil.which("g2p.py", path=str(Path(sys.executable).parent))
-    if script is None:
-        sys.exit("sequitur's g2p.py is not installed in this venv: run benchmarks/g2p/install-peers.sh")
-    return [sys.executable, script]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,12 +220,6 @@ def test(name: str, candidates: list[dict], search: dict, splits) -> dict:
 # The report
 
 
-def machine() -> dict:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return {"processor": platform.processor(), "cpu": models[0] if models else None, "cores": os.cpu_count()}
-
-
 def setting_name(setting: dict) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in setting.items())
 
@@ -365,10 +307,10 @@ def markdown(results: list[dict], host: dict) -> str:
 
 def report(work: Path, out: Path) -> None:
     results = [json.loads(p.read_text()) for name in PEERS if (p := work / name / "result.json").exists()]
-    host = machine()
-    document = {"machine": host, "threads": 1, "split": "attnkit.data.cmudict", "peers": results}
+    machine = host()
+    document = {"machine": machine, "threads": 1, "split": "attnkit.data.cmudict", "peers": results}
     (out / "peers.json").write_text(json.dumps(document, indent=1) + "\n")
-    (out / "peers.md").write_text(markdown(results, host))
+    (out / "peers.md").write_text(markdown(results, machine))
     print(f"wrote {out / 'peers.json'} and {out / 'peers.md'} ({', '.join(r['peer'] for r in results)})")
 
 

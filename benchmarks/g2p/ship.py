@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from attnkit.bench.measure import fmt_mib
 from attnkit.models.ensemble import COMBINES
 from attnkit.tasks.g2p import G2P, STORAGES, pack
 
@@ -27,7 +28,7 @@ def main() -> None:
     target = G2P.shipped_path() if args.out is None else args.out
     pack(args.sources, target, combine=args.combine, storage=args.storage)
     size = os.path.getsize(target)
-    print(f"{target}: {size:,} bytes ({size / 2**20:.2f} MiB), {len(args.sources)} model(s), {args.storage}")
+    print(f"{target}: {size:,} bytes ({fmt_mib(size, 2)} MiB), {len(args.sources)} model(s), {args.storage}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import torch
-from compare import MODELS, SHIPPED, slug
 
+from attnkit.bench.g2p_runs import MODELS, SHIPPED, slug
 from attnkit.data import cmudict
 from attnkit.tasks.g2p import G2P, decode_words
 

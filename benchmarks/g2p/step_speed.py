@@ -11,7 +11,8 @@ Transformer of the README's results table, whose parameter count matches the RNN
 
 For each model and length it reports the cold first step of a freshly built model, how many steps
 it took to reach steady state (the first step after which no step is more than 10% slower than
-the steady-state median), and the median of the steady-state steps. Then ``torch.profiler`` lists the
+the steady-state median: ``attnkit.bench.measure.find_steady(..., settled=True)``), and the median
+of the steady-state steps. Then ``torch.profiler`` lists the
 Transformer step's top operators (self CPU time) and the share of time in each part of the step.
 
     flock /tmp/attnkit-cpu.lock python benchmarks/g2p/step_speed.py --out benchmarks/g2p/step_speed.md
@@ -20,9 +21,6 @@ Transformer step's top operators (self CPU time) and the share of time in each p
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import subprocess
 import time
 from contextlib import contextmanager
@@ -31,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnkit.bench.measure import find_steady, machine
 from attnkit.data.vocab import PAD
 from attnkit.models import RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq
 
@@ -89,10 +88,9 @@ def timed_steps(make, s: int, t: int, steps: int) -> dict:
         start = time.perf_counter()
         stepper(src, tgt)
         times.append(time.perf_counter() - start)
-    tail = times[len(times) // 2 :]  # the second half is steady state
-    median = statistics.median(tail)
-    # the first step after which no step is more than 10% slower than the median (len(times): never)
-    settled = next((i for i in range(len(times)) if max(times[i:]) <= 1.1 * median), len(times))
+    # the second half is steady state; the first step after which no step is more than 10% slower
+    # than its median (len(times): never)
+    median, settled = find_steady(times, within=1.1, settled=True)
     return {"cold": times[0], "steady_after": settled, "median": median, "times": times}
 
 
@@ -180,10 +178,8 @@ def main() -> None:
 
     say(f"### G2P training step {args.label}".rstrip())
     say()
-    say(
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} threads; B = {BATCH}; float32"
-    )
+    m = machine(model_name=False)
+    say(f"torch {m['torch']}, {m['cpu']}, {m['cores']} CPUs, {m['threads']} threads; B = {BATCH}; float32")
     say(f"load before: `{load()}`")
     say()
     counts = {name: parameters(make()) for name, make in MODELS.items() if "dropout 0" not in name}

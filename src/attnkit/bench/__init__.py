@@ -15,16 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from .cases import CASES, QUICK_RUNS, RUNS
 from .contention import competing
-from .measure import Timing, peak_bytes, timing
+from .measure import Timing, fmt_mib, machine, peak_bytes, timing
 
 __all__ = ["CONTENTION", "MODES", "Row", "Timing", "run"]
 
@@ -56,10 +53,6 @@ def _ms(s: float | None) -> str:
     return "-" if s is None else f"{s * 1e3:.1f}"
 
 
-def _mb(b: int | None) -> str:
-    return "-" if b is None else f"{b / 2**20:.0f}"
-
-
 def markdown(rows: Sequence[Row], header: str) -> str:
     """One table per case run; ratios are against that run's attnkit row."""
     lines = [header, ""]
@@ -79,7 +72,8 @@ def markdown(rows: Sequence[Row], header: str) -> str:
             lines.append(
                 f"| {r.contender} | {_ms(r.forward_s)} | {_ms(r.train_s)} "
                 f"| {_ratio(r.forward_s, ours and ours.forward_s)} | {_ratio(r.train_s, ours and ours.train_s)} "
-                f"| {_mb(r.forward_peak)} | {_mb(r.train_peak)} | {_ratio(r.train_peak, ours and ours.train_peak)} "
+                f"| {fmt_mib(r.forward_peak)} | {fmt_mib(r.train_peak)} "
+                f"| {_ratio(r.train_peak, ours and ours.train_peak)} "
                 f"| {r.note} |"
             )
         lines.append("")
@@ -168,16 +162,16 @@ def run(
                     row.train_peak = peak_bytes(name, sizes, contender, True)
                 log(
                     f"  {contender}: fwd {_ms(row.forward_s)} ms, fwd+bwd {_ms(row.train_s)} ms, "
-                    f"peak {_mb(row.forward_peak)} / {_mb(row.train_peak)} MB {row.note}"
+                    f"peak {fmt_mib(row.forward_peak)} / {fmt_mib(row.train_peak)} MB {row.note}"
                 )
                 rows.append(row)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         contention = competing_description() if "contended" in modes else "no contended runs"
+        m = machine(model_name=False)
         header = (
-            f"attnkit {_version()} bench{' --quick' if quick else ''}: torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()} "
-            f"({os.cpu_count()} cores), float32, CPU; contended: {contention}"
+            f"attnkit {_version()} bench{' --quick' if quick else ''}: torch {m['torch']}, "
+            f"{m['threads']} threads, {m['cpu']} ({m['cores']} cores), float32, CPU; contended: {contention}"
         )
         (out / "bench.md").write_text(markdown(rows, f"## {header}"))
         (out / "bench.json").write_text(json.dumps({"header": header, "rows": [asdict(r) for r in rows]}, indent=1))

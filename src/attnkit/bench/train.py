@@ -13,29 +13,29 @@ clipping, AdamW step, and ``loss.item()``. Each contender takes a cold first ste
 more, then ``steps`` timed ones; the steady state is the timed steps (tokens/s = their target
 tokens / their time), and the time to reach it is the time of the steps before the first one
 whose time per padded position (the batches differ in length) is within 1.25x of the steady
-median (:func:`steady_state`). Decoding
+median (:func:`steady_state`, :func:`attnkit.bench.measure.find_steady`). Decoding
 (greedy and beam) runs twice over the validation words in batches sorted by length: the first
 pass is the cold one, the second the steady figure. Every figure is taken quiet and under
 :func:`attnkit.bench.contention.competing` (another CPU-bound process on the same cores). Peak
 memory is measured quiet, in a fresh process per contender and phase, as
 :mod:`attnkit.bench.measure` measures it. Ratios are the other contender's time / attnkit's over
 the same work: > 1 means attnkit is faster.
+
+Its command line (``python -m attnkit.bench.train run|merge|peak``) is :mod:`attnkit.cli.bench`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -46,7 +46,7 @@ from ..tasks.g2p import MODELS, G2PTask, decode_words
 from ..train import TrainConfig
 from . import seq2seq_peers as peers
 from .contention import competing
-from .measure import peak_bytes_here
+from .measure import find_steady, fmt_mib, machine, peak_bytes_here
 
 __all__ = ["CONTENDERS", "KINDS", "QUICK", "Row", "Settings", "markdown", "ratios", "run"]
 
@@ -195,8 +195,7 @@ def steady_state(times: Sequence[float], padded: Sequence[int], steps: int) -> d
     is how many times slower per position than the steady state the cold first step ran."""
     timed = slice(len(times) - steps, None)
     per_position = [t / n for t, n in zip(times, padded)]
-    steady = statistics.median(per_position[timed])
-    first = next((i for i, x in enumerate(per_position) if x <= STEADY * steady), len(times))
+    steady, first = find_steady(per_position, last=steps, within=STEADY)
     return {
         "cold_s": times[0],
         "cold_x": per_position[0] / steady,
@@ -272,7 +271,8 @@ def peak(kind: str, name: str, phase: str, settings: Settings, timeout_s: float 
     return int(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def _peak_here(kind: str, name: str, phase: str, settings: Settings) -> int:
+def peak_here(kind: str, name: str, phase: str, settings: Settings) -> int:
+    """:func:`peak`'s measurement, in this process (``python -m attnkit.bench.train peak``)."""
     data = Data(settings)
     c = Contender(name, kind, data, settings)
     if phase == "train":
@@ -330,16 +330,6 @@ def ratios(rows: Sequence[Row]) -> list[dict]:
     return out
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "cores": os.cpu_count()}
-
-
 def run(
     kinds: Sequence[str] | None = None,
     contenders: Sequence[str] | None = None,
@@ -372,7 +362,8 @@ def run(
                     row.peak_train = peak(kind, row.contender, "train", settings)
                     if row.beam is not None:
                         row.peak_beam = peak(kind, row.contender, "beam", settings)
-                    log(f"  {kind} {row.contender}: peak train {_mb(row.peak_train)} MB, beam {_mb(row.peak_beam)} MB")
+                    peaks = f"peak train {fmt_mib(row.peak_train)} MB, beam {fmt_mib(row.peak_beam)} MB"
+                    log(f"  {kind} {row.contender}: {peaks}")
         for name in profile_contenders:
             if available(name, kind) is None:
                 profiles[f"{kind} {name}"] = profile(kind, name, data, settings)
@@ -389,7 +380,7 @@ def merge(reports: Sequence[dict]) -> dict:
     """One report from several runs' (each of some kinds), ratios recomputed; rows of runs from
     before ``padded`` was recorded get their steady-state figures recomputed from their step times."""
     rows = [r for rep in reports for r in rep["rows"]]
-    settings, padded = _settings(reports[0]["settings"]), None
+    settings, padded = settings_from(reports[0]["settings"]), None
     for r in rows:
         t = r["train"]
         if t is not None and "padded" not in t:
@@ -404,10 +395,6 @@ def merge(reports: Sequence[dict]) -> dict:
         "ratios": ratios([Row(**r) for r in rows]),
         "profiles": profiles,
     }
-
-
-def _mb(b: int | None) -> str:
-    return "-" if b is None else f"{b / 2**20:.0f}"
 
 
 def _summary(r: Row) -> str:
@@ -475,7 +462,7 @@ def markdown(report: dict) -> str:
             for d in (g, b):
                 cells.append(f"{d['words_per_s']:.0f} ({d['cold_words_per_s']:.0f})" if d else "-")
             cells.append(f"{_x(ratio.get('greedy'))} / {_x(ratio.get('beam'))}" if ratio else "-")
-            cells.append(f"{_mb(p.get('peak_train'))} / {_mb(p.get('peak_beam'))}")
+            cells.append(f"{fmt_mib(p.get('peak_train'))} / {fmt_mib(p.get('peak_beam'))}")
             cells += [r["load"], r["note"]]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -495,49 +482,17 @@ def write(report: dict, out: Path, stem: str = "train") -> None:
     (out / f"{stem}.md").write_text(markdown(report))
 
 
-def _settings(doc: dict) -> Settings:
+def settings_from(doc: dict) -> Settings:
+    """The :class:`Settings` of a report's ``settings`` (keys it does not know, from older reports, are dropped)."""
     known = {f.name for f in fields(Settings)}
     return Settings(**{k: v for k, v in doc.items() if k in known})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m attnkit.bench.train", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    go = sub.add_parser("run", help="measure some kinds; write OUT/STEM.json and .md")
-    go.add_argument("--kind", action="append", choices=KINDS, help="repeatable; default: every kind")
-    go.add_argument("--contender", action="append", choices=CONTENDERS, help="repeatable; default: all")
-    go.add_argument("--quick", action="store_true", help="fewer steps and words")
-    go.add_argument("--mode", action="append", choices=("quiet", "contended"), help="default: both")
-    go.add_argument("--contended-no-decode", action="append", default=[], choices=CONTENDERS,
-                    help="do not time this contender's decoding under contention (repeatable)")  # fmt: skip
-    go.add_argument("--no-memory", action="store_true")
-    go.add_argument("--profile", action="store_true", help="profile attnkit's and plain's train steps")
-    go.add_argument("--out", type=Path, default=Path("bench-results"))
-    go.add_argument("--stem", default="train")
-    join = sub.add_parser("merge", help="merge the JSON reports of several runs into OUT/STEM.json and .md")
-    join.add_argument("reports", nargs="+", type=Path)
-    join.add_argument("--out", type=Path, required=True)
-    join.add_argument("--stem", default="results")
-    one = sub.add_parser("peak", help="(internal) peak memory of one phase in this process")
-    one.add_argument("kind")
-    one.add_argument("contender")
-    one.add_argument("phase", choices=("train", "beam"))
-    one.add_argument("settings")
-    args = parser.parse_args(argv)
-    if args.command == "peak":
-        print(json.dumps(_peak_here(args.kind, args.contender, args.phase, _settings(json.loads(args.settings)))))
-    elif args.command == "merge":
-        write(merge([json.loads(p.read_text()) for p in args.reports]), args.out, args.stem)
-    else:
-        report = run(
-            args.kind or KINDS,
-            args.contender or CONTENDERS,
-            replace(QUICK if args.quick else Settings(), contended_no_decode=args.contended_no_decode),
-            modes=args.mode or ("quiet", "contended"),
-            memory=not args.no_memory,
-            profile_contenders=("attnkit", "plain") if args.profile else (),
-        )
-        write(report, args.out, args.stem)
+    """``python -m attnkit.bench.train``: :func:`attnkit.cli.bench.train_main`."""
+    from ..cli.bench import train_main
+
+    train_main(argv)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import sys
 import warnings
 
 from ..errors import AttentionError
-from . import classify, experiment, g2p, viz
-from .options import BEAM_HELP, add_trust_flag, beam_width, check_folder, check_new_file, count
+from . import bench, classify, experiment, g2p, viz
+from .options import BEAM_HELP, add_trust_flag, beam_width, check_new_file, count
 
 __all__ = ["main"]
 
@@ -47,24 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     tour.add_argument("--section", action="append", help="only these sections (repeatable); default: all")
     tour.add_argument("--list", action="store_true", help="list the sections and exit")
     tour.add_argument("--plot", metavar="DIR", help="also save every weight table as a heatmap PNG in DIR")
-    bench = sub.add_parser(
-        "bench",
-        help="time and memory of each kind of attention against its baselines",
-        epilog=_bench_cases(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench.add_argument("--quick", action="store_true", help="smaller runs that finish in a few minutes")
-    bench.add_argument(
-        "--only",
-        action="append",
-        metavar="CASE",
-        help="only these cases (repeatable; listed below); default: all but train",
-    )
-    bench.add_argument("--out", default="bench-results", help="folder for bench.md and bench.json")
-    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    bench.add_argument(
-        "--no-contended", action="store_true", help="skip the runs with a competing CPU-bound load (quiet only)"
-    )
+    bench.add_bench_parser(sub)
     train = sub.add_parser("train", help="train a model on a real dataset").add_subparsers(
         dest="trainee", required=True
     )
@@ -76,16 +59,6 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_explain_parser(sub)
     experiment.add_experiment_parser(sub)
     return parser
-
-
-def _bench_cases() -> str:
-    """The cases ``bench --only`` takes, one line each: its name and its function's first docstring line."""
-    from ..bench.cases import CASES
-
-    about = {name: (make.__doc__ or "").strip().splitlines()[0] for name, make in CASES.items()}
-    about["train"] = "training and decoding speed of each G2P model kind (train.md, train.json; not run by default)"
-    width = max(map(len, about)) + 1
-    return "cases:\n" + "\n".join(f"  {name + ':':<{width}}  {line}" for name, line in about.items())
 
 
 def _add_eval_parser(sub) -> None:
@@ -197,18 +170,7 @@ def _run(args) -> int:
 
         return run(sections=args.section, list_only=args.list, plot_dir=args.plot)
     if args.command == "bench":
-        from ..bench import run as bench
-        from ..bench.cases import CASES
-
-        unknown = [c for c in args.only or [] if c not in CASES and c != "train"]
-        if unknown:
-            raise AttentionError(f"--only {unknown[0]!r} is unknown; expected one of {[*CASES, 'train']}")
-        out = check_folder(args.out, "--out")
-        modes = ("quiet",) if args.no_contended else ("quiet", "contended")
-        bench(only=args.only, quick=args.quick, out=out, memory=not args.no_memory, modes=modes)
-        extra = ", train.md, train.json" if "train" in (args.only or []) else ""
-        print(f"results: {out / 'bench.md'}, {out / 'bench.json'}{extra}")
-        return 0
+        return bench.bench(args)
     if args.command == "train":
         return {"g2p": g2p.train, "classify": classify.train}[args.trainee](args)
     if args.command == "eval":
