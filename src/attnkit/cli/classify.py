@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -18,13 +17,10 @@ from .options import (
     check_new_file,
     check_pictures,
     count,
-    fit,
-    fresh_run_folder,
     given,
-    resumed_run,
-    resumed_train_config,
     train_config,
 )
+from .runs import RunPlan, train_run
 
 __all__ = ["add_explain_parser", "add_train_parser", "evaluate", "explain", "train"]
 
@@ -86,34 +82,25 @@ def add_train_parser(sub) -> None:
 
 
 def train(args) -> int:
-    from ..train import distributed
-
-    with contextlib.ExitStack() as held:  # the run folder's lock, from the first look at it to the end
-        return distributed.run(lambda device: _train(args, device, held), args.device)
+    return train_run(args, _plan)
 
 
-def _train(args, device, held) -> int:
+def _plan(args) -> RunPlan:
+    """What ``attnkit train classify`` does its own way (:func:`~attnkit.cli.runs.train_run` does the rest)."""
     from ..tasks.classify import DEFAULT_MODEL, TASKS, ClassifyDoc, ClassifyTask
-    from ..train import TrainConfig, Trainer
-    from ..train.checkpoint import CheckpointError
+    from ..train import TrainConfig
 
     fields = _model_fields()
     train_names = [f.name for f in dataclasses.fields(TrainConfig)]
     model_given = given(args, set().union(*fields.values()))
-    out = Path(args.out) if args.out else None
-    if args.resume:
-        changed = {**model_given, **given(args, train_names + list(RUN_FIELDS))}
-        if args.model is not None or args.task != "gloss":
-            changed.update(model=args.model, task=args.task)
-        meta = resumed_run(out, changed, "classify", held)
-        path = out / "last.safetensors"
-        doc = ClassifyDoc.read(meta, path)
-        try:
-            task = ClassifyTask(doc.task, doc.model, doc.model_config, **{k: getattr(doc, k) for k in RUN_FIELDS})
-        except AttentionError as err:
-            raise CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
-        config = resumed_train_config(meta, path)
-    else:
+    changed = {**model_given, **given(args, train_names + list(RUN_FIELDS))}
+    if args.model is not None or args.task != "gloss":
+        changed.update(model=args.model, task=args.task)
+
+    def resume(doc, out):
+        return ClassifyTask(doc.task, doc.model, doc.model_config, **{k: getattr(doc, k) for k in RUN_FIELDS})
+
+    def new(out, claim):
         if args.task not in TASKS:
             raise AttentionError(f"--task {args.task!r} is unknown; expected one of {list(TASKS)}")
         model = args.model or DEFAULT_MODEL[args.task]
@@ -124,16 +111,26 @@ def _train(args, device, held) -> int:
             vectors = None if args.vectors == "none" else args.vectors
             parts = ("classify", args.task, model, model_given.get("pooling"), vectors)
             out = Path("runs") / "-".join(x for x in parts if x)
-        fresh_run_folder(out, held)
-    trainer = Trainer(task, config, out, progress=not args.no_progress, device=device)
-    frozen = " (frozen)" if task.freeze_vectors else ""
-    vectors = "" if task.vectors == "none" else f", {task.vectors} vectors{frozen}"
-    summary = (
-        f"classify {task.task} {task.model} {json.dumps(task.model_config)}{vectors}, "
-        f"{len(task.train):,} training examples, {len(task.words):,} words"
+        claim(out)
+        return task, config, out
+
+    def summary(task) -> str:
+        frozen = " (frozen)" if task.freeze_vectors else ""
+        vectors = "" if task.vectors == "none" else f", {task.vectors} vectors{frozen}"
+        return (
+            f"classify {task.task} {task.model} {json.dumps(task.model_config)}{vectors}, "
+            f"{len(task.train):,} training examples, {len(task.words):,} words"
+        )
+
+    return RunPlan(
+        task="classify",
+        changed=changed,
+        read=ClassifyDoc.read,
+        resume=resume,
+        new=new,
+        summary=summary,
+        hint="attnkit eval {best}; attnkit explain {best} TEXT",
     )
-    hint = "attnkit eval {best}; attnkit explain {best} TEXT"
-    return fit(trainer, out, args.resume, summary, hint, trust_unchecked=args.trust_unchecked)
 
 
 def evaluate(args) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sys
@@ -21,15 +20,12 @@ from .options import (
     check_new_file,
     check_pictures,
     count,
-    fit,
-    fresh_run_folder,
     given,
     read_words,
-    resumed_run,
-    resumed_train_config,
     train_config,
     weight,
 )
+from .runs import RunPlan, train_run
 
 __all__ = ["add_pronounce_parser", "add_train_parser", "evaluate", "pronounce", "pronounced", "train"]
 
@@ -89,42 +85,33 @@ def add_train_parser(sub) -> None:
 
 
 def train(args) -> int:
-    from ..train import distributed
-
-    with contextlib.ExitStack() as held:  # the run folder's lock, from the first look at it to the end
-        return distributed.run(lambda device: _train(args, device, held), args.device)
+    return train_run(args, _plan)
 
 
-def _train(args, device, held) -> int:
+def _plan(args) -> RunPlan:
+    """What ``attnkit train g2p`` does its own way (:func:`~attnkit.cli.runs.train_run` does the rest)."""
     from ..tasks.g2p import G2PDoc, G2PTask
-    from ..train import TrainConfig, Trainer
-    from ..train.checkpoint import CheckpointError
+    from ..train import TrainConfig
 
     fields = _model_fields()
     train_names = [f.name for f in dataclasses.fields(TrainConfig)]
     model_given = given(args, set().union(*fields.values()))
-    out = Path(args.out) if args.out else None
-    if args.resume:
-        task_flags = ["limit", "valid_limit", "phrases", "max_words", "teacher", "distil", "init"]
-        meta = resumed_run(out, {**model_given, **given(args, train_names + task_flags)}, "g2p", held)
-        path = out / "last.safetensors"
-        doc = G2PDoc.read(meta, path)
-        try:
-            task = G2PTask(
-                doc.model,
-                doc.model_config,
-                limit=doc.limit,
-                valid_limit=doc.valid_limit,
-                phrases=doc.phrases,
-                max_words=doc.max_words,
-                cache=str(out),
-                trust_unchecked=args.trust_unchecked,
-                **doc.sources(),
-            )
-        except AttentionError as err:
-            raise CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
-        config = resumed_train_config(meta, path)
-    else:
+    task_flags = ["limit", "valid_limit", "phrases", "max_words", "teacher", "distil", "init"]
+
+    def resume(doc, out):
+        return G2PTask(
+            doc.model,
+            doc.model_config,
+            limit=doc.limit,
+            valid_limit=doc.valid_limit,
+            phrases=doc.phrases,
+            max_words=doc.max_words,
+            cache=str(out),
+            trust_unchecked=args.trust_unchecked,
+            **doc.sources(),
+        )
+
+    def new(out, claim):
         check_model_flags(args.model, fields, model_given)
         config = train_config(args, train_names)  # bad numbers before the data is read
         if args.distil is not None and args.teacher is None:
@@ -136,7 +123,7 @@ def _train(args, device, held) -> int:
         if out is None:
             attention = model_given.get("attention", "luong-general") if args.model == "rnn" else None
             out = Path("runs") / "-".join(x for x in ("g2p", args.model, attention) if x)
-        fresh_run_folder(out, held)
+        claim(out)
         task = G2PTask(
             args.model,
             model_given,
@@ -148,9 +135,17 @@ def _train(args, device, held) -> int:
             **phrases,
             **sources,
         )
-    trainer = Trainer(task, config, out, progress=not args.no_progress, device=device)
-    summary = f"g2p {task.model} {json.dumps(task.model_config)}, {len(task.pairs):,} training pairs"
-    return fit(trainer, out, args.resume, summary, "attnkit eval {best}", trust_unchecked=args.trust_unchecked)
+        return task, config, out
+
+    return RunPlan(
+        task="g2p",
+        changed={**model_given, **given(args, train_names + task_flags)},
+        read=G2PDoc.read,
+        resume=resume,
+        new=new,
+        summary=lambda task: f"g2p {task.model} {json.dumps(task.model_config)}, {len(task.pairs):,} training pairs",
+        hint="attnkit eval {best}",
+    )
 
 
 def evaluate(args) -> int:

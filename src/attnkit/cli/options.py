@@ -1,4 +1,8 @@
-"""Command-line options shared by the subcommands: one flag per dataclass field."""
+"""Command-line options shared by the subcommands: one flag per dataclass field.
+
+Run management (``resumed_run``, ``resumed_train_config``, ``fresh_run_folder``, ``fit``,
+``train_run``) is in :mod:`attnkit.cli.runs`, which builds on this module.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import dataclasses
 import errno
 import math
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -26,14 +29,11 @@ __all__ = [
     "check_new_file",
     "check_pictures",
     "count",
-    "fit",
     "flag",
-    "fresh_run_folder",
     "given",
     "number",
     "positive",
     "read_words",
-    "resumed_run",
     "train_config",
     "weight",
     "whole",
@@ -279,40 +279,6 @@ def given(args, names) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def resumed_run(out, changed: dict, task_name: str, held) -> dict:
-    """The metadata of the run in ``out`` that ``--resume`` continues; flags that would change its
-    configuration (``changed``, name -> value) and a run of another task are errors. The folder is
-    held (:func:`attnkit.train.trainer.run_lock`) until the ``contextlib.ExitStack`` ``held`` closes."""
-    from ..errors import AttentionError
-    from ..train import checkpoint
-    from ..train.trainer import run_lock
-
-    if out is None:
-        raise AttentionError("--resume needs --out, the folder of the run to continue")
-    if changed:
-        raise AttentionError(
-            f"--resume continues with the run's own configuration; drop {', '.join(flag(n) for n in changed)}"
-        )
-    held.enter_context(run_lock(out, "--out"))  # another training of this folder is refused here
-    path = out / "last.safetensors"
-    meta = checkpoint.read_meta(path)
-    found = checkpoint.task_name(meta)
-    if found != task_name:
-        raise AttentionError(f"{str(path)!r} is not a {task_name} run (task {found!r})")
-    return meta
-
-
-def resumed_train_config(meta: dict, path):
-    """The TrainConfig of a resumed run's metadata, checked field by field."""
-    from ..errors import AttentionError
-    from ..train import TrainConfig, checkpoint, config_from_dict
-
-    try:
-        return config_from_dict(TrainConfig, meta.get("train"), "train")
-    except AttentionError as err:
-        raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
-
-
 def check_model_flags(model: str, fields: dict[str, set[str]], model_given: dict) -> None:
     """``model`` is known and every model flag given is one of its config's fields."""
     from ..errors import AttentionError
@@ -322,57 +288,3 @@ def check_model_flags(model: str, fields: dict[str, set[str]], model_given: dict
     foreign = sorted(set(model_given) - fields[model])
     if foreign:
         raise AttentionError(f"{flag(foreign[0])} does not apply to --model {model}")
-
-
-def fresh_run_folder(out, held) -> None:
-    """A new run may not write over another run's checkpoints, nor into a file, nor into a folder
-    another training holds; ``out`` is held (:func:`attnkit.train.trainer.run_lock`) from here until
-    the ``contextlib.ExitStack`` ``held`` closes, so that two runs started at once cannot both pass."""
-    from ..errors import AttentionError
-    from ..train.trainer import run_lock
-
-    check_folder(out, "--out")
-    held.enter_context(run_lock(out, "--out"))
-    if (out / "last.safetensors").exists():
-        raise AttentionError(f"{str(out)!r} already holds a run; add --resume to continue it or choose another --out")
-
-
-def fit(trainer, out, resume: bool, summary: str, hint: str, trust_unchecked: bool = False) -> int:
-    """Print ``summary``, train (or resume, from a checkpoint without a checksum too with
-    ``trust_unchecked``), then say where the best model is. In a distributed run only rank 0 speaks."""
-    main = trainer.rank == 0
-    params = sum(p.numel() for p in trainer.model.parameters())
-    cfg = trainer.config
-    how = [] if trainer.world == 1 else [f"{trainer.world} processes"]
-    how += [] if cfg.precision == "fp32" else [cfg.precision]
-    how += [] if cfg.batch_tokens is None else [f"batches of <= {cfg.batch_tokens} tokens"]
-    if main:
-        print(f"{summary}: {params:,} parameters -> {out}{''.join(f', {h}' for h in how)}")
-    try:
-        state = trainer.fit(resume=resume, trust_unchecked=trust_unchecked)
-    except KeyboardInterrupt:  # Ctrl-C: where the run can be picked up, in one line
-        if main:
-            print(_interrupted(trainer, out), file=sys.stderr)
-        return 130
-    if not main:
-        return 0
-    metric = trainer.task.metric
-    print(f"done after {state['epoch']} epochs, {state['elapsed']:.0f} s; best validation {metric} {state['best']:.2f}")
-    best = out / "best.safetensors"
-    print(f"best model: {best}   ({hint.format(best=best)})")
-    return 0
-
-
-def _interrupted(trainer, out) -> str:
-    from ..errors import AttentionError
-    from ..train import checkpoint
-
-    last = Path(out) / "last.safetensors"
-    try:  # what is on disk, even if the interrupt came between the rename and the bookkeeping
-        step = checkpoint.read_meta(last)["progress"]["step"]
-    except (AttentionError, KeyError, TypeError):
-        step = None
-    if step is None:
-        return "attnkit: interrupted before the first checkpoint; nothing to resume (run the command again)"
-    command = f"attnkit train {trainer.task.describe()['name']} --out {shlex.quote(str(out))} --resume"
-    return f"attnkit: interrupted; the last checkpoint is {last} (step {step}); continue with: {command}"

@@ -1,5 +1,6 @@
 """The specification of one attention call: validation (:func:`prepare`) and the eager
 :func:`reference` (score -> normalize -> aggregate) that every faster backend must match.
+:class:`Call` and :class:`AttentionResult` are defined in :mod:`attnkit.core.call` and exported here too.
 
 Shape legend: B batch, H heads, Tq query positions, Tk key positions, Dq / Dk / Dv feature dims.
 Leading dims (...) are any batch dims, e.g. (B,) or (B, H); they broadcast between q, k and v.
@@ -9,12 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils import _pytree
 
 from ..errors import (
     AttentionError,
@@ -28,46 +27,11 @@ from ..errors import (
 from . import nonfinite as _nonfinite
 from . import normalizers as _normalizers
 from . import scores as _scores
+from .call import AttentionResult, Call, stand_in
 from .local import as_window, local_p_region
 from .masks import Mask, and_masks, as_mask
 
-__all__ = ["AttentionResult", "Call", "prepare", "reference"]
-
-
-class AttentionResult(tuple):
-    """``(output, weights)``, unpackable as a pair, with ``log_prob`` for stochastic normalizers.
-
-    ``output`` (..., Tq, Dv); ``weights`` (..., Tq, Tk) when asked for (``need_weights=True``), else
-    None; ``log_prob`` (..., Tq) from ``normalize="sample"``, else None.
-    """
-
-    def __new__(cls, output: Tensor, weights: Tensor | None, log_prob: Tensor | None = None):
-        self = super().__new__(cls, (output, weights))
-        self.log_prob = log_prob
-        return self
-
-    @property
-    def output(self) -> Tensor:
-        return self[0]
-
-    @property
-    def weights(self) -> Tensor | None:
-        return self[1]
-
-
-def _result_children(result: AttentionResult):
-    keys = [_pytree.GetAttrKey(name) for name in ("output", "weights", "log_prob")]
-    return list(zip(keys, (result[0], result[1], result.log_prob))), None
-
-
-# a pytree node, so torch.export and torch.compile see the tensors inside it
-_pytree.register_pytree_node(
-    AttentionResult,
-    lambda r: ([r[0], r[1], r.log_prob], None),
-    lambda children, _context: AttentionResult(*children),
-    serialized_type_name="attnkit.AttentionResult",
-    flatten_with_keys_fn=_result_children,
-)
+__all__ = ["AttentionResult", "Call", "prepare", "reference"]  # the first two from .call
 
 
 def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
@@ -90,56 +54,6 @@ def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
             f"{shape_str(key.shape)}, value {shape_str(value.shape)} (for key/value with fewer heads "
             f"than the query, grouped-query attention, pass enable_gqa=True)"
         ) from None
-
-
-@dataclass(frozen=True, eq=False)
-class Call:
-    """One validated attention call: what every backend receives, and what dispatch decides on.
-
-    ``region`` is the whole mask (user mask, window, local-p's neighbourhood) as one
-    :class:`~attnkit.masks.Mask`; ``gauss`` is local-p's Gaussian factor (..., Tq, Tk) or None.
-    """
-
-    query: Tensor  # (..., Tq, Dq)
-    key: Tensor  # (..., Tk, Dk)
-    value: Tensor  # (..., Tk, Dv)
-    score: _scores.Score
-    normalizer: object
-    region: Mask | None
-    gauss: Tensor | None
-    score_params: Mapping[str, Tensor]
-    dropout: float
-    need_weights: bool
-    kv_groups: int = 1  # grouped-query attention: query heads per key/value head (enable_gqa=True)
-
-    @property
-    def scores_shape(self) -> tuple[int, ...]:
-        key_lead = self.key.shape[:-2]
-        if self.kv_groups > 1:  # (..., Hkv) -> (..., H)
-            key_lead = (*key_lead[:-1], key_lead[-1] * self.kv_groups)
-        lead = torch.broadcast_shapes(self.query.shape[:-2], key_lead)
-        return (*lead, self.query.shape[-2], self.key.shape[-2])
-
-    def expand_kv(self, *, shape_only: bool = False) -> Call:
-        """This call with key and value (..., Hkv, Tk, D) repeated to the query's H heads, as
-        SDPA's ``enable_gqa`` (head h reads key/value head h // (H / Hkv)); itself when not grouped.
-
-        ``shape_only``: zero-stride stand-ins of the right shape, dtype and device (no memory), for
-        a backend's ``supports``, which looks at shapes only.
-        """
-        if self.kv_groups == 1:
-            return self
-        if shape_only:
-            k, v = (_stand_in(t, self.kv_groups) for t in (self.key, self.value))
-        else:
-            k, v = (t.repeat_interleave(self.kv_groups, dim=-3) for t in (self.key, self.value))
-        return replace(self, key=k, value=v, kv_groups=1)
-
-    @property
-    def requires_grad(self) -> bool:
-        """Whether autograd will want gradients from this call."""
-        tensors = [self.query, self.key, self.value, *self.score_params.values()]
-        return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def prepare(
@@ -221,12 +135,6 @@ def _autocast(query, key, value, score_params):
     return cast(query), cast(key), cast(value), params
 
 
-def _stand_in(t: Tensor, groups: int) -> Tensor:
-    """A zero-stride tensor shaped like ``t`` (..., Hkv, T, D) repeated to (..., Hkv·groups, T, D)."""
-    shape = (*t.shape[:-3], t.shape[-3] * groups, *t.shape[-2:])
-    return t.new_zeros(()).requires_grad_(t.requires_grad and t.dtype.is_floating_point).expand(shape)
-
-
 def _grouped(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, int]:
     """``enable_gqa=True``: key/value (..., Hkv, Tk, D) serve groups of H / Hkv query heads of
     query (..., H, Tq, D), as SDPA's ``enable_gqa``. Returns stand-ins of the repeated key and value
@@ -242,7 +150,7 @@ def _grouped(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor,
             f"{shape_str(value.shape)} have Hkv={hkv} and {value.shape[-3]}"
         )
     groups = h // hkv
-    return _stand_in(key, groups), _stand_in(value, groups), groups
+    return stand_in(key, groups), stand_in(value, groups), groups
 
 
 def _fold_scale(

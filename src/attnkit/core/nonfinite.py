@@ -33,15 +33,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from .call import AttentionResult, Call
 from .masks import And, Causal, KeyPadding, Mask, SlidingWindow
-
-if TYPE_CHECKING:
-    from .functional import AttentionResult, Call
 
 __all__ = ["Bad", "clean", "finish", "guarded", "maybe_any", "nonfinite_rows", "poison", "reaches"]
 
@@ -148,8 +145,6 @@ def finish(call: Call, bad: Bad | None, result: AttentionResult, allowed: Tensor
     """``result`` of the :func:`clean`-ed ``call`` with the rows that may attend a non-finite key
     or value poisoned: the output by either, the weights and ``log_prob`` by a non-finite key.
     ``allowed``: the materialized mask, where the caller has it."""
-    from .functional import AttentionResult
-
     if bad is None:
         return result
 

