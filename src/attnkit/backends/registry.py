@@ -146,7 +146,7 @@ def attention(query, key, value, *, backend: str = "auto", **kwargs) -> Attentio
         window: local region. ``D`` or ``(left, right)``: query i attends keys i-left..i+right
             (sliding window; Luong's local-m). With ``centre``, a symmetric ``D`` around it.
         centre: (..., Tq) centres p_t, a floating or integer tensor, for Luong's local-p: keys with
-            |s - p_t| <= D, weights multiplied by exp(-(s - p_t)² / (2 (D/2)²)), not renormalized.
+            ``|s - p_t| <= D``, weights multiplied by exp(-(s - p_t)² / (2 (D/2)²)), not renormalized.
         score_params: the score's parameters (tensors), e.g. ``{"W": W}`` for ``general``; a name
             the score does not declare raises.
         dropout: probability of zeroing a weight before aggregation (pass 0 at eval time).

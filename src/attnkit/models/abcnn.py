@@ -3,7 +3,7 @@
 Shape legend: B batch, T0 / T1 words of the first / second sentence, s = ``max_len``, E embedding
 dim, K convolution channels, w window, C classes.
 
-The match score of two feature vectors is 1 / (1 + |x - y|) with |.| the Euclidean distance; the
+The match score of two feature vectors is ``1 / (1 + |x - y|)`` with ``|.|`` the Euclidean distance; the
 attention matrix A (B, T0, T1) holds it for every pair of positions of the two sentences, and 0
 where either position is padding (:func:`match_matrix`).
 
@@ -19,7 +19,7 @@ One block, the same weights for both sentences:
    convolution outputs and sums the windows weighted by A's row sums (first sentence) resp.
    column sums (second sentence).
 4. all-ap: the mean over the sentence's real positions -> v0, v1 (B, K);
-   logits = Linear([v0; v1; v0 ⊙ v1; |v0 - v1|]).
+   ``logits = Linear([v0; v1; v0 ⊙ v1; |v0 - v1|])``.
 
 ABCNN-3 is ABCNN-1 and ABCNN-2 at once. One block only (the paper stacks up to three).
 """

@@ -42,7 +42,7 @@ class Hypothesis(NamedTuple):
 
 
 def length_penalty(length: Tensor, alpha: float) -> Tensor:
-    """GNMT's lp(Y) = ((5 + |Y|) / 6)^alpha; beam search ranks finished outputs by score / lp."""
+    """GNMT's ``lp(Y) = ((5 + |Y|) / 6)^alpha``; beam search ranks finished outputs by score / lp."""
     return ((5.0 + length.to(torch.float32)) / 6.0) ** alpha
 
 

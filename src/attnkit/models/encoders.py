@@ -4,6 +4,7 @@ Shape legend: B batch, T positions (words), E embedding dim, H hidden dim per di
 M = H x directions, D feature dim, C classes.
 
 Pooling turns states (B, T, D) into one vector (B, D) (:data:`POOLINGS`):
+
 - ``last``: the state at the last real position; for a bidirectional RNN, the forward half there
   and the backward half at position 0 (each direction's final state);
 - ``mean``: the mean over real positions; ``max``: the element-wise max over real positions;

@@ -4,6 +4,7 @@ Shape legend: B batch, S source positions, T target positions, E embedding dim, 
 dim per direction, M = H x directions (memory and decoder dim), V target vocabulary.
 
 The decoder step for each ``attention`` (y the previous target token, s the decoder state):
+
 - ``none`` (Cho et al. 2014): c = [h_S(fwd); h_1(bwd)], one vector for the whole source;
   s_t = RNN([emb(y); c], s_{t-1}); o_t = tanh(W_o [s_t; c]).
 - ``bahdanau`` (Bahdanau et al. 2015): c_t = Σ_j a_tj h_j with a_t from the additive score of the
@@ -20,6 +21,7 @@ The decoder step for each ``attention`` (y the previous target token, s the deco
   argmax at inference.
   With ``input_feed=False`` the step reads emb(y) alone: s_t no longer depends on õ_{t-1}, so
   teacher forcing runs the RNN once over the whole target and attends from all T states at once.
+
 logits_t = W_out o_t.
 
 ``scaled=True`` divides the ``dot`` and ``general`` scores by √M, as the Transformer does, so that

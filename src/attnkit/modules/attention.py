@@ -31,7 +31,7 @@ def combine_masks(mask, key_padding_mask: Tensor | None) -> masks.Mask | None:
 def score_parameters(
     score: _scores.Score, query_dim: int, key_dim: int, hidden_dim: int, heads=None
 ) -> nn.ParameterDict:
-    """A score's parameters, freshly initialised, as learnable ``nn.Parameter``s."""
+    """A score's parameters, freshly initialised, as learnable parameters (``nn.Parameter``)."""
     tensors = score.init_params(query_dim, key_dim, hidden_dim, heads=heads)
     return nn.ParameterDict({name: nn.Parameter(t) for name, t in tensors.items()})
 

@@ -317,7 +317,7 @@ def quantize(tensors: dict[str, Tensor], *, bits: int = 8, group: int = GROUP) -
     - ``bits=4``: per ``group`` consecutive weights along the last dim (the whole last dim where
       it is not a multiple of ``group``), values ``round(w / s)`` in [-7, 7] stored two to a byte
       (uint8, ``value + 8``, the first of each pair in the low nibble) plus float32 scales
-      ``NAME:int4_scale`` (*shape[:-1], groups), ``s = max |w_group| / 7``. An eighth of float32's
+      ``NAME:int4_scale`` ``(*shape[:-1], groups)``, ``s = max |w_group| / 7``. An eighth of float32's
       bytes, plus the scales; a tensor whose last dim is odd is stored in int8 instead.
 
     Either way each element is within s/2 of its value, and an all-zero row or group stays zero.

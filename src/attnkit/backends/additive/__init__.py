@@ -20,7 +20,7 @@ tiles use
     tanh(a + b) = 2r − 1,   1 − tanh²(a + b) = 4r(1 − r),   r = 1 / (1 + e^(−2a) · e^(−2b)),
 
 with e^(−2a) and e^(−2b) computed once per row instead of once per pair: a multiply, an add and a
-reciprocal per unit. It is exact while neither exponential overflows or underflows (|a|, |b| <= 40 in
+reciprocal per unit. It is exact while neither exponential overflows or underflows (``|a|``, ``|b|`` <= 40 in
 float32, 340 in float64; a product that overflows or underflows just saturates tanh to ∓1, correctly);
 calls outside that range use r = sigmoid(2(a + b)) per unit instead (FACTORED_LIMIT).
 

@@ -1,5 +1,6 @@
 """Metrics of G2P outputs against the CMU Pronouncing Dictionary's references (:func:`score`),
 each with stress marks kept and with them removed (0/1/2 stripped from every phoneme on both sides):
+
 - WER: the share of words whose output equals none of the word's reference pronunciations.
 - PER: Σ_words edit distance to the closest reference / Σ_words length of that reference (the
   first closest one when several tie), i.e. phoneme errors per reference phoneme.
