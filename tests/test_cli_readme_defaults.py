@@ -1,4 +1,4 @@
-"""The README states the defaults of ``attnkit train g2p``, ``--window`` and ``--beam``: they are the
+"""The README and the docs state the defaults of ``attnkit train g2p``, ``--window`` and ``--beam``: they are the
 configs' defaults (what ``--help`` prints), so the two cannot drift apart again."""
 
 import dataclasses
@@ -9,7 +9,9 @@ from attnkit.cli import _parser
 from attnkit.models import RNNConfig, TransformerConfig
 from attnkit.train import TrainConfig
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
+ROOT = Path(__file__).parents[1]
+# the README and the docs pages it moved into (the G2P page holds the sentence of defaults)
+README = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))])
 
 
 def defaults(*classes) -> dict[str, list]:
@@ -55,3 +57,40 @@ def test_no_other_sentence_calls_other_numbers_the_defaults():
         if "defaults of `attnkit train g2p`" in sentence and "except" not in sentence:
             assert f"FF {TransformerConfig.ff_dim}" in sentence or "FF " not in sentence, sentence
             assert "lr " not in sentence or f"lr {truth['lr'][0]:g}" in sentence, sentence
+
+
+def argparse_defaults() -> dict[str, set[str]]:
+    """``--flag`` -> the defaults it has in any command of ``attnkit`` (as text)."""
+    found: dict[str, set[str]] = {}
+
+    def walk(parser):
+        for action in parser._actions:
+            if getattr(action, "choices", None) and isinstance(action.choices, dict):
+                for sub in action.choices.values():
+                    walk(sub)
+            for flag in action.option_strings:
+                if flag.startswith("--") and action.default is not None:
+                    found.setdefault(flag, set()).add(str(action.default))
+
+    walk(_parser())
+    return found
+
+
+def test_every_stated_flag_default_is_argparse_default():
+    """Every "`--flag X`, default Y" in the README or the docs: Y is that flag's default in the parser
+    (in the command that has it), or the model config's default the flag sets."""
+    claims = re.findall(r"`(--[a-z][a-z-]*) [A-Za-z_]+`, default `?([\w.]+)`?", README)
+    assert len(claims) >= 2, claims
+    parsed = argparse_defaults()
+    truth = defaults(RNNConfig, TransformerConfig, TrainConfig)
+    for flag, value in claims:
+        known = parsed.get(flag, set()) | {str(v) for v in truth.get(flag[2:].replace("-", "_"), [])}
+        assert known, f"{flag} (stated default {value}) is no flag of attnkit"
+        assert any(value == k or _same_number(value, k) for k in known), f"the docs say {flag} defaults to {value}, it is {known}"
+
+
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
