@@ -13,6 +13,7 @@ from torch import Tensor
 
 __all__ = [
     "AttentionError",
+    "CheckpointError",
     "check_rank",
     "check_int",
     "check_bool",
@@ -27,6 +28,10 @@ MAX_INT = 2**62  # the largest size or position an argument may hold: index arit
 
 class AttentionError(ValueError):
     """Bad input to an attnkit function or module (a ``ValueError``)."""
+
+
+class CheckpointError(AttentionError):
+    """A checkpoint that is missing, corrupt, foreign or whose metadata does not describe a model."""
 
 
 def shape_str(shape: Sequence[int] | torch.Size) -> str:

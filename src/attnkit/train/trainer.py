@@ -30,9 +30,7 @@ draws the progress bar. ``config.precision`` runs the forward passes (training a
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -43,17 +41,13 @@ from torch import nn
 
 from ..errors import AttentionError
 from . import checkpoint, distributed, precision
+from .runlock import LOCK as LOCK  # re-exported
+from .runlock import run_lock
 from .schema import check_value, from_dict
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock
-    fcntl = None
 
 __all__ = ["FILES", "LOCK", "Progress", "TrainConfig", "Trainer", "config_from_dict", "epoch_file", "run_lock"]
 
 FILES = ["last.safetensors", "best.safetensors", "config.json", "history.json"]  # what a run writes in its folder
-LOCK = "run.lock"  # in a run folder while a training holds it (:func:`run_lock`); it names that process
 # AdamW moves every weight by about lr a step whatever its gradient's size (the update is divided by
 # the gradient's running RMS), so lr is in the units of the weights, which start near 1/sqrt(fan-in)
 # (0.06 for 256 inputs): past 1 each step throws every weight many times its size and nothing is
@@ -390,91 +384,6 @@ _RESUME_ONLY = ("history", "recent_losses")  # progress that last.safetensors ke
 def epoch_file(epoch: int) -> str:
     """The name of the weights kept after ``epoch`` (``keep_epochs``)."""
     return f"epoch-{epoch:03d}.safetensors"
-
-
-@contextlib.contextmanager
-def run_lock(out, option: str = "out"):
-    """Hold the run folder ``out`` (made if need be) for one training at a time: an exclusive
-    ``flock`` on ``out/LOCK``, a file that holds this process's id. Another process that asks for it
-    meanwhile gets an AttentionError naming that id (``option`` names the folder's setting in it:
-    ``--out`` on the command line). The kernel lets go of the lock when its process ends, SIGKILL
-    included, so a file left by a killed run holds nobody up. Re-entrant within a process (the
-    command line holds the folder from its first look at it, then :meth:`Trainer.fit` asks again).
-    In a process group rank 0 holds it and every process raises the same error. On release the
-    file goes, and so do the folders this call made if nothing else was written in them."""
-    error, key = None, None
-    if distributed.rank() == 0:
-        try:
-            key = _hold(Path(out), option)
-        except AttentionError as err:
-            error = str(err)
-    if distributed.world_size() > 1:  # every process raises, or none
-        box = [error]
-        torch.distributed.broadcast_object_list(box, src=0)
-        error = box[0]
-    if error is not None:
-        raise AttentionError(error)
-    try:
-        yield
-    finally:
-        if key is not None:
-            _let_go(key)
-
-
-_HELD: dict[str, list] = {}  # folder (real path) -> [lock's file descriptor, holders in this process, folders made]
-
-
-def _hold(out: Path, option: str) -> str:
-    key = os.path.realpath(out)
-    if key in _HELD:
-        _HELD[key][1] += 1
-        return key
-    made = [p for p in (Path(key), *Path(key).parents) if not p.exists()]  # the folders this call makes, deepest first
-    while True:
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # the folder went with a holder that let go just now: again
-            continue
-        if fcntl is None:  # no flock here (Windows): one training per folder is then the user's care
-            break
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            held_by = f" (pid {pid})" if pid.isdigit() else ""
-            raise AttentionError(
-                f"run folder {str(out)!r} is in use by another training{held_by}; "
-                f"wait for it or pick another {option}"
-            ) from None
-        try:  # the file locked is still the folder's, not one its holder removed as it let go
-            if os.path.samestat(os.stat(out / LOCK), os.fstat(fd)):
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    _HELD[key] = [fd, 1, made]
-    return key
-
-
-def _let_go(key: str) -> None:
-    held = _HELD[key]
-    held[1] -= 1
-    if held[1]:
-        return
-    del _HELD[key]
-    fd, _, made = held
-    try:
-        os.unlink(Path(key) / LOCK)  # while still holding it: whoever opened it meanwhile sees it went, and tries again
-        for folder in made:
-            os.rmdir(folder)  # only if empty: a run that wrote nothing leaves nothing
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _rank_seed(seed: int, step: int, rank: int) -> int:
