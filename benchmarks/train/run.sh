@@ -24,8 +24,8 @@ for group in $GROUPS_; do
   esac
   stem=${kinds//,/+}${mode:+-$mode}
   echo "== $group (load $(cut -d' ' -f1-3 /proc/loadavg))"
-  flock "$LOCK" python -m attnkit.bench.train run "${args[@]}" --out "$PARTS" --stem "$stem"
+  flock "$LOCK" python -m attnkit.cli.train_bench run "${args[@]}" --out "$PARTS" --stem "$stem"
   parts+=("$PARTS/$stem.json")
 done
-python -m attnkit.bench.train merge "${parts[@]}" --out benchmarks/train --stem results
+python -m attnkit.cli.train_bench merge "${parts[@]}" --out benchmarks/train --stem results
 echo "results: benchmarks/train/results.md (parts in $PARTS)"

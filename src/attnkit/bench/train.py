@@ -21,7 +21,7 @@ memory is measured quiet, in a fresh process per contender and phase, as
 :mod:`attnkit.bench.measure` measures it. Ratios are the other contender's time / attnkit's over
 the same work: > 1 means attnkit is faster.
 
-Its command line (``python -m attnkit.bench.train run|merge|peak``) is :mod:`attnkit.cli.bench`; its
+Its command line is ``python -m attnkit.cli.train_bench run|merge|peak`` (:mod:`attnkit.cli.train_bench`); its
 report as tables and files, :mod:`attnkit.bench.train_report`.
 """
 
@@ -263,7 +263,7 @@ def peak(kind: str, name: str, phase: str, settings: Settings, timeout_s: float 
     in a fresh process (None where it could not be measured)."""
     if not Path("/proc/self/clear_refs").exists():
         return None
-    cmd = [sys.executable, "-m", "attnkit.bench.train", "peak", kind, name, phase, json.dumps(asdict(settings))]
+    cmd = [sys.executable, "-m", "attnkit.cli.train_bench", "peak", kind, name, phase, json.dumps(asdict(settings))]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     try:
         done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -415,14 +415,3 @@ def settings_from(doc: dict) -> Settings:
     """The :class:`Settings` of a report's ``settings`` (keys it does not know, from older reports, are dropped)."""
     known = {f.name for f in fields(Settings)}
     return Settings(**{k: v for k, v in doc.items() if k in known})
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m attnkit.bench.train``: :func:`attnkit.cli.bench.train_main`."""
-    from ..cli.bench import train_main
-
-    train_main(argv)
-
-
-if __name__ == "__main__":
-    main()
