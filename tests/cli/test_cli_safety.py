@@ -377,7 +377,7 @@ def test_numpy_is_a_core_dependency():
     tomllib = pytest.importorskip("tomllib")
     from pathlib import Path
 
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
     assert any(re.match(r"numpy\b", d) for d in project["dependencies"])
 
 

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urldefrag, urlparse
 
 import pytest
 
-SITE = Path(__file__).resolve().parents[1] / "docs" / "_build" / "html"
+SITE = Path(__file__).resolve().parents[2] / "docs" / "_build" / "html"
 REQUIRED = os.environ.get("ATTNKIT_REQUIRE_DOCS") == "1"
 
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,7 @@ from attnkit.cli import _parser
 from attnkit.models import RNNConfig, TransformerConfig
 from attnkit.train import TrainConfig
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 # the README and the docs pages it moved into (the G2P page holds the sentence of defaults)
 README = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))])
 

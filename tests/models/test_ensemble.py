@@ -24,7 +24,7 @@ from attnkit.models import (
 from attnkit.tasks.g2p import G2P, G2PTask, pack
 from attnkit.train import TrainConfig, Trainer, checkpoint
 
-from .test_viz_cli import page_data
+from test_viz_cli import page_data  # tests/cli, on pytest's pythonpath
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
