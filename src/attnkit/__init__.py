@@ -41,19 +41,22 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def pronounce(words, *, beam: int = 5, precision: str = "fp32", model=None, trust_unchecked: bool = False) -> list:
+def pronounce(
+    words, *, beam: int = 5, precision: str = "fp32", stress: bool = True, model=None, trust_unchecked: bool = False
+) -> list:
     """Phonemes of ``words`` (a list of words, or one string of whitespace-separated words) from
     the shipped G2P model, or the checkpoint (file or run folder) ``model``: a list of
     :class:`~attnkit.tasks.g2p.Pronunciation` (``word``, ``phones``, attention ``weights``, ``cut``)
     in the words' order. The model is loaded once per ``model`` and kept; the options are
-    :meth:`attnkit.tasks.g2p.G2P.pronounce`'s (``beam`` 1 is greedy, ``precision`` fp32 or bf16)."""
+    :meth:`attnkit.tasks.g2p.G2P.pronounce`'s (``beam`` 1 is greedy, ``precision`` fp32 or bf16,
+    ``stress=False`` drops the stress digits)."""
     if isinstance(words, str):
         words = words.split()
     elif not isinstance(words, (list, tuple)) or not all(isinstance(w, str) for w in words):
         got = type(words).__name__ if not isinstance(words, (list, tuple)) else "a sequence holding non-strings"
         raise AttentionError(f"words must be a list of str or one str of whitespace-separated words, got {got}")
     key = None if model is None else str(model)
-    return _loaded(key, trust_unchecked).pronounce(list(words), beam=beam, precision=precision)
+    return _loaded(key, trust_unchecked).pronounce(list(words), beam=beam, precision=precision, stress=stress)
 
 
 @functools.lru_cache(maxsize=4)

@@ -221,6 +221,16 @@ def add_pronounce_parser(sub) -> None:
         "--plot", help="save the letter-to-phoneme alignment to this PNG/SVG (one file per word: FILE-WORD.png)"
     )
     p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16 (mixed precision on CPU or CUDA)")
+    p.add_argument(
+        "--no-stress", dest="stress", action="store_false", help="phonemes without their stress digits (AH0 -> AH)"
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help="text (default): word and phonemes, one line each; jsonl: one JSON object a line, "
+        '{"word", "phones", "cut", "place"}',
+    )
     add_trust_flag(p)
 
 
@@ -301,10 +311,15 @@ def pronounce(args) -> int:
         return 2
     words, places = [w for w, _ in good], [p for _, p in good]
     with progress.bar(f"pronouncing {len(words):,} words, {_threads()}") as bar:
-        results = pronounced(g2p, words, places, beam=args.beam, progress=bar, precision=args.precision)
+        results = pronounced(
+            g2p, words, places, beam=args.beam, progress=bar, precision=args.precision, stress=args.stress
+        )
     width = max(len(r.word) for r in results)
-    for r in results:
-        print(f"{r.word:<{width}}  {' '.join(r.phones)}")
+    for r, place in zip(results, places):
+        if args.format == "jsonl":
+            print(json.dumps({"word": r.word, "phones": list(r.phones), "cut": r.cut, "place": place}))
+        else:
+            print(f"{r.word:<{width}}  {' '.join(r.phones)}")
     if args.plot:
         from ..viz import alignment
 
@@ -315,5 +330,5 @@ def pronounce(args) -> int:
             path = plot if len(args.words) == 1 else _word_plot(plot, r.word)
             rows = list(r.phones) + ["</s>"][: r.weights.shape[0] - len(r.phones)]  # no end row if cut at max length
             alignment(r.weights, list(r.word), rows, path, title=f"{r.word} -> {' '.join(r.phones)}")
-            print(f"alignment: {path}")
+            print(f"alignment: {path}", file=sys.stderr if args.format == "jsonl" else sys.stdout)  # stdout: JSON only
     return 2 if bad else 0

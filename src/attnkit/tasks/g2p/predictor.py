@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ...core.stats import sharpness
 from ...data import cmudict
 from ...data.vocab import SPECIALS, Vocab
-from ...errors import AttentionError
+from ...errors import AttentionError, check_bool
 from ...models.decoding import length_limit
 from ...models.ensemble import Ensemble
 from ...train import checkpoint, precision
@@ -104,12 +104,15 @@ class G2P:
             raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
 
     def pronounce(
-        self, words: list[str], *, beam: int = 5, progress=None, precision: str = "fp32"
+        self, words: list[str], *, beam: int = 5, progress=None, precision: str = "fp32", stress: bool = True
     ) -> list[Pronunciation]:
         """Phonemes of each word (lower-cased; letters a-z, ' - . only; see :meth:`check_word`);
         ``progress`` as in :func:`decode_words`; ``precision`` fp32 or bf16
-        (:mod:`attnkit.train.precision`). The first bad word is an error naming it (``words[i]``);
-        an output cut at its length limit is a :class:`LengthLimitWarning` and ``cut=True``."""
+        (:mod:`attnkit.train.precision`); ``stress=False``: the vowels without their stress digits
+        (``AH0`` -> ``AH``; the same decoding, one weight row per phoneme as before). The first bad
+        word is an error naming it (``words[i]``); an output cut at its length limit is a
+        :class:`LengthLimitWarning` and ``cut=True``."""
+        check_bool("stress", stress)
         clean = []
         for i, w in enumerate(words):
             try:
@@ -120,7 +123,8 @@ class G2P:
             hyps = decode_words(
                 self.model, clean, self.letters, self.phonemes, beam=beam, progress=progress, cap=self.cap
             )
-        results = [Pronunciation(w, h.tokens, h.weights, not h.finished) for w, h in zip(clean, hyps)]
+        phones = [h.tokens if stress else cmudict.strip_stress(h.tokens) for h in hyps]
+        results = [Pronunciation(w, p, h.weights, not h.finished) for w, p, h in zip(clean, phones, hyps)]
         for i, r in enumerate(results):
             note = self.note(r)
             if note is not None:

@@ -1,0 +1,62 @@
+"""pronounce's outputs for tools (issue 25): --no-stress and --format jsonl, and the same options
+from Python (G2P.pronounce, attnkit.pronounce)."""
+
+import json
+import warnings
+
+import pytest
+
+import attnkit
+from attnkit.cli import main
+from attnkit.data.cmudict import strip_stress
+from attnkit.tasks.g2p import G2P, LengthLimitWarning
+
+WORDS = ["cat", "attention", "x-ray", "abacus"]
+
+
+def _text(capsys, argv):
+    assert main(argv) == 0
+    return [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+
+
+def test_no_stress_strips_the_digits_of_the_same_pronunciations(capsys):
+    kept = _text(capsys, ["pronounce", "--beam", "1", *WORDS])
+    stripped = _text(capsys, ["pronounce", "--beam", "1", "--no-stress", *WORDS])
+    assert [line[0] for line in stripped] == WORDS
+    assert [list(strip_stress(line[1:])) for line in kept] == [line[1:] for line in stripped]
+    assert any(p[-1].isdigit() for line in kept for p in line[1:])  # the check strips something
+
+
+def test_jsonl_holds_the_text_outputs_with_their_places(capsys, tmp_path):
+    long = "ab" * 50  # the shipped model's greedy output runs to its cap: cut
+    words = tmp_path / "words.txt"
+    words.write_text("cat\n\nx-ray " + long + "\n")
+    assert main(["pronounce", "--beam", "1", "--format", "jsonl", "--file", str(words)]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [r["word"] for r in rows] == ["cat", "x-ray", long]
+    assert [r["place"] for r in rows] == [f"{str(words)!r} line {n}" for n in (1, 3, 3)]
+    assert [r["cut"] for r in rows] == [False, False, True] and rows[0]["phones"] == ["K", "AE1", "T"]
+    text = _text(capsys, ["pronounce", "--beam", "1", "cat", "x-ray"])
+    assert [r["phones"] for r in rows[:2]] == [line[1:] for line in text]
+    assert "cut at the length limit" in captured.err  # the warning stays on stderr
+
+
+def test_jsonl_keeps_stdout_json_when_plotting(capsys, tmp_path):
+    assert main(["pronounce", "--format", "jsonl", "cat", "--plot", str(tmp_path / "a.png")]) == 0
+    captured = capsys.readouterr()
+    (row,) = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert row["word"] == "cat" and "alignment:" in captured.err and (tmp_path / "a.png").exists()
+
+
+def test_python_takes_the_same_options():
+    g2p = G2P.load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LengthLimitWarning)
+        kept = g2p.pronounce(WORDS, beam=1)
+        stripped = g2p.pronounce(WORDS, beam=1, stress=False)
+    assert [strip_stress(p.phones) for p in kept] == [p.phones for p in stripped]
+    assert all(a.weights.shape == b.weights.shape for a, b in zip(kept, stripped))
+    assert [p.phones for p in attnkit.pronounce(WORDS, beam=1, stress=False)] == [p.phones for p in stripped]
+    with pytest.raises(attnkit.AttentionError, match=r"stress must be a bool \(True or False\), got 'no'"):
+        g2p.pronounce(["cat"], stress="no")
