@@ -60,3 +60,64 @@ def test_python_takes_the_same_options():
     assert [p.phones for p in attnkit.pronounce(WORDS, beam=1, stress=False)] == [p.phones for p in stripped]
     with pytest.raises(attnkit.AttentionError, match=r"stress must be a bool \(True or False\), got 'no'"):
         g2p.pronounce(["cat"], stress="no")
+
+
+# -- known pronunciations: a lexicon and the CMU dictionary win over the model ------------------------
+def test_a_lexicon_overrides_the_model_and_says_so(capsys, tmp_path):
+    lexicon = tmp_path / "mine.dict"
+    lexicon.write_text("# my overrides\ncat K AE1 T S\ncat(2) K AA1 T\n")
+    rows = _text(capsys, ["pronounce", "--beam", "1", "--lexicon", str(lexicon), "cat", "dog"])
+    model = _text(capsys, ["pronounce", "--beam", "1", "dog"])
+    assert rows[0] == ["cat", "K", "AE1", "T", "S", "#", "lexicon"]  # the first pronunciation of the file
+    assert rows[1] == model[0]  # a word the lexicon lacks comes from the model, unmarked
+    assert main(["pronounce", "--format", "jsonl", "--lexicon", str(lexicon), "cat"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "lexicon"
+
+
+def test_the_cmu_dictionary_is_looked_up_and_the_lexicon_wins_over_it(tmp_path):
+    from attnkit.data import cmudict
+
+    known = {e.word: e.pronunciations[0] for e in cmudict.load()}
+    g2p = G2P.load()
+    colonel, knight = g2p.pronounce(["colonel", "knight"], cmudict=True, lexicon={"knight": ["N", "AY1", "T", "S"]})
+    assert (colonel.phones, colonel.source, colonel.weights) == (known["colonel"], "cmudict", None)
+    assert (knight.phones, knight.source) == (("N", "AY1", "T", "S"), "lexicon")
+    (plain,) = g2p.pronounce(["colonel"], beam=1)
+    assert plain.source == "model" and plain.weights is not None  # off by default
+    (stripped,) = g2p.pronounce(["colonel"], cmudict=True, stress=False)
+    assert stripped.phones == strip_stress(known["colonel"])
+
+
+@pytest.mark.parametrize(
+    "lexicon, message",
+    [
+        ({"cat": ["KK"]}, r"lexicon gives 'cat' the phonemes \['KK'\], which the model does not have"),
+        ({"cat": "K AE1 T"}, r"lexicon maps 'cat' to 'K AE1 T'; expected a word and a sequence of phonemes"),
+        ({"cat": []}, r"lexicon maps 'cat' to \[\]"),
+        (["cat"], r"lexicon must be a mapping word -> phonemes or a file's path, got list"),
+        ("/nonexistent.dict", r"lexicon '/nonexistent.dict' does not exist"),
+    ],
+)
+def test_a_bad_lexicon_is_named(lexicon, message):
+    with pytest.raises(attnkit.AttentionError, match=message):
+        G2P.load().pronounce(["cat"], lexicon=lexicon)
+
+
+def test_a_bad_lexicon_file_is_one_line_naming_its_line(capsys, tmp_path):
+    from cli_errors import one_line_error
+
+    lexicon = tmp_path / "bad.dict"
+    lexicon.write_text("cat K AE1 T\nd0g D AO1 G\n")
+    one_line_error(capsys, ["pronounce", "--lexicon", str(lexicon), "cat"], f"lexicon {str(lexicon)!r}: line 2")
+
+
+def test_every_word_known_decodes_nothing(monkeypatch):
+    from attnkit.tasks.g2p import predictor
+
+    def refuse(model, words, *args, **kwargs):
+        assert words == []  # the known words are not decoded
+        return []
+
+    monkeypatch.setattr(predictor, "decode_words", refuse)
+    (cat,) = G2P.load().pronounce(["cat"], lexicon={"cat": ["K", "AE1", "T"]})
+    assert cat.phones == ("K", "AE1", "T") and cat.source == "lexicon"

