@@ -81,13 +81,17 @@ def whole(text: str) -> int:
     return _at_least(text, 0)
 
 
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
+
 def number(text: str) -> float:
     """A finite number >= 0 (a config's float fields: rates, dropout, decay; the config says where 0
     is too small)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    value = _float(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
@@ -95,10 +99,7 @@ def number(text: str) -> float:
 
 def weight(text: str) -> float:
     """A number in (0, 1] (``--distil``: the share of a term in the loss)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    value = _float(text)
     if not 0 < value <= 1:  # NaN too
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
     return value

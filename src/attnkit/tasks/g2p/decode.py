@@ -47,8 +47,8 @@ def decode_words(
     that an untrained model's output lengths do not set the speed. ``cap``: the most steps of any
     output (default and at most: the model's positions, :func:`positions`)."""
     model.eval()
-    most = positions(model)
-    cap = most if cap is None else cap if most is None else min(cap, most)
+    caps = [c for c in (cap, positions(model)) if c is not None]
+    cap = min(caps) if caps else None
     device = next(model.parameters()).device
     out = [None] * len(words)
     done = 0

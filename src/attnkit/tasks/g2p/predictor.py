@@ -76,9 +76,8 @@ class G2P:
         # past the longest training source a model reads what it never learnt: its outputs stop at
         # that source's length limit, and such a word is said to be outside the training range
         self.longest = task_doc.get("longest")
-        most = positions(self.model)
-        limits = [x for x in (most, None if self.longest is None else length_limit(self.longest)) if x is not None]
-        self.cap = min(limits) if limits else None  # the most phonemes of any output
+        most = positions(self.model)  # the most phonemes of any output:
+        self.cap = most if self.longest is None else length_limit(self.longest, most)
 
     @staticmethod
     def shipped_path() -> Path:
@@ -172,7 +171,7 @@ class G2P:
                     f"lexicon must be a mapping word -> phonemes or a file's path, got {type(lexicon).__name__}"
                 )
             _lexicon.check(lexicon, self.phonemes.symbols[len(SPECIALS) :], what)
-            known.append(("lexicon", {w.strip().lower(): p for w, p in lexicon.items() if isinstance(w, str)}))
+            known.append(("lexicon", {w.strip().lower(): p for w, p in lexicon.items()}))  # keys checked: str
         if cmu:
             known.append(("cmudict", _lexicon.cmu()))
         return known
