@@ -121,3 +121,16 @@ def test_every_word_known_decodes_nothing(monkeypatch):
     monkeypatch.setattr(predictor, "decode_words", refuse)
     (cat,) = G2P.load().pronounce(["cat"], lexicon={"cat": ["K", "AE1", "T"]})
     assert cat.phones == ("K", "AE1", "T") and cat.source == "lexicon"
+
+
+def test_a_long_word_from_a_lexicon_is_not_called_a_guess(capsys, tmp_path):
+    """The training-range warning is about the model's outputs: a word the lexicon gives is not one."""
+    word = "pneumonoultramicroscopicsilicovolcanoconiosis"  # 45 letters, past the shipped model's 28
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LengthLimitWarning)
+        (p,) = G2P.load().pronounce([word], lexicon={word: ["N", "UW1"]})
+    assert p.source == "lexicon"
+    lexicon = tmp_path / "long.dict"
+    lexicon.write_text(f"{word} N UW1\n")
+    assert main(["pronounce", "--lexicon", str(lexicon), word]) == 0
+    assert capsys.readouterr().err == ""

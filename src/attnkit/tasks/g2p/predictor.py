@@ -193,7 +193,10 @@ class G2P:
 
     def note(self, result: Pronunciation) -> str | None:
         """What a warning says of ``result``: that its output was cut at its length limit, or that its
-        word is longer than any the model was trained on (its output is a guess); None when neither."""
+        word is longer than any the model was trained on (its output is a guess); None when neither,
+        and for a word a lexicon gave (nothing was decoded)."""
+        if result.source != "model":
+            return None
         word = result.word
         longer = self.longest is not None and len(word) > self.longest
         beyond = f", longer than the model's longest training word ({self.longest} letters)" if longer else ""
