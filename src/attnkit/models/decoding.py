@@ -103,29 +103,44 @@ def greedy(
     """Take the most likely token at every step; ``src`` (B, S) padded with 0. A row stops when it
     emits EOS or after ``max_len`` steps (default 2 S_b + 10, its own source length S_b, at most
     ``cap``: see the module docstring); EOS is ruled out for the first ``min_len`` steps
-    (``min_len == max_len``: exactly that many steps, as benchmarks decode)."""
+    (``min_len == max_len``: exactly that many steps, as benchmarks decode). Rows that have stopped
+    leave the batch (once a quarter of it has), so a batch's short outputs do not pay for its long ones."""
     limits = _limits(src, max_len, min_len, cap)  # (B,)
     memory = model.encode(src)
     state = model.start(memory)
-    b = src.shape[0]
-    token = torch.full((b,), BOS, dtype=torch.long, device=src.device)
-    done = torch.zeros(b, dtype=torch.bool, device=src.device)
+    b, device = src.shape[0], src.device
     dtype = _score_dtype(memory)
-    scores = torch.zeros(b, device=src.device, dtype=dtype)
-    tokens, weights = [], []
-    for t in range(int(limits.max())):
+    steps = int(limits.max())
+    tokens = torch.full((b, steps), PAD, dtype=torch.long, device=device)
+    scores = torch.zeros(b, device=device, dtype=dtype)
+    weights = None  # (B, T, S) once the model gives weights
+    rows = torch.arange(b, device=device)  # the batch row of each row still decoding
+    token = torch.full((b,), BOS, dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    limit = limits
+    # a state that holds keys and values projected from this memory (a Transformer's cross-attention
+    # cache) is checked against the very memory tensor it was filled from: its batch cannot shrink
+    shrinks = not getattr(state, "holds_source", False)
+    for t in range(steps):
         logits, state, w, _ = model.step(memory, state, token, t, True)
-        logp = _no_early_end(logits.to(dtype).log_softmax(-1), t, min_len)  # (B, V)
-        stopped = done | (t >= limits)  # (B,): ended, or at its length limit
-        token = logp.argmax(-1).masked_fill(stopped, PAD)  # (B,)
-        scores += logp.gather(-1, token[:, None]).squeeze(-1).masked_fill(stopped, 0.0)
-        tokens.append(token)
-        weights.append(w)
+        logp = _no_early_end(logits.to(dtype).log_softmax(-1), t, min_len)  # (N, V), N rows still decoding
+        stopped = done | (t >= limit)  # (N,): ended, or at its length limit
+        token = logp.argmax(-1).masked_fill(stopped, PAD)  # (N,)
+        scores[rows] += logp.gather(-1, token[:, None]).squeeze(-1).masked_fill(stopped, 0.0)
+        tokens[rows, t] = token
+        if w is not None:
+            if weights is None:
+                weights = w.new_zeros(b, steps, w.shape[-1])
+            weights[rows, t] = w
         done |= token == EOS
-        if (done | (t + 1 >= limits)).all():
+        over = done | (t + 1 >= limit)
+        if over.all():
             break
-    w = None if weights[0] is None else torch.stack(weights, 1)  # (B, T, S)
-    return _hypotheses(torch.stack(tokens, 1), scores, w, src, limits)
+        if shrinks and 4 * int(over.sum()) >= len(rows):  # drop the stopped rows from the batch
+            keep = (~over).nonzero().squeeze(1)
+            rows, token, done, limit = rows[keep], token[keep], done[keep], limit[keep]
+            memory, state = select(memory, keep), reorder_state(state, keep)
+    return _hypotheses(tokens, scores, weights, src, limits)
 
 
 @torch.no_grad()
@@ -138,14 +153,23 @@ def beam_search(
     max_len: int | None = None,
     min_len: int = 0,
     cap: int | None = None,
-) -> list[Hypothesis]:
+    nbest: int | None = None,
+) -> list[Hypothesis] | list[list[Hypothesis]]:
     """Keep the ``beam`` best prefixes of every source at each step; return each source's best
     finished output ranked by score / :func:`length_penalty` (``alpha=0``: raw score). A finished
     prefix stays in the beam with its score, extended by padding at no cost, so ``beam=1`` is
     exactly :func:`greedy`; so does every prefix of a source at its length limit. ``max_len``,
-    ``min_len`` and ``cap`` as in :func:`greedy`."""
+    ``min_len`` and ``cap`` as in :func:`greedy`.
+
+    ``nbest=k`` (1 <= k <= ``beam``): each source's list of up to k outputs instead, the distinct
+    prefixes left in the beam at the end, by score (log-probability) descending, without the
+    length penalty: its finished ones, or its cut ones where none finished. Prefixes of score -inf
+    (fewer than k possible outputs) are left out, all but the first. Its first output is the one
+    ``nbest=None`` returns with ``alpha=0``."""
     if not (isinstance(beam, int) and beam >= 1):
         raise AttentionError(f"beam must be an int >= 1, got {beam!r}")
+    if nbest is not None and not (isinstance(nbest, int) and not isinstance(nbest, bool) and 1 <= nbest <= beam):
+        raise AttentionError(f"nbest must be an int from 1 to beam={beam} (the beam holds the outputs), got {nbest!r}")
     limits = _limits(src, max_len, min_len, cap)  # (B,)
     b, k = src.shape[0], beam
     device = src.device
@@ -183,8 +207,33 @@ def beam_search(
         scores = top.view(-1)
         if (done | (t + 1 >= row_limits)).all():
             break
+    if nbest is not None:
+        return _nbest(tokens, scores, weights, done, src, limits, nbest)
     ranked = (scores / length_penalty(lengths, alpha)).masked_fill(~done, float("-inf")).view(b, k)
     # no finished prefix after max_len steps: fall back to the best raw score
     ranked = torch.where(done.view(b, k).any(-1, keepdim=True), ranked, scores.view(b, k))
     best = torch.arange(b, device=device) * k + ranked.argmax(-1)  # (B,)
     return _hypotheses(tokens[best], scores[best], None if weights is None else weights[best], src, limits)
+
+
+def _nbest(
+    tokens: Tensor, scores: Tensor, weights: Tensor | None, done: Tensor, src: Tensor, limits: Tensor, n: int
+) -> list[list[Hypothesis]]:
+    """The ``n`` best of each source's K final prefixes (B K, ...) by score: finished ones, or cut ones
+    where none finished; ties keep beam order, as ``argmax`` does. Distinct prefixes have distinct
+    tokens, but several prefixes of score -inf can share theirs, so those are dropped."""
+    b = src.shape[0]
+    k = scores.shape[0] // b
+    finished, raw = done.view(b, k), scores.view(b, k)  # (B, K)
+    kept = torch.where(finished.any(-1, keepdim=True), raw.masked_fill(~finished, float("-inf")), raw)
+    top, idx = kept.sort(dim=-1, descending=True, stable=True)  # (B, K)
+    rows = (torch.arange(b, device=src.device)[:, None] * k + idx[:, :n]).view(-1)  # (B n,)
+    hyps = _hypotheses(
+        tokens[rows],
+        scores[rows],
+        None if weights is None else weights[rows],
+        src.repeat_interleave(n, 0),
+        limits.repeat_interleave(n),
+    )
+    possible = top[:, :n].isfinite().tolist()  # (B, n)
+    return [[h for j, h in enumerate(hyps[i * n : (i + 1) * n]) if j == 0 or possible[i][j]] for i in range(b)]

@@ -46,6 +46,11 @@ class EnsembleState:
     def __init__(self, members: tuple):
         self.members = members
 
+    @property
+    def holds_source(self) -> bool:
+        """Whether a member's state holds keys projected from its memory (see :func:`greedy`)."""
+        return any(getattr(s, "holds_source", False) for s in self.members)
+
     def reorder(self, index: Tensor) -> EnsembleState:
         return EnsembleState(tuple(reorder_state(s, index) for s in self.members))
 

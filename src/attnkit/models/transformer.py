@@ -149,6 +149,7 @@ class DecoderCache:
     cross-attention) :class:`KVCache` pair; ``length`` target positions decoded so far."""
 
     layers: list[tuple[KVCache, KVCache]] = field(default_factory=list)
+    holds_source = True  # its cross-attention caches belong to one memory tensor: greedy keeps the batch whole
 
     @property
     def length(self) -> int:
