@@ -134,3 +134,131 @@ def test_a_long_word_from_a_lexicon_is_not_called_a_guess(capsys, tmp_path):
     lexicon.write_text(f"{word} N UW1\n")
     assert main(["pronounce", "--lexicon", str(lexicon), word]) == 0
     assert capsys.readouterr().err == ""
+
+
+# -- n-best lists, confidence and alignment (issue 25) ------------------------------------------------
+@pytest.fixture(scope="module")
+def shipped():
+    return G2P.load()
+
+
+@pytest.fixture
+def loaded(shipped, monkeypatch):
+    """The command line's G2P.load gives the shipped model loaded once (loading it is 2-3 s a call)."""
+    monkeypatch.setattr(G2P, "load", lambda *args, **kwargs: shipped)
+    return shipped
+
+
+def _columns(out: str) -> list[list[str]]:
+    """Text lines cut at their column gaps (two spaces or more; phonemes are one space apart)."""
+    import re
+
+    return [re.split(r" {2,}", line) for line in out.strip().splitlines()]
+
+
+def test_nbest_prints_each_words_alternatives_most_probable_first(capsys, loaded):
+    words = ["cat", "read", "colonel"]
+    assert main(["pronounce", "--nbest", "4", *words]) == 0
+    rows = _columns(capsys.readouterr().out)
+    expected = loaded.pronounce(words, nbest=4)
+    assert [r[0] for r in rows] == [a.word for alts in expected for a in alts]
+    assert [r[2].split() for r in rows] == [list(a.phones) for alts in expected for a in alts]
+    assert [float(r[1]) for r in rows] == pytest.approx([a.probability for alts in expected for a in alts], abs=5e-5)
+    for word, alts in zip(words, expected):
+        probabilities = [float(r[1]) for r in rows if r[0] == word]
+        assert 1 <= len(probabilities) <= 4 and probabilities == sorted(probabilities, reverse=True)
+        assert sum(a.probability for a in alts) <= 1 + 1e-6
+    assert len(rows) > len(words)  # alternatives were printed
+
+
+def test_mass_keeps_the_fewest_alternatives_reaching_it(capsys, loaded):
+    words = ["cat", "read", "tomato"]
+    assert main(["pronounce", "--nbest", "5", "--mass", "0.5", "--format", "jsonl", *words]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    full = loaded.pronounce(words, nbest=5)
+    for row, alts in zip(rows, full):
+        kept = [a["probability"] for a in row["alternatives"]]
+        assert kept == [a.probability for a in alts[: len(kept)]]
+        assert sum(kept) >= 0.5 and sum(kept[:-1]) < 0.5
+        assert row["phones"] == row["alternatives"][0]["phones"] == list(alts[0].phones)
+        assert row["probability"] == kept[0]
+    sizes = [len(r["alternatives"]) for r in rows]
+    assert sizes[0] == 1 and max(sizes) > 1  # cat is sure (0.71), read and tomato are not
+
+
+def test_confidence_is_the_probability_python_gives(capsys, loaded):
+    words = ["cat", "attention", "x-ray"]
+    expected = loaded.pronounce(words)
+    assert main(["pronounce", "--confidence", *words]) == 0
+    rows = _columns(capsys.readouterr().out)
+    assert [float(r[1]) for r in rows] == pytest.approx([p.probability for p in expected], abs=5e-5)
+    assert [r[2].split() for r in rows] == [list(p.phones) for p in expected]
+    assert main(["pronounce", "--format", "jsonl", *words]) == 0  # in JSON Lines always, unrounded
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["probability"] for r in rows] == [p.probability for p in expected]
+
+
+def test_align_prints_the_alignment_python_gives(capsys, loaded, tmp_path):
+    from attnkit.tasks.g2p import align, alignment_text
+
+    words = ["cat", "knight", "x-ray"]
+    expected = loaded.pronounce(words)
+    assert main(["pronounce", "--align", *words]) == 0
+    rows = _columns(capsys.readouterr().out)
+    assert [r[2] for r in rows] == [alignment_text(align(p.word, p.phones, p.weights)) for p in expected]
+    assert rows[0] == ["cat", "K AE1 T", "c}K a}AE1 t}T"]
+    lexicon = tmp_path / "mine.dict"
+    lexicon.write_text("cat K AE1 T S\n")
+    assert (
+        main(["pronounce", "--align", "--confidence", "--format", "jsonl", "--lexicon", str(lexicon), "cat", "knight"])
+        == 0
+    )
+    cat, knight = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert (cat["alignment"], cat["probability"]) == (None, None)  # a lexicon word: nothing decoded
+    assert knight["alignment"] == [
+        [letter, list(group)] for letter, group in align("knight", expected[1].phones, expected[1].weights)
+    ]
+    assert main(["pronounce", "--align", "--confidence", "--lexicon", str(lexicon), "cat"]) == 0
+    assert _columns(capsys.readouterr().out) == [["cat", "-", "K AE1 T S", "# lexicon"]]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["--nbest", "3", "--beam", "2"],
+            "--nbest 3 needs --beam 3 or more (the beam holds the alternatives), got --beam 2",
+        ),
+        (["--nbest", "6"], "--nbest 6 needs --beam 6 or more"),  # the default beam is 5
+        (["--mass", "0.5"], "--mass keeps the most probable of --nbest's alternatives; give --nbest K too"),
+        (["--nbest", "0"], "argument --nbest: must be a whole number >= 1, got '0'"),
+        (["--nbest", "two"], "argument --nbest: must be a whole number, got 'two'"),
+        (["--nbest", "2", "--mass", "0"], "argument --mass: must be a number in (0, 1], got '0'"),
+        (["--nbest", "2", "--mass", "1.5"], "argument --mass: must be a number in (0, 1], got '1.5'"),
+        (["--nbest", "2", "--mass", "nan"], "argument --mass: must be a number in (0, 1], got 'nan'"),
+    ],
+)
+def test_bad_nbest_flags_are_one_line_before_the_model_loads(capsys, monkeypatch, argv, expected):
+    from cli_errors import one_line_error
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(G2P, "load", refuse)
+    one_line_error(capsys, ["pronounce", *argv, "cat"], expected)
+
+
+def test_align_without_attention_is_one_line(capsys, monkeypatch):
+    from cli_errors import one_line_error
+
+    from attnkit.data.cmudict import LETTERS
+    from attnkit.data.vocab import Vocab
+    from attnkit.models import RNNConfig, RNNSeq2Seq
+
+    letters, phonemes = Vocab(LETTERS), Vocab(["K", "AE1", "T"])
+    model = RNNSeq2Seq(RNNConfig(len(letters), len(phonemes), attention="none", hidden_dim=8, embed_dim=4))
+    g2p = G2P(model, {"letters": letters.symbols, "phonemes": phonemes.symbols, "longest": 3}, "none")
+    monkeypatch.setattr(G2P, "load", lambda *args, **kwargs: g2p)
+    one_line_error(capsys, ["pronounce", "--align", "cat"], "this model has no attention (attention=none)")
+    assert main(["pronounce", "--confidence", "--nbest", "2", "cat"]) == 0  # the rest needs no attention
+    assert _columns(capsys.readouterr().out)[0][0] == "cat"

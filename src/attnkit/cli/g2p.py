@@ -21,6 +21,7 @@ from .options import (
     check_pictures,
     count,
     given,
+    positive,
     read_words,
     train_config,
     weight,
@@ -236,12 +237,41 @@ def add_pronounce_parser(sub) -> None:
         "--lexicon wins over it. Default: off, every word from the model",
     )
     p.add_argument(
+        "--nbest",
+        type=positive,
+        metavar="K",
+        help="the K most probable pronunciations of each word, the beam's distinct outputs (needs --beam K or "
+        "more): one line each, most probable first: word, probability, phonemes",
+    )
+    p.add_argument(
+        "--mass",
+        type=weight,
+        metavar="P",
+        help="with --nbest: keep the fewest most probable alternatives whose probabilities sum to P or more "
+        "(P in (0, 1]; at least one)",
+    )
+    p.add_argument(
+        "--confidence",
+        action="store_true",
+        help="a probability column after the word: the model's probability of its output (0.7080), "
+        "'-' for a word a lexicon gave",
+    )
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="the letter-to-phoneme alignment read from the attention, after the phonemes: letter}PHONEMES "
+        "for each letter, phonemes of one letter joined by |, _ for a letter without (c}K a}AE1 t}T)",
+    )
+    p.add_argument(
         "--format",
         choices=("text", "jsonl"),
         default="text",
-        help="text (default): word and phonemes, one line each (and '# lexicon' or '# cmudict' after a "
-        "word found there); jsonl: one JSON object a line, "
-        '{"word", "phones", "cut", "place", "source"}',
+        help="text (default): one line a word, columns two spaces apart: word, its probability (with "
+        "--confidence or --nbest), phonemes, the alignment (--align), and '# lexicon' or '# cmudict' after "
+        "a word found there; with --nbest one such line per alternative. jsonl: one JSON object a word, "
+        '{"word", "phones", "cut", "place", "source", "probability"} (probability null for a lexicon '
+        'word), "alignment" ([letter, [phonemes]] pairs) with --align, "alternatives" ([{"phones", '
+        '"probability"}], most probable first; "phones" is the first) with --nbest',
     )
     add_trust_flag(p)
 
@@ -291,7 +321,7 @@ def pronounced(g2p, words: list[str], places: list[str], **kwargs) -> list:
         warnings.simplefilter("ignore", LengthLimitWarning)  # said below, in the command line's words
         results = g2p.pronounce(words, **kwargs)
     for r, place in zip(results, places):
-        note = g2p.note(r)
+        note = g2p.note(r[0] if isinstance(r, list) else r)  # with nbest: a word's alternatives, the best first
         if note is not None:
             print(f"attnkit: warning: {place + ' ' if place else ''}{note}", file=sys.stderr)
     return results
@@ -302,6 +332,13 @@ def pronounce(args) -> int:
     from ..train.precision import check
 
     check(args.precision)
+    if args.nbest is not None and args.nbest > args.beam:
+        raise AttentionError(
+            f"--nbest {args.nbest} needs --beam {args.nbest} or more (the beam holds the alternatives), "
+            f"got --beam {args.beam}"
+        )
+    if args.mass is not None and args.nbest is None:
+        raise AttentionError("--mass keeps the most probable of --nbest's alternatives; give --nbest K too")
     source = _source(args)
     found = None if source is None else read_words(source)  # the file's errors before the model loads
     if args.plot:
@@ -333,19 +370,21 @@ def pronounce(args) -> int:
             stress=args.stress,
             lexicon=args.lexicon,
             cmudict=args.cmudict,
+            nbest=args.nbest,
+            mass=args.mass,
         )
-    width = max(len(r.word) for r in results)
-    for r, place in zip(results, places):
-        if args.format == "jsonl":
-            row = {"word": r.word, "phones": list(r.phones), "cut": r.cut, "place": place, "source": r.source}
-            print(json.dumps(row))
-        else:
-            print(f"{r.word:<{width}}  {' '.join(r.phones)}" + ("" if r.source == "model" else f"  # {r.source}"))
+    ranked = results if args.nbest is not None else [[r] for r in results]  # each word's alternatives
+    if args.format == "jsonl":
+        out = [_jsonl(alts, place, args) for alts, place in zip(ranked, places)]
+    else:
+        width = max(len(alts[0].word) for alts in ranked)
+        out = [_text(alts, width, args) for alts in ranked]
+    print("\n".join(out))  # all built before any is printed: an --align error prints nothing
     if args.plot:
         from ..viz import alignment
 
         plot = Path(args.plot)
-        for r in results:
+        for r in (alts[0] for alts in ranked):
             if r.source != "model":  # nothing decoded: no attention to draw
                 print(f"attnkit: warning: {r.word!r} came from the {r.source}: no alignment to plot", file=sys.stderr)
                 continue
@@ -356,3 +395,55 @@ def pronounce(args) -> int:
             alignment(r.weights, list(r.word), rows, path, title=f"{r.word} -> {' '.join(r.phones)}")
             print(f"alignment: {path}", file=sys.stderr if args.format == "jsonl" else sys.stdout)  # stdout: JSON only
     return 2 if bad else 0
+
+
+def _pairs(r) -> list[tuple[str, tuple[str, ...]]] | None:
+    """``r``'s letter-to-phoneme alignment; None for a word a lexicon gave (nothing was decoded)."""
+    from ..tasks.g2p import align
+
+    if r.source != "model":
+        return None
+    if r.weights is None:
+        raise AttentionError("this model has no attention (attention=none): there is no alignment for --align")
+    return align(r.word, r.phones, r.weights)
+
+
+def _text(alts: list, width: int, args) -> str:
+    """A word's lines: ``word  [probability  ]phonemes[  alignment][  # source]``, one per alternative."""
+    from ..tasks.g2p import alignment_text
+
+    lines = []
+    for r in alts:
+        columns = [f"{r.word:<{width}}"]
+        if args.confidence or args.nbest is not None:
+            columns.append("-" if r.probability is None else f"{r.probability:.4f}")
+        columns.append(" ".join(r.phones))
+        pairs = _pairs(r) if args.align else None
+        if pairs is not None:
+            columns.append(alignment_text(pairs))
+        if r.source != "model":
+            columns.append(f"# {r.source}")
+        lines.append("  ".join(columns))
+    return "\n".join(lines)
+
+
+def _jsonl(alts: list, place: str, args) -> str:
+    """A word's JSON line: its best alternative, and with --nbest all of them under ``alternatives``."""
+    best = alts[0]
+    row = {"word": best.word, "phones": list(best.phones), "cut": best.cut, "place": place, "source": best.source}
+    row["probability"] = best.probability
+    if args.align:
+        row["alignment"] = _pairs_json(best)
+    if args.nbest is not None:
+        row["alternatives"] = [
+            {"phones": list(r.phones), "probability": r.probability}
+            | ({"alignment": _pairs_json(r)} if args.align else {})
+            for r in alts
+        ]
+    return json.dumps(row)
+
+
+def _pairs_json(r) -> list | None:
+    """:func:`_pairs` as JSON: ``[[letter, [phonemes]], ...]``."""
+    pairs = _pairs(r)
+    return None if pairs is None else [[letter, list(group)] for letter, group in pairs]

@@ -6,12 +6,14 @@ Its modules, each using only those above it:
 - :mod:`.doc`: the model kinds (:func:`build_model`) and a checkpoint's task document (:class:`G2PDoc`).
 - :mod:`.decode`: decoding lists of words (:func:`decode_words`).
 - :mod:`.predictor`: inference, :class:`G2P` (``G2P.load()`` is the shipped model).
+- :mod:`.align`: a letter-to-phoneme alignment read from the attention, as text (:func:`align`).
 - :mod:`.task`: the training task, :class:`G2PTask`, and a teacher's targets for distillation.
 - :mod:`.packing`: checkpoints packed into one model or ensemble (:func:`pack`).
 """
 
 # Names outside __all__ are re-exported too (``X as X``), so that every import from before the split
 # keeps working (decode_words is imported by the benchmarks, the experiments and attnkit.bench).
+from .align import align, alignment_text
 from .decode import _sorted_batches as _sorted_batches
 from .decode import decode_words as decode_words
 from .decode import positions
@@ -31,6 +33,6 @@ from .task import _check_limit as _check_limit
 
 __all__ = [
     "G2P", "LENGTHS", "MODELS", "SHIPPED", "STORAGES", "TARGETS", "VALID_PHRASES", "G2PDoc", "G2PTask",
-    "LengthLimitWarning", "Pronunciation", "build_model", "by_length", "edit_distance", "pack", "positions", "score",
-    "shown", "teacher_targets",
+    "LengthLimitWarning", "Pronunciation", "align", "alignment_text", "build_model", "by_length", "edit_distance",
+    "pack", "positions", "score", "shown", "teacher_targets",
 ]  # fmt: skip

@@ -40,8 +40,11 @@ def decode_words(
     progress: Callable[[int, int], None] | None = None,
     steps: int | None = None,
     cap: int | None = None,
+    nbest: int | None = None,
 ):
-    """Hypotheses for ``words`` in their order; beam 1 is greedy. ``progress(done, total)`` is
+    """Hypotheses for ``words`` in their order; beam 1 is greedy. ``nbest``: each word's list of up
+    to that many, most probable first (:func:`~attnkit.models.decoding.beam_search`'s ``nbest``; at
+    most ``beam``). ``progress(done, total)`` is
     called before the first batch and after each one with the number of words decoded so far.
     ``steps``: decode exactly that many steps per word (EOS ruled out before), as benchmarks do so
     that an untrained model's output lengths do not set the speed. ``cap``: the most steps of any
@@ -57,12 +60,20 @@ def decode_words(
     for idx, src in _sorted_batches(words, letters, batch_size):
         src = src.to(device)
         lengths = {"max_len": steps, "min_len": steps or 0, "cap": cap}
-        hyps = (
-            greedy(model, src, **lengths) if beam == 1 else beam_search(model, src, beam=beam, alpha=alpha, **lengths)
-        )
+        if nbest is not None:
+            hyps = beam_search(model, src, beam=beam, alpha=alpha, nbest=nbest, **lengths)
+        elif beam == 1:
+            hyps = greedy(model, src, **lengths)
+        else:
+            hyps = beam_search(model, src, beam=beam, alpha=alpha, **lengths)
         for i, h in zip(idx, hyps):
-            out[i] = h._replace(tokens=tuple(phonemes.decode(h.tokens)))
+            out[i] = [_named(x, phonemes) for x in h] if nbest is not None else _named(h, phonemes)
         done += len(idx)
         if progress is not None:
             progress(done, len(words))
     return out
+
+
+def _named(hyp, phonemes):
+    """``hyp`` with its tokens as phoneme symbols."""
+    return hyp._replace(tokens=tuple(phonemes.decode(hyp.tokens)))

