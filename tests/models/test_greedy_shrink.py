@@ -1,12 +1,13 @@
-"""Greedy decoding drops the rows that have stopped from its batch: every row's output stays the one
-it has decoded alone (float64), and the batch does shrink, except for a state tied to its memory."""
+"""Greedy decoding and beam search drop the sources that have stopped from their batch: every
+source's output stays the one it decodes alone (float64), and the batch does shrink, except for a
+state tied to its memory."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attnkit.models import Ensemble, RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq, greedy
+from attnkit.models import Ensemble, RNNConfig, RNNSeq2Seq, TransformerConfig, TransformerSeq2Seq, beam_search, greedy
 
 
 class Recording(torch.nn.Module):
@@ -70,3 +71,21 @@ def test_rows_at_their_length_limit_leave_with_the_finished():
     out = greedy(model, src, max_len=3)
     assert all(len(h.tokens) <= 3 for h in out)
     assert len(model.sizes) <= 3
+
+
+@pytest.mark.parametrize("nbest", [None, 3])
+@pytest.mark.parametrize("kind", ["rnn", "ensemble"])
+def test_beam_search_sources_decode_as_alone_while_the_batch_shrinks(kind, nbest):
+    model = _rnn(8) if kind == "rnn" else Ensemble([_rnn(9), _rnn(10)])
+    src = _src(rows=10, seed=11)
+    recorded = Recording(model)
+    batch = beam_search(recorded, src, beam=4, nbest=nbest)
+    for i, out in enumerate(batch):
+        alone = beam_search(model, src[i : i + 1, : int(src[i].ne(0).sum())], beam=4, nbest=nbest)[0]
+        for h, a in zip(*([out, alone] if nbest else [[out], [alone]])):
+            assert h.tokens == a.tokens and h.finished == a.finished
+            assert h.score == pytest.approx(a.score, abs=1e-10)
+            torch.testing.assert_close(h.weights, a.weights, rtol=0, atol=1e-12)
+        if nbest:
+            assert len(out) == len(alone)
+    assert recorded.sizes[-1] < 4 * src.shape[0], recorded.sizes

@@ -159,7 +159,8 @@ def beam_search(
     finished output ranked by score / :func:`length_penalty` (``alpha=0``: raw score). A finished
     prefix stays in the beam with its score, extended by padding at no cost, so ``beam=1`` is
     exactly :func:`greedy`; so does every prefix of a source at its length limit. ``max_len``,
-    ``min_len`` and ``cap`` as in :func:`greedy`.
+    ``min_len`` and ``cap`` as in :func:`greedy`. Sources whose every prefix has stopped leave the
+    batch (once a quarter of it has), as in :func:`greedy`.
 
     ``nbest=k`` (1 <= k <= ``beam``): each source's list of up to k outputs instead, the distinct
     prefixes left in the beam at the end, by score (log-probability) descending, without the
@@ -185,28 +186,56 @@ def beam_search(
     tokens = torch.zeros(b * k, 0, dtype=torch.long, device=device)
     weights = None
     row_limits = limits.repeat_interleave(k)  # (B K,)
+    sources = torch.arange(b, device=device)  # the source of each of the b sources still searching
+    retired = []  # the final prefixes of sources that left the batch: (sources, scores, lengths, done, tokens, weights)
+    shrinks = not getattr(state, "holds_source", False)  # as in greedy
     for t in range(int(limits.max())):
         logits, state, w, _ = model.step(memory, state, token, t, True)
-        logp = _no_early_end(logits.to(dtype).log_softmax(-1), t, min_len)  # (B K, V)
+        logp = _no_early_end(logits.to(dtype).log_softmax(-1), t, min_len)  # (b K, V)
         v = logp.shape[-1]
         finished = torch.full_like(logp[0], float("-inf"))
         finished[PAD] = 0.0  # a finished prefix continues with padding, at no cost
-        stopped = done | (t >= row_limits)  # (B K,): ended, or its source at its length limit
+        stopped = done | (t >= row_limits)  # (b K,): ended, or its source at its length limit
         logp = torch.where(stopped[:, None], finished, logp)
-        cand = (scores[:, None] + logp).view(b, k * v)  # (B, K V)
-        top, idx = cand.topk(k, dim=-1)  # (B, K)
-        origin = (torch.arange(b, device=device)[:, None] * k + idx // v).view(-1)  # (B K,) parent rows
+        cand = (scores[:, None] + logp).view(b, k * v)  # (b, K V)
+        top, idx = cand.topk(k, dim=-1)  # (b, K)
+        origin = (torch.arange(b, device=device)[:, None] * k + idx // v).view(-1)  # (b K,) parent rows
         token = (idx % v).view(-1)
         state = reorder_state(state, origin)
         tokens = torch.cat([tokens[origin], token[:, None]], 1)
         if w is not None:
-            step_w = w[origin][:, None]  # (B K, 1, S)
+            step_w = w[origin][:, None]  # (b K, 1, S)
             weights = step_w if weights is None else torch.cat([weights[origin], step_w], 1)
         lengths = lengths[origin] + (~stopped[origin]).long()
         done = done[origin] | ((token == EOS) & ~stopped[origin])
         scores = top.view(-1)
-        if (done | (t + 1 >= row_limits)).all():
+        over = (done | (t + 1 >= row_limits)).view(b, k).all(-1)  # (b,): sources whose every prefix stopped
+        if over.all():
             break
+        if shrinks and 4 * int(over.sum()) >= b:  # the sources that stopped leave the batch
+            rows = over.repeat_interleave(k)  # (b K,)
+            retired.append(
+                (
+                    sources[over],
+                    scores[rows],
+                    lengths[rows],
+                    done[rows],
+                    tokens[rows],
+                    None if w is None else weights[rows],
+                )
+            )
+            keep = (~rows).nonzero().squeeze(1)
+            sources, b = sources[~over], int((~over).sum())
+            scores, lengths, done, tokens, token, row_limits = (
+                x[keep] for x in (scores, lengths, done, tokens, token, row_limits)
+            )
+            weights = None if weights is None else weights[keep]
+            memory, state = select(memory, keep), reorder_state(state, keep)
+    if retired:
+        scores, lengths, done, tokens, weights = _rejoin(
+            [*retired, (sources, scores, lengths, done, tokens, weights)], src.shape[0], k
+        )
+        b = src.shape[0]
     if nbest is not None:
         return _nbest(tokens, scores, weights, done, src, limits, nbest)
     ranked = (scores / length_penalty(lengths, alpha)).masked_fill(~done, float("-inf")).view(b, k)
@@ -214,6 +243,20 @@ def beam_search(
     ranked = torch.where(done.view(b, k).any(-1, keepdim=True), ranked, scores.view(b, k))
     best = torch.arange(b, device=device) * k + ranked.argmax(-1)  # (B,)
     return _hypotheses(tokens[best], scores[best], None if weights is None else weights[best], src, limits)
+
+
+def _rejoin(parts: list, b: int, k: int) -> tuple:
+    """The final prefixes of all ``b`` sources, (B K, ...) in source order, from the ``parts`` that left
+    the batch at different steps: (sources, scores, lengths, done, tokens, weights) each; tokens are
+    padded with PAD and weights with 0 after a part's last step."""
+    steps = max(p[4].shape[1] for p in parts)
+    order = torch.cat([p[0] for p in parts]).argsort()  # part-major sources -> source order
+    rows = (order[:, None] * k + torch.arange(k, device=order.device)).view(-1)  # (B K,)
+    pad = lambda x, value: torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, steps - x.shape[1]), value=value)
+    scores, lengths, done = (torch.cat([p[i] for p in parts])[rows] for i in (1, 2, 3))
+    tokens = torch.cat([pad(p[4], PAD) for p in parts])[rows]
+    weights = None if parts[0][5] is None else torch.cat([pad(p[5], 0.0) for p in parts])[rows]
+    return scores, lengths, done, tokens, weights
 
 
 def _nbest(
