@@ -1,13 +1,20 @@
-"""Inference speed of the shipped G2P model beside the peers', measured in one run on the whole test
-split (12,606 words), one thread each, one after the other on an otherwise idle machine:
+"""Inference speed and accuracy of the shipped G2P models beside the peers', measured in one run on the
+whole test split (12,606 words), one thread each, one process after the other on an otherwise idle
+machine:
 
-- attnkit, the shipped model (``G2P.load()``): greedy and beam 5, float32 and bfloat16 autocast,
-  batches of 256 words sorted by length (``G2P.pronounce``). The cold number is a fresh process's
-  first pass: it includes importing attnkit and torch and loading the model, as a peer's command
-  does; the steady number is the best of the later passes in that process.
-- Phonetisaurus (``phonetisaurus-g2pfst``, 1-best, its default beam) and Sequitur (``g2p.py
-  --apply``), each with the model peers.py chose on validation: one command over the test words,
-  model loading included (their only way to run).
+- attnkit's fast model (the default, ``G2P.load()``) and its accurate ensemble (``G2P.load("accurate")``),
+  greedy and beam 5, in batches of 256 words sorted by length (``G2P.pronounce``): as they decode
+  by default (FastRNN, with int8 products where the checkpoint says so), and the accurate one also
+  as it decoded before (the model's own modules, float32: ``use_fast = False``), the baseline of
+  its speed-up. bfloat16 rows only on a CPU with native bfloat16 (AVX512-BF16 or AMX).
+- the fast model exported to ONNX and decoded greedily by ONNX Runtime (``OnnxG2P``).
+- Phonetisaurus (``phonetisaurus-g2pfst``, 1-best, its default beam) and, where installed, Sequitur
+  (``g2p.py --apply``), each with the model peers.py chose on validation: one command over the test
+  words, model loading included (their only way to run).
+
+The cold number is a fresh process's first pass: it includes starting Python, importing attnkit and
+torch and loading the model, as a peer's command does; the steady number is the best of the later
+passes in that process. WER is scored on the same outputs (attnkit.tasks.g2p.score).
 
     OMP_NUM_THREADS=1 python benchmarks/g2p/inference.py [--work runs/peers] [--passes 3]
 
@@ -18,12 +25,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from attnkit.bench.g2p_tools import host, phonetisaurus_env, sequitur_g2p, timed, write_data
+from attnkit.data import cmudict
+from attnkit.tasks.g2p import score
 
 HERE = Path(__file__).parent
 
@@ -33,40 +47,70 @@ started = time.perf_counter()
 import torch
 torch.set_num_threads(1)
 from attnkit.data import cmudict
-from attnkit.tasks.g2p import G2P
 words = [e.word for e in cmudict.load("test")]
-g2p = G2P.load()
-beam, precision, passes = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+kind, name, beam, precision, passes = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+if kind == "onnx":
+    from attnkit.tasks.g2p.onnx_export import OnnxG2P
+    g2p = OnnxG2P(name, threads=1)
+    run = lambda: g2p.pronounce(words)
+else:
+    from attnkit.tasks.g2p import G2P
+    g2p = G2P.load() if kind == "before" else G2P.load(name)  # before: that tree's one shipped model
+    g2p.use_fast = kind == "fast"
+    run = lambda: g2p.pronounce(words, beam=beam, precision=precision)
 times = []
 for i in range(passes):
     t = time.perf_counter()
-    g2p.pronounce(words, beam=beam, precision=precision)
+    out = run()
     times.append(time.perf_counter() - t)
     if i == 0:
-        cold = time.perf_counter() - started  # imports, loading and the first pass
-print(json.dumps({"words": len(words), "cold_s": cold, "first_pass_s": times[0], "passes_s": times}))
+        cold = time.perf_counter() - started  # the interpreter's start is before: see the parent's wall time
+        phones = [list(r.phones) for r in out]
+print(json.dumps({"words": len(words), "cold_s": cold, "passes_s": times, "phones": phones,
+                  "int8": bool(getattr(g2p, "int8", False))}))
 """
 
 
-def attnkit_speed(beam: int, precision: str, passes: int) -> dict:
-    """One fresh process: its cold first pass (with imports and loading) and its later passes."""
+def native_bf16() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def attnkit_speed(kind: str, name: str, beam: int, precision: str, passes: int, refs, src: Path | None = None) -> dict:
+    """One fresh process: its cold first pass (from the parent's launch: interpreter, imports, loading)
+    and its later passes, with the WER of its outputs; ``src``: import attnkit from that source tree."""
+    env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
+    launched = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(beam), precision, str(passes)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", CHILD, kind, name, str(beam), precision, str(passes)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     r = json.loads(out.stdout.splitlines()[-1])
+    # the cold time from the launch: the child's own clock starts after the interpreter is up
+    startup = (time.perf_counter() - launched) - (r["cold_s"] + sum(r["passes_s"][1:]))
+    cold = max(startup, 0.0) + r["cold_s"]
     steady = min(r["passes_s"][1:]) if passes > 1 else r["passes_s"][0]
     return {
+        "kind": kind,
+        "model": name,
         "beam": beam,
         "precision": precision,
-        "cold_words_per_s": round(r["words"] / r["cold_s"], 1),
-        "first_pass_words_per_s": round(r["words"] / r["first_pass_s"], 1),
+        "int8": r["int8"],
+        **{k: round(v, 2) for k, v in score([tuple(p) for p in r["phones"]], refs).items()},
+        "cold_s": round(cold, 2),
+        "cold_words_per_s": round(r["words"] / cold, 1),
+        "first_pass_words_per_s": round(r["words"] / r["passes_s"][0], 1),
         "steady_words_per_s": round(r["words"] / steady, 1),
         "passes_s": [round(t, 2) for t in r["passes_s"]],
     }
 
 
-def peer_speed(name: str, work: Path, words: int) -> dict:
-    """The chosen model of ``name`` (from peers.json) decoding the test words once."""
+def peer_speed(name: str, work: Path, words: int) -> dict | None:
+    """The chosen model of ``name`` (from peers.json) decoding the test words once; None when the
+    tool or its model is not there."""
     peers = {p["peer"]: p for p in json.loads((HERE / "peers.json").read_text())["peers"]}
     chosen = peers[name]["chosen"]
     if name == "phonetisaurus":
@@ -74,48 +118,118 @@ def peer_speed(name: str, work: Path, words: int) -> dict:
         command = ["phonetisaurus-g2pfst", "--model=model/g2p.fst", "--wordlist=../../data/test.words", "--nbest=1"]
         env = phonetisaurus_env()
     else:
+        if shutil.which("g2p.py", path=str(Path(sys.executable).parent)) is None:
+            return None
         folder = work / "sequitur" / f"model-{chosen['model']}"
         command = [*sequitur_g2p(), "--model", "model", "--apply", "../../data/test.words"]
         env = None
+    if not (folder / "model").exists():
+        return None
     run = timed(command, cwd=folder, log=folder / "speed.log", stdout=folder / "speed.out", env=env)
-    return {"setting": chosen, **run, "words_per_s": round(words / run["wall_s"], 1)}
+    test = peers[name]["test"]
+    return {
+        "setting": chosen,
+        **run,
+        "words_per_s": round(words / run["wall_s"], 1),
+        "wer": round(test["wer"], 2),
+        "wer_nostress": round(test["wer_nostress"], 2),
+    }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="runs/peers", help="peers.py's --work, with the chosen peer models")
     parser.add_argument("--passes", type=int, default=3, help="passes over the test words per attnkit process")
+    parser.add_argument(
+        "--before",
+        default="59981b0",
+        help="the commit whose accurate model's decoding is the baseline of its speed-up (checked out in a temp dir)",
+    )
     args = parser.parse_args(argv)
     work = Path(args.work)
     words = len(write_data(work / "data")["test"])
-    rows = [attnkit_speed(beam, precision, args.passes) for beam in (1, 5) for precision in ("fp32", "bf16")]
+    refs = [e.pronunciations for e in cmudict.load("test")]
     peers = {name: peer_speed(name, work, words) for name in ("phonetisaurus", "sequitur")}
-    doc = {"machine": host(), "threads": 1, "words": words, "attnkit": rows, "peers": peers}
+    precisions = ("fp32", "bf16") if native_bf16() else ("fp32",)
+    rows = []
+    for name in ("fast", "accurate"):
+        for beam in (1, 5):
+            for precision in precisions:
+                rows.append(attnkit_speed("fast", name, beam, precision, args.passes, refs))
+    with tempfile.TemporaryDirectory() as tmp:
+        # the accurate ensemble as it decoded before FastRNN and shrinking batches: the baseline of its speed-up
+        before = Path(tmp) / "before"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(before), args.before], check=True, capture_output=True
+        )
+        try:
+            for beam in (1, 5):
+                rows.append(attnkit_speed("before", "accurate", beam, "fp32", args.passes, refs, before / "src"))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(before)], check=True)
+        from attnkit.tasks.g2p import G2P
+        from attnkit.tasks.g2p.onnx_export import export
+
+        export(G2P.load("fast"), Path(tmp) / "fast-onnx")
+        rows.append(attnkit_speed("onnx", str(Path(tmp) / "fast-onnx"), 1, "fp32", args.passes, refs))
+    doc = {
+        "machine": host(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": 1,
+        "before": args.before,
+        "words": words,
+        "attnkit": rows,
+        "peers": {k: v for k, v in peers.items() if v is not None},
+    }
     (HERE / "inference.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (HERE / "inference.md").write_text(report(doc))
+    print(report(doc))
+
+
+def report(doc: dict) -> str:
     lines = [
-        f"# G2P inference speed, test split ({words:,} words), one thread, {doc['machine']['cpu']}",
+        (
+            f"# G2P inference, test split ({doc['words']:,} words), one thread, {doc['machine']['cpu']} "
+            f"(torch CPU capability {doc['torch_cpu_capability']})"
+        ),
         "",
         "Measured in one run by `benchmarks/g2p/inference.py`, one process at a time on an idle machine.",
         "",
-        "| system | search | words/s cold (process start to first pass done) | words/s first pass | words/s steady |",
-        "|---|---|---:|---:|---:|",
+        (
+            "| system | decoding | WER % | WER % no stress | words/s cold (process start to first pass done) "
+            "| words/s first pass | words/s steady |"
+        ),
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        search = f"{'greedy' if r['beam'] == 1 else 'beam ' + str(r['beam'])}, {r['precision']}"
+    for r in doc["attnkit"]:
+        search = "greedy" if r["beam"] == 1 else f"beam {r['beam']}"
+        if r["kind"] == "onnx":
+            system, how = "attnkit fast model, ONNX Runtime", f"{search}, fp32"
+        else:
+            system = f"attnkit {r['model']} model" + (" (default)" if r["model"] == "fast" and r["beam"] == 1 else "")
+            path = {
+                "fast": "FastRNN" + (", int8" if r["int8"] else ", fp32"),
+                "plain": "the model's modules, fp32",
+                "before": f"as decoded before (commit {doc['before']}), fp32",
+            }
+            how = f"{search}, {path[r['kind']] if r['precision'] == 'fp32' else r['precision']}"
         lines.append(
-            f"| attnkit shipped model | {search} | {r['cold_words_per_s']:.0f} | {r['first_pass_words_per_s']:.0f} | "
-            f"{r['steady_words_per_s']:.0f} |"
+            f"| {system} | {how} | {r['wer']:.2f} | {r['wer_nostress']:.2f} | {r['cold_words_per_s']:,.0f} | "
+            f"{r['first_pass_words_per_s']:,.0f} | {r['steady_words_per_s']:,.0f} |"
         )
-    for name, p in peers.items():
+    for name, p in doc["peers"].items():
         setting = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p["setting"].items())
-        lines.append(f"| {name} ({setting}) | 1-best | {p['words_per_s']:.0f} | - | - |")
+        lines.append(
+            f"| {name} ({setting}) | 1-best | {p['wer']:.2f} | {p['wer_nostress']:.2f} | {p['words_per_s']:,.0f} | - | - |"
+        )
     lines += [
         "",
         "A peer's number is its one command over the test words, loading included: compare it with attnkit's cold",
-        "column. `time.perf_counter` wall times; thread count 1 for every system.",
+        "column, which counts from the process's launch (interpreter, imports, loading the model, the first pass).",
+        "`time.perf_counter` wall times; thread count 1 for every system. The peers' WER is their test score in",
+        "peers.json (the same models).",
     ]
-    (HERE / "inference.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

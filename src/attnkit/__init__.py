@@ -42,21 +42,43 @@ __version__ = "0.1.0"
 
 
 def pronounce(
-    words, *, beam: int = 5, precision: str = "fp32", stress: bool = True, model=None, trust_unchecked: bool = False
+    words,
+    *,
+    beam: int | None = None,
+    precision: str = "fp32",
+    stress: bool = True,
+    model=None,
+    trust_unchecked: bool = False,
+    nbest: int | None = None,
+    mass: float | None = None,
+    lexicon=None,
+    cmudict: bool = False,
 ) -> list:
     """Phonemes of ``words`` (a list of words, or one string of whitespace-separated words) from
-    the shipped G2P model, or the checkpoint (file or run folder) ``model``: a list of
-    :class:`~attnkit.tasks.g2p.Pronunciation` (``word``, ``phones``, attention ``weights``, ``cut``)
-    in the words' order. The model is loaded once per ``model`` and kept; the options are
-    :meth:`attnkit.tasks.g2p.G2P.pronounce`'s (``beam`` 1 is greedy, ``precision`` fp32 or bf16,
-    ``stress=False`` drops the stress digits)."""
+    the shipped fast G2P model, ``model="accurate"`` (the shipped ensemble: slower, more accurate),
+    or the checkpoint (file or run folder) ``model``: a list of
+    :class:`~attnkit.tasks.g2p.Pronunciation` (``word``, ``phones``, attention ``weights``, ``cut``,
+    ``source``, ``probability``) in the words' order. The model is loaded once per ``model`` and
+    kept; the options are :meth:`attnkit.tasks.g2p.G2P.pronounce`'s (``beam`` 1 is greedy, None the
+    model's own; ``precision`` fp32 or bf16; ``stress=False`` drops the stress digits; ``nbest`` and
+    ``mass`` give each word a list of alternatives; ``lexicon`` and ``cmudict`` known pronunciations
+    that win over the model)."""
     if isinstance(words, str):
         words = words.split()
     elif not isinstance(words, (list, tuple)) or not all(isinstance(w, str) for w in words):
         got = type(words).__name__ if not isinstance(words, (list, tuple)) else "a sequence holding non-strings"
         raise AttentionError(f"words must be a list of str or one str of whitespace-separated words, got {got}")
     key = None if model is None else str(model)
-    return _loaded(key, trust_unchecked).pronounce(list(words), beam=beam, precision=precision, stress=stress)
+    return _loaded(key, trust_unchecked).pronounce(
+        list(words),
+        beam=beam,
+        precision=precision,
+        stress=stress,
+        nbest=nbest,
+        mass=mass,
+        lexicon=lexicon,
+        cmudict=cmudict,
+    )
 
 
 @functools.lru_cache(maxsize=4)

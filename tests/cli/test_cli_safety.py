@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from attnkit.cli import main
 from attnkit.tasks.g2p import G2P
+from attnkit.tasks.g2p.predictor import NAMED
 from attnkit.train import Trainer, checkpoint
 
 TINY = ["--hidden-dim", "8", "--embed-dim", "4", "--limit", "40", "--valid-limit", "5", "--batch-size", "8"]
@@ -166,12 +167,14 @@ def test_the_shipped_model_carries_a_checksum_that_matches():
     assert checkpoint.checksum(tensors, entries) == entries[checkpoint.CHECKSUM]
 
 
-def test_the_shipped_model_fits_the_package_budget_and_loads_as_it_was_packed():
-    """At most 20 MB in the package (issue 13); an ensemble is read back as one, every member whole."""
-    path = G2P.shipped_path()
-    assert path.stat().st_size <= 20_000_000
+@pytest.mark.parametrize("name", ["fast", "accurate"])
+def test_the_shipped_models_fit_the_package_budget_and_load_as_they_were_packed(name):
+    """At most 20 MB in the package for both (issue 13); an ensemble is read back as one, every member whole."""
+    assert sum(G2P.shipped_path(n).stat().st_size for n in NAMED) <= 20_000_000
+    path = G2P.shipped_path(name)
     meta = checkpoint.read_meta(path)
-    g2p = G2P.load()
+    g2p = G2P.load(name)
+    assert g2p.path == str(path)
     expected = meta.get("ensemble", {"members": 1})["members"]
     assert len(g2p.members) == expected == len(meta["members"])
     assert g2p.parameters() == expected * sum(p.numel() for p in g2p.members[0].parameters())

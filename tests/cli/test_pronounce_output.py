@@ -229,7 +229,7 @@ def test_align_prints_the_alignment_python_gives(capsys, loaded, tmp_path):
             ["--nbest", "3", "--beam", "2"],
             "--nbest 3 needs --beam 3 or more (the beam holds the alternatives), got --beam 2",
         ),
-        (["--nbest", "6"], "--nbest 6 needs --beam 6 or more"),  # the default beam is 5
+        (["--beam", "5", "--nbest", "6"], "--nbest 6 needs --beam 6 or more"),
         (["--mass", "0.5"], "--mass keeps the most probable of --nbest's alternatives; give --nbest K too"),
         (["--nbest", "0"], "argument --nbest: must be a whole number >= 1, got '0'"),
         (["--nbest", "two"], "argument --nbest: must be a whole number, got 'two'"),

@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from ..errors import AttentionError
-from . import bench, classify, experiment, g2p, viz
+from . import bench, classify, experiment, export, g2p, viz
 from .options import BEAM_HELP, add_trust_flag, beam_width, check_new_file, count
 
 __all__ = ["main"]
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     viz.add_viz_parser(sub)
     classify.add_explain_parser(sub)
     experiment.add_experiment_parser(sub)
+    export.add_export_parser(sub)
     return parser
 
 
@@ -67,7 +68,9 @@ def _add_eval_parser(sub) -> None:
         help="score a checkpoint on its dataset's test split (G2P: WER/PER; classifiers: accuracy, F1, MAP)",
     )
     p.add_argument(
-        "checkpoint", nargs="?", help="a .safetensors checkpoint or a run folder (default: the shipped G2P model)"
+        "checkpoint",
+        nargs="?",
+        help="a .safetensors checkpoint, a run folder, or a shipped G2P model: fast (default) or accurate",
     )
     p.add_argument("--split", default="test", help="test (default), valid or train")
     p.add_argument("--beam", type=beam_width, help=f"G2P only: {BEAM_HELP}")
@@ -92,8 +95,8 @@ def _evaluate(args) -> int:
 
     if args.json:
         check_new_file(args.json, "--json")  # before minutes of decoding, not after
-    name = "g2p"  # no checkpoint: the shipped G2P model
-    if args.checkpoint is not None:
+    name = "g2p"  # no checkpoint, or a shipped G2P model's name
+    if args.checkpoint is not None and args.checkpoint not in ("fast", "accurate"):
         path = Path(args.checkpoint)
         path = path / "best.safetensors" if path.is_dir() else path
         name = checkpoint.task_name(checkpoint.read_meta(path))
@@ -183,4 +186,6 @@ def _run(args) -> int:
         return classify.explain(args)
     if args.command == "experiment":
         return experiment.experiment(args)
+    if args.command == "export":
+        return export.export(args)
     return 1

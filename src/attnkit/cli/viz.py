@@ -81,6 +81,7 @@ def _g2p(word: str, checkpoint: str | None, out: Path, *, trust_unchecked: bool 
     if getattr(g2p.members[0].config, "attention", None) == "none":  # an ensemble: one panel per member
         raise AttentionError("this model has no attention (attention=none): there is nothing to show")
     word = g2p.check_word(word)
+    g2p.use_fast = False  # the model's own Attention modules decode, so that their calls are recorded
     with capture(g2p.model) as rec:
         (result,) = pronounced(g2p, [word], [""], beam=1)  # greedy: one decoder call per output step
     letters, phones = list(result.word), list(result.phones)

@@ -45,9 +45,9 @@ from ..errors import AttentionError
 from .base import Memory, source_padding
 from .rnn import ATTENTIONS, RNNSeq2Seq, RNNState
 
-__all__ = ["FastRNN", "int8_available"]
+__all__ = ["SUPPORTED", "FastRNN", "int8_available"]
 
-_SUPPORTED = ("luong-dot", "luong-general")
+SUPPORTED = ("luong-dot", "luong-general")  # the attentions FastRNN runs
 
 
 def int8_available() -> bool:
@@ -110,9 +110,9 @@ class FastRNN(nn.Module):
         if not isinstance(model, RNNSeq2Seq):
             raise AttentionError(f"model must be an RNNSeq2Seq, got {type(model).__name__}")
         cfg = model.config
-        if cfg.attention not in _SUPPORTED:
+        if cfg.attention not in SUPPORTED:
             raise AttentionError(
-                f"FastRNN runs Luong's global attention ({', '.join(_SUPPORTED)}); this model has "
+                f"FastRNN runs Luong's global attention ({', '.join(SUPPORTED)}); this model has "
                 f"attention={cfg.attention!r}: decode the model itself"
             )
         self.int8 = int8 = int8_available() if int8 is None else bool(int8 and int8_available())
@@ -138,11 +138,15 @@ class FastRNN(nn.Module):
                 ),
             )
             self.enc_ih = nn.ModuleList(  # deeper layers: (D H) -> G H per direction
-                _linear(getattr(enc, f"weight_ih_{s}"), getattr(enc, f"bias_ih_{s}"), int8)
+                _linear(getattr(enc, f"weight_ih_{s}"), getattr(enc, f"bias_ih_{s}"), False)
                 for layer in suffixes[1:]
                 for s in layer
             )
-            self.enc_hh = nn.ModuleList(_recurrence(enc, s, int8) for layer in suffixes for s in layer)
+            # the recurrences of each layer, its directions stacked for one batched product a step
+            # (float32: the encoder's products are too small for int8 to pay for quantizing its input)
+            for layer, names in enumerate(suffixes):
+                self.register_buffer(f"_hh_w{layer}", torch.stack([getattr(enc, f"weight_hh_{n}").T for n in names]))
+                self.register_buffer(f"_hh_b{layer}", torch.stack([getattr(enc, f"bias_hh_{n}")[None] for n in names]))
             # the decoder's first layer: the embedding's part of its input gates, a table (V, G M)
             e = cfg.embed_dim
             w0 = dec.weight_ih_l0
@@ -160,6 +164,14 @@ class FastRNN(nn.Module):
             self.out = _linear(model.out.weight, model.out.bias, int8)
         self.register_buffer("_device", torch.zeros(()))  # decode_words reads the device off a parameter or buffer
         self.eval()
+
+    @property
+    def enc_hh_w(self) -> list[Tensor]:
+        return [getattr(self, f"_hh_w{layer}") for layer in range(self.config.layers)]
+
+    @property
+    def enc_hh_b(self) -> list[Tensor]:
+        return [getattr(self, f"_hh_b{layer}") for layer in range(self.config.layers)]
 
     def parameters(self, recurse: bool = True):
         """The float parameters and the buffers: ``next(model.parameters())`` gives the device."""
@@ -179,35 +191,39 @@ class FastRNN(nn.Module):
         last = (lengths - 1)[:, None, None]  # (B, 1, 1): each row's last real step
         x, finals = None, []
         for layer in range(self.config.layers):
-            outs, finals = [], []
+            gates_x = []  # each direction's input gates, in its reading order
             for d, order in enumerate(orders):
                 if layer == 0:
-                    ids = src if order is None else src.gather(1, order)
-                    gates_x = self.enc_table[d][ids]  # (B, S, G H)
+                    gates_x.append(self.enc_table[d][src if order is None else src.gather(1, order)])  # (B, S, G H)
                 else:
                     inp = x if order is None else x.gather(1, order[..., None].expand_as(x))
-                    gates_x = self.enc_ih[(layer - 1) * self.directions + d](inp)
-                out = self._run(gates_x, self.enc_hh[layer * self.directions + d])  # (B, S, H)
-                finals.append(out.gather(1, last.expand(-1, 1, out.shape[-1])).squeeze(1))  # (B, H)
-                outs.append(out if order is None else out.gather(1, order[..., None].expand_as(out)))
-            x = torch.cat(outs, -1)  # (B, S, M), in reading order
+                    gates_x.append(self.enc_ih[(layer - 1) * self.directions + d](inp))
+            outs = self._run(torch.stack(gates_x), self.enc_hh_w[layer], self.enc_hh_b[layer])  # (D, B, S, H)
+            finals = [out.gather(1, last.expand(-1, 1, out.shape[-1])).squeeze(1) for out in outs]  # (B, H) each
+            x = torch.cat(  # (B, S, M), in reading order
+                [
+                    out if order is None else out.gather(1, order[..., None].expand_as(out))
+                    for out, order in zip(outs, orders)
+                ],
+                -1,
+            )
         states = x.masked_fill(padding[..., None], 0.0)
         context = torch.cat(finals, -1)  # (B, M): the top layer's final states, forward first
         keys = states if self.keys is None else self.keys(states)  # (B, S, M)
         keys = keys * self.key_scale if self.key_scale != 1.0 else keys
         return Memory(states, padding, context, keys)
 
-    def _run(self, gates_x: Tensor, recurrence: nn.Module) -> Tensor:
-        """One direction of one layer over ``gates_x`` (B, S, G H) from a zero state -> (B, S, H)."""
-        b, s, _ = gates_x.shape
-        hidden = self.config.hidden_dim
-        h = gates_x.new_zeros(b, hidden)
-        c = gates_x.new_zeros(b, hidden) if self.lstm else None
+    def _run(self, gates_x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Every direction of one layer at once over ``gates_x`` (D, B, S, G H), from a zero state,
+        with the recurrent ``weight`` (D, H, G H) and ``bias`` (D, 1, G H) -> (D, B, S, H)."""
+        d, b, s, _ = gates_x.shape
+        h = gates_x.new_zeros(d, b, self.config.hidden_dim)
+        c = torch.zeros_like(h) if self.lstm else None
         outs = []
         for t in range(s):
-            h, c = _cell(gates_x[:, t], recurrence(h), h, c)
+            h, c = _cell(gates_x[:, :, t], torch.baddbmm(bias, h, weight), h, c)
             outs.append(h)
-        return torch.stack(outs, 1)
+        return torch.stack(outs, 2)
 
     def start(self, memory: Memory) -> RNNState:
         """The decoder's initial state, as :meth:`RNNSeq2Seq.start`."""

