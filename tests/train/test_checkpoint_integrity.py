@@ -276,6 +276,13 @@ def test_resave_keeps_quantized_tensors_as_they_are_stored(tmp_path):
     stored = tensors_of(tmp_path / "again.safetensors")
     assert stored["w"].dtype == torch.uint8 and torch.equal(stored["w"], tensors_of(path)["w"])
     assert checkpoint.load(tmp_path / "again.safetensors")[1]["n"] == 1
+    checkpoint.resave(tmp_path / "again.safetensors", meta={"n": 2, "decoding": {"beam": 3}})  # entries changed, added
+    assert torch.equal(tensors_of(tmp_path / "again.safetensors")["w"], tensors_of(path)["w"])
+    assert checkpoint.load(tmp_path / "again.safetensors")[1] | {"format": None} == {
+        "n": 2,
+        "decoding": {"beam": 3},
+        "format": None,
+    }
 
 
 # -- 3. quantization scales ---------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class FastRNN(nn.Module):
     True
     """
 
-    def __init__(self, model: RNNSeq2Seq, int8: bool | None = False):
+    def __init__(self, model: nn.Module, int8: bool | None = False):
         super().__init__()
         if not isinstance(model, RNNSeq2Seq):
             raise AttentionError(f"model must be an RNNSeq2Seq, got {type(model).__name__}")
@@ -158,7 +158,7 @@ class FastRNN(nn.Module):
             )
             self.dec_hh = nn.ModuleList(_recurrence(dec, f"l{layer}", int8) for layer in range(cfg.layers))
             # the score's key side, once per source: W h_j (general) or h_j (dot), over √M where scaled
-            self.keys = _linear(model.attention.score_params["W"], None, False) if general else None
+            self.keys = _linear(model.attention.score_params["W"], None, int8) if general else None
             self.bridge = _linear(model.bridge.weight, model.bridge.bias, False)
             self.combine = _linear(model.combine.weight, model.combine.bias, int8)
             self.out = _linear(model.out.weight, model.out.bias, int8)
@@ -247,7 +247,9 @@ class FastRNN(nn.Module):
             x, c = _cell(gates_x, self.dec_hh[layer](h), h, None if state.c is None else state.c[:, layer])
             hs.append(x)
             cs.append(c)
-        scores = torch.bmm(memory.keys, x[:, :, None]).squeeze(-1)  # (B, S)
+        scores = (memory.keys * x[:, None]).sum(
+            -1
+        )  # (B, S): one dot product a letter (bmm's (S, M) x (M, 1) is slower)
         weights = scores.masked_fill(memory.padding, float("-inf")).softmax(-1)
         context = torch.bmm(weights[:, None], memory.states).squeeze(1)  # (B, M)
         o = torch.tanh(self.combine(torch.cat([context, x], -1)))

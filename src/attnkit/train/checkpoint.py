@@ -167,16 +167,17 @@ def save(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict) -> Non
     _atomic_write(Path(path), to_bytes(flat, metadata=entries))
 
 
-def resave(path: str | os.PathLike, target: str | os.PathLike | None = None) -> Path:
+def resave(path: str | os.PathLike, target: str | os.PathLike | None = None, *, meta: dict | None = None) -> Path:
     """Write the checkpoint ``path`` again, to ``target`` (default: in place), with the checksum of
     :func:`checksum`: for a file you trust that has none, or only the tensor checksum of older
     attnkit (checked here when there is one). The tensors are written as they are stored (int8 and
-    int4 stay so) and the ``attnkit`` metadata as it is; returns the path written.
+    int4 stay so) and the ``attnkit`` metadata as it is, with the entries of ``meta`` added or
+    replaced; returns the path written.
 
     ``python -c "from attnkit.train import checkpoint; checkpoint.resave('old.safetensors')"``"""
-    tensors, meta = _read(path, tensors=True, trust_unchecked=True)
+    tensors, found = _read(path, tensors=True, trust_unchecked=True)
     target = Path(path if target is None else target)
-    save(target, tensors, {k: v for k, v in meta.items() if k != "format"})
+    save(target, tensors, {k: v for k, v in found.items() if k != "format"} | (meta or {}))
     return target
 
 

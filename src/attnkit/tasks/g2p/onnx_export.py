@@ -77,7 +77,7 @@ def require(*modules: str) -> None:
         raise AttentionError(f"ONNX export and inference need {' and '.join(missing)}: {EXTRA}")
 
 
-def _members(model: nn.Module) -> list[RNNSeq2Seq]:
+def _members(model: nn.Module) -> list[nn.Module]:
     """The models ``model`` decodes with, each checked to export, or an error naming what does."""
     members = list(model.members) if isinstance(model, Ensemble) else [model]
     for i, m in enumerate(members):
@@ -117,7 +117,7 @@ class PaddedEncoder(nn.Module):
     n - 1 forwards, 0 backwards. Padded positions of the states are 0, as ``pad_packed_sequence``
     leaves them."""
 
-    def __init__(self, model: RNNSeq2Seq):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
@@ -205,7 +205,7 @@ def _flat_state(states: list[RNNState]) -> list[Tensor]:
     return [t for s in states for t in s if t is not None]
 
 
-def _layout(members: list[RNNSeq2Seq]) -> tuple[list[str], list[str]]:
+def _layout(members: list[nn.Module]) -> tuple[list[str], list[str]]:
     """The names of the memory and of the state tensors, in the order the graphs take them."""
     memory, state = ["padding"], []
     for i, m in enumerate(members):
