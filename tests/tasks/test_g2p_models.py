@@ -4,6 +4,9 @@ when the model's weights change."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +19,7 @@ from attnkit.tasks.g2p import G2P, pack
 from attnkit.tasks.g2p.predictor import BEAM, DEFAULT, NAMED, read_decoding
 from attnkit.train import checkpoint
 
+BENCH = Path(__file__).parents[2] / "benchmarks" / "g2p"
 WORDS = [e.word for e in cmudict.spread(cmudict.load("valid"), 300)]
 
 
@@ -30,7 +34,10 @@ def test_the_default_is_the_fast_model_and_names_load_the_shipped_files(fast):
     accurate = G2P.load("accurate")
     assert accurate.path == str(G2P.shipped_path("accurate")) == str(G2P.shipped_path())
     assert isinstance(accurate.model, Ensemble) and not isinstance(fast.model, Ensemble)
-    assert (fast.beam, accurate.beam) == (1, 5)
+    # their decoding as chosen on valid and recorded beside the scripts that chose it
+    for g2p, record in ((accurate, "accurate.json"),):
+        chosen = json.loads((BENCH / record).read_text())["chosen"]
+        assert (g2p.beam, g2p.int8) == (chosen["beam"], chosen["int8"] and int8_available())
     with pytest.raises(AttentionError, match=r"'slow' is not a shipped model; expected one of \['fast', 'accurate'\]"):
         G2P.shipped_path("slow")
 
@@ -50,11 +57,11 @@ def test_the_fast_decoder_gives_the_models_own_outputs(fast):
 
 
 def test_the_accurate_ensemble_decodes_as_itself_at_beam_5():
-    accurate = G2P.load("accurate")
+    accurate = G2P.load("accurate", int8=False)  # float32: the same outputs as the model's own modules
     words = WORDS[:40]
-    quick = accurate.pronounce(words)
+    quick = accurate.pronounce(words, beam=5)
     accurate.use_fast = False
-    plain = accurate.pronounce(words)
+    plain = accurate.pronounce(words, beam=5)
     assert [r.phones for r in quick] == [r.phones for r in plain]
     assert [r.probability for r in quick] == pytest.approx([r.probability for r in plain], rel=1e-4)
 

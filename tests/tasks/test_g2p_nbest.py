@@ -47,7 +47,7 @@ def tiny() -> G2P:
 
 @pytest.fixture(scope="module")
 def shipped() -> G2P:
-    return G2P.load("accurate")  # the shipped ensemble: its figures are stable
+    return G2P.load("accurate", int8=False)  # the shipped ensemble in float32: its own probabilities
 
 
 def _probability(g2p: G2P, word: str, phones) -> float:
@@ -74,6 +74,13 @@ def test_the_shipped_models_probability_is_its_ensembles(shipped):
     for p in shipped.pronounce(["cat", "phone"]):
         assert 0 < p.probability <= 1
         assert p.probability == pytest.approx(_probability(shipped, p.word, p.phones), rel=1e-4)
+
+
+def test_with_int8_products_the_probability_is_close_to_the_models():
+    int8 = G2P.load("accurate", int8=True)
+    exact = G2P.load("accurate", int8=False)
+    for p in int8.pronounce(["cat", "phone"], beam=5):
+        assert p.probability == pytest.approx(_probability(exact, p.word, p.phones), rel=0.05)
 
 
 def test_a_lexicon_word_has_no_probability(tiny):

@@ -223,7 +223,7 @@ def add_pronounce_parser(sub) -> None:
     p.add_argument("--file", metavar="PATH", help="read the words from this file (- : standard input)")
     p.add_argument(
         "--model",
-        help="fast (default: the shipped fast model, greedy), accurate (the shipped ensemble of three, beam 5: "
+        help="fast (default: the shipped fast model, greedy), accurate (the shipped ensemble of three, beam 3: "
         "slower, about 4 WER points better), or a G2P checkpoint",
     )
     p.add_argument("--beam", type=beam_width, help=BEAM_HELP)

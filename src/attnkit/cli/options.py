@@ -60,8 +60,8 @@ def positive(text: str) -> int:
 
 MAX_BEAM = 100  # time and memory grow with the beam: a batch of 256 words decodes 256 x K prefixes
 BEAM_HELP = (
-    f"beam width, 1 to {MAX_BEAM}; 1 = greedy (default: the model's, 1 for the fast model, 5 for the accurate "
-    f"one and for a checkpoint that names none). Time and memory grow in proportion to it "
+    f"beam width, 1 to {MAX_BEAM}; 1 = greedy (default: the model's, 1 for the fast model, 3 for the accurate "
+    f"one, 5 for a checkpoint that names none). Time and memory grow in proportion to it "
     f"(a batch of 256 words holds 256 x K prefixes), hence the bound"
 )
 
