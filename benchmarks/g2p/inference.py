@@ -2,11 +2,12 @@
 whole test split (12,606 words), one thread each, one process after the other on an otherwise idle
 machine:
 
-- attnkit's fast model (the default, ``G2P.load()``) and its accurate ensemble (``G2P.load("accurate")``),
-  greedy and beam 5, in batches of 256 words sorted by length (``G2P.pronounce``): as they decode
-  by default (FastRNN, with int8 products where the checkpoint says so), and the accurate one also
-  as it decoded before (the model's own modules, float32: ``use_fast = False``), the baseline of
-  its speed-up. bfloat16 rows only on a CPU with native bfloat16 (AVX512-BF16 or AMX).
+- attnkit's fast model (the default, ``G2P.load()``; greedy, its default, and beam 5) and its accurate
+  ensemble (``G2P.load("accurate")``; greedy, beam 3, its default, and beam 5), in batches of 256
+  words sorted by length (``G2P.pronounce``), as they decode by default (FastRNN, with int8 products
+  where the checkpoint says so); and the accurate one as it decoded before this work (``--before``:
+  that commit's code and its one shipped model, greedy and beam 5, its default then), the baseline
+  of its speed-up. bfloat16 rows only on a CPU with native bfloat16 (AVX512-BF16 or AMX).
 - the fast model exported to ONNX and decoded greedily by ONNX Runtime (``OnnxG2P``).
 - Phonetisaurus (``phonetisaurus-g2pfst``, 1-best, its default beam) and, where installed, Sequitur
   (``g2p.py --apply``), each with the model peers.py chose on validation: one command over the test
@@ -16,7 +17,7 @@ The cold number is a fresh process's first pass: it includes starting Python, im
 torch and loading the model, as a peer's command does; the steady number is the best of the later
 passes in that process. WER is scored on the same outputs (attnkit.tasks.g2p.score).
 
-    OMP_NUM_THREADS=1 python benchmarks/g2p/inference.py [--work runs/peers] [--passes 3]
+    OMP_NUM_THREADS=1 python benchmarks/g2p/inference.py [--work runs/peers] [--passes 2]
 
 Writes inference.json and inference.md beside this file.
 """
@@ -40,15 +41,15 @@ from attnkit.data import cmudict
 from attnkit.tasks.g2p import score
 
 HERE = Path(__file__).parent
+WORDS = Path("runs/peers/data/test.words").resolve()  # set by main from --work
 
 CHILD = """
 import json, sys, time
 started = time.perf_counter()
 import torch
 torch.set_num_threads(1)
-from attnkit.data import cmudict
-words = [e.word for e in cmudict.load("test")]
-kind, name, beam, precision, passes = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+kind, name, beam, precision, passes, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+words = open(sys.argv[7]).read().split()[: limit or None]  # the peers' word file
 if kind == "onnx":
     from attnkit.tasks.g2p.onnx_export import OnnxG2P
     g2p = OnnxG2P(name, threads=1)
@@ -82,7 +83,7 @@ def attnkit_speed(kind: str, name: str, beam: int, precision: str, passes: int, 
     env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
     launched = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, kind, name, str(beam), precision, str(passes)],
+        [sys.executable, "-c", CHILD, kind, name, str(beam), precision, str(passes), str(len(refs)), str(WORDS)],
         check=True,
         capture_output=True,
         text=True,
@@ -139,7 +140,8 @@ def peer_speed(name: str, work: Path, words: int) -> dict | None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="runs/peers", help="peers.py's --work, with the chosen peer models")
-    parser.add_argument("--passes", type=int, default=3, help="passes over the test words per attnkit process")
+    parser.add_argument("--passes", type=int, default=2, help="passes over the test words per attnkit process")
+    parser.add_argument("--limit", type=int, help="the first N test words only (a quick check of the script)")
     parser.add_argument(
         "--before",
         default="59981b0",
@@ -148,14 +150,25 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     work = Path(args.work)
     words = len(write_data(work / "data")["test"])
-    refs = [e.pronunciations for e in cmudict.load("test")]
+    global WORDS
+    WORDS = (work / "data" / "test.words").resolve()
+    refs = [e.pronunciations for e in cmudict.load("test")][: args.limit]
     peers = {name: peer_speed(name, work, words) for name in ("phonetisaurus", "sequitur")}
     precisions = ("fp32", "bf16") if native_bf16() else ("fp32",)
     rows = []
-    for name in ("fast", "accurate"):
-        for beam in (1, 5):
-            for precision in precisions:
-                rows.append(attnkit_speed("fast", name, beam, precision, args.passes, refs))
+    # the default, as a user runs it: one command over the test words, as the peers are timed
+    command = timed(
+        [sys.executable, "-m", "attnkit", "pronounce", "--file", "test.words"],
+        cwd=work / "data",
+        log=work / "data" / "attnkit.log",
+        stdout=work / "data" / "attnkit.out",
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    command["words_per_s"] = round(words / command["wall_s"], 1)
+    slow = max(1, args.passes - 1)  # the slow rows: their first pass (cold) and fewer steady ones
+    for name, beam, passes in (("fast", 1, args.passes), ("fast", 5, args.passes), ("accurate", 3, slow)):
+        for precision in precisions:
+            rows.append(attnkit_speed("fast", name, beam, precision, passes, refs))
     with tempfile.TemporaryDirectory() as tmp:
         # the accurate ensemble as it decoded before FastRNN and shrinking batches: the baseline of its speed-up
         before = Path(tmp) / "before"
@@ -163,8 +176,7 @@ def main(argv=None) -> None:
             ["git", "worktree", "add", "--detach", str(before), args.before], check=True, capture_output=True
         )
         try:
-            for beam in (1, 5):
-                rows.append(attnkit_speed("before", "accurate", beam, "fp32", args.passes, refs, before / "src"))
+            rows.append(attnkit_speed("before", "accurate", 5, "fp32", slow, refs, before / "src"))  # its default then
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], check=True)
         from attnkit.tasks.g2p import G2P
@@ -178,6 +190,7 @@ def main(argv=None) -> None:
         "threads": 1,
         "before": args.before,
         "words": words,
+        "command": command,
         "attnkit": rows,
         "peers": {k: v for k, v in peers.items() if v is not None},
     }
@@ -206,7 +219,11 @@ def report(doc: dict) -> str:
         if r["kind"] == "onnx":
             system, how = "attnkit fast model, ONNX Runtime", f"{search}, fp32"
         else:
-            system = f"attnkit {r['model']} model" + (" (default)" if r["model"] == "fast" and r["beam"] == 1 else "")
+            default = {("fast", 1): " (the default)", ("accurate", 3): " (its default)"}.get(
+                (r["model"], r["beam"]), ""
+            )
+            default = default if r["kind"] == "fast" and r["precision"] == "fp32" else ""
+            system = f"attnkit {r['model']} model{default}"
             path = {
                 "fast": "FastRNN" + (", int8" if r["int8"] else ", fp32"),
                 "plain": "the model's modules, fp32",
@@ -217,6 +234,11 @@ def report(doc: dict) -> str:
             f"| {system} | {how} | {r['wer']:.2f} | {r['wer_nostress']:.2f} | {r['cold_words_per_s']:,.0f} | "
             f"{r['first_pass_words_per_s']:,.0f} | {r['steady_words_per_s']:,.0f} |"
         )
+    c, default = doc["command"], doc["attnkit"][0]
+    lines.append(
+        f"| `attnkit pronounce --file test.words` (the default: fast model, greedy, int8) | one command | "
+        f"{default['wer']:.2f} | {default['wer_nostress']:.2f} | {c['words_per_s']:,.0f} | - | - |"
+    )
     for name, p in doc["peers"].items():
         setting = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p["setting"].items())
         lines.append(
@@ -224,8 +246,10 @@ def report(doc: dict) -> str:
         )
     lines += [
         "",
-        "A peer's number is its one command over the test words, loading included: compare it with attnkit's cold",
-        "column, which counts from the process's launch (interpreter, imports, loading the model, the first pass).",
+        "A command's number (the peers', and `attnkit pronounce`'s) is its one run over the test words file, loading",
+        "and writing its output included. A Python row's cold column counts from its process's launch (interpreter,",
+        "imports, reading the words, loading the model, the first pass); its first pass and steady columns are the",
+        "decoding alone (steady: the best later pass; the slow rows have one pass, so steady is their first).",
         "`time.perf_counter` wall times; thread count 1 for every system. The peers' WER is their test score in",
         "peers.json (the same models).",
     ]

@@ -213,7 +213,7 @@ def add_pronounce_parser(sub) -> None:
         description=(
             "Phonemes of the words given, or of a word list: --file PATH (or a lone - : standard input), "
             "whitespace-separated words, one result per line in their order. Decoding runs in batches of "
-            "256 on torch's threads (one per core). A bad word (empty, a character outside a-z ' - ., longer "
+            "512 (greedy; 256 with a beam) on torch's threads (one per core). A bad word (empty, a character outside a-z ' - ., longer "
             "than the model reads) is one error line on stderr naming it and its place (word N, or the "
             "list's line N); the others are pronounced, then the exit status is 2. An output that reaches "
             "the length limit (2 x the word's letters + 10 phonemes) is cut, with a warning line on stderr."
@@ -252,8 +252,9 @@ def add_pronounce_parser(sub) -> None:
         "--nbest",
         type=positive,
         metavar="K",
-        help="the K most probable pronunciations of each word, the beam's distinct outputs (needs --beam K or "
-        "more): one line each, most probable first: word, probability, phonemes",
+        help="the K most probable pronunciations of each word, the beam's distinct outputs (the beam is the "
+        "model's or K, the larger; a --beam below K is an error): one line each, most probable first: word, "
+        "probability, phonemes",
     )
     p.add_argument(
         "--mass",
@@ -265,7 +266,7 @@ def add_pronounce_parser(sub) -> None:
     p.add_argument(
         "--confidence",
         action="store_true",
-        help="a probability column after the word: the model's probability of its output (0.7080), "
+        help="a probability column after the word: the model's probability of its output (e.g. 0.6985), "
         "'-' for a word a lexicon gave",
     )
     p.add_argument(

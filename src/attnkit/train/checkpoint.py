@@ -24,6 +24,8 @@ is :mod:`attnkit.train.quantize`; its names are re-exported here.
 
 from __future__ import annotations
 
+import contextlib
+
 import ctypes
 import hashlib
 import json
@@ -358,13 +360,35 @@ def task_name(meta: dict):
 def build_loaded(build: Callable[[], nn.Module], tensors: dict[str, Tensor], path, prefix: str = "model.") -> nn.Module:
     """``build()``'s model holding the ``prefix``-ed ``tensors``. It is built on the meta device
     first (shapes, no memory) and checked against the tensors as :func:`load_model` does, so that
-    metadata describing a far larger model than the file holds is an error, not an allocation."""
-    with torch.device("meta"):
+    metadata describing a far larger model than the file holds is an error, not an allocation.
+    Neither build initialises its weights (every one is then loaded): an initialiser on the meta
+    device goes through torch's reference ops, whose first call imports its compiler (a second or
+    more of a command's start)."""
+    with _no_init(), torch.device("meta"):
         shapes = build()
     _check_fits(shapes.state_dict(), tensors, path, prefix)
-    model = build()
+    with _no_init():
+        model = build()
     load_model(model, tensors, path, prefix)
     return model
+
+
+@contextlib.contextmanager
+def _no_init():
+    """``torch.nn.init``'s in-place initialisers as no-ops, for a model whose every tensor is loaded next."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_") and callable(getattr(nn.init, n))]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, _unchanged)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
+def _unchanged(tensor: Tensor, *args, **kwargs) -> Tensor:
+    return tensor
 
 
 def load_model(model: nn.Module, tensors: dict[str, Tensor], path: str | os.PathLike, prefix: str = "model.") -> None:

@@ -375,7 +375,7 @@ class OnnxG2P:
         self.letters.encode(clean)  # names any character outside the alphabet
         return clean
 
-    def pronounce(self, words: list[str], *, batch_size: int = 256) -> list[Pronunciation]:
+    def pronounce(self, words: list[str], *, batch_size: int = 512) -> list[Pronunciation]:
         """Phonemes of each word (stripped, lower-cased), greedy (see :meth:`decode`), with its
         ``probability``. The first bad word is an error naming it (``words[i]``); an output cut at
         its length limit (``cut=True``), or a word longer than any the model was trained on, is a
@@ -406,7 +406,7 @@ class OnnxG2P:
             return f"{shown(word)} ({len(word):,} letters{beyond}): output cut at the length limit of {limit} phonemes"
         return f"{shown(word)} ({len(word):,} letters{beyond}): its output is a guess" if longer else None
 
-    def decode(self, words: list[str], *, batch_size: int = 256) -> list[Hypothesis]:
+    def decode(self, words: list[str], *, batch_size: int = 512) -> list[Hypothesis]:
         """Greedy hypotheses of ``words`` (lower-case, checked) in their order, decoded in batches of
         ``batch_size`` sorted by length, as :func:`~attnkit.tasks.g2p.decode_words` does with
         ``beam=1``: ``tokens`` the phonemes, ``score`` the summed log-probability, ``weights``
