@@ -28,16 +28,16 @@ def test_no_stress_strips_the_digits_of_the_same_pronunciations(capsys):
 
 
 def test_jsonl_holds_the_text_outputs_with_their_places(capsys, tmp_path):
-    long = "ab" * 50  # the shipped model's greedy output runs to its cap: cut
+    long = "ab" * 50  # the accurate model's greedy output runs to its cap: cut
     words = tmp_path / "words.txt"
     words.write_text("cat\n\nx-ray " + long + "\n")
-    assert main(["pronounce", "--beam", "1", "--format", "jsonl", "--file", str(words)]) == 0
+    assert main(["pronounce", "--model", "accurate", "--beam", "1", "--format", "jsonl", "--file", str(words)]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.strip().splitlines()]
     assert [r["word"] for r in rows] == ["cat", "x-ray", long]
     assert [r["place"] for r in rows] == [f"{str(words)!r} line {n}" for n in (1, 3, 3)]
     assert [r["cut"] for r in rows] == [False, False, True] and rows[0]["phones"] == ["K", "AE1", "T"]
-    text = _text(capsys, ["pronounce", "--beam", "1", "cat", "x-ray"])
+    text = _text(capsys, ["pronounce", "--model", "accurate", "--beam", "1", "cat", "x-ray"])
     assert [r["phones"] for r in rows[:2]] == [line[1:] for line in text]
     assert "cut at the length limit" in captured.err  # the warning stays on stderr
 
@@ -139,7 +139,7 @@ def test_a_long_word_from_a_lexicon_is_not_called_a_guess(capsys, tmp_path):
 # -- n-best lists, confidence and alignment (issue 25) ------------------------------------------------
 @pytest.fixture(scope="module")
 def shipped():
-    return G2P.load()
+    return G2P.load("accurate")  # its alternatives: several for read and tomato
 
 
 @pytest.fixture

@@ -366,6 +366,8 @@ def pronounce(args) -> int:
         check_pictures("--plot")
     placed = _placed(args.words, source, found)
     g2p = G2P.load(args.model, trust_unchecked=args.trust_unchecked)
+    if args.align and any(getattr(m.config, "attention", None) == "none" for m in g2p.members):
+        raise AttentionError("this model has no attention (attention=none): there is no alignment for --align")
     good, bad = _checked(g2p, placed, args.strict)
     for line in bad:  # every bad word now; the good ones are pronounced all the same
         print(f"attnkit: error: {line}", file=sys.stderr)
