@@ -11,7 +11,7 @@ from attnkit.models import Ensemble, RNNConfig, RNNSeq2Seq, beam_search, greedy
 from attnkit.models.fast_rnn import FastRNN, int8_available
 
 CONFIGS = [
-    dict(cell=cell, layers=layers, bidirectional=bi, input_feed=feed, attention=att, scaled=scaled)
+    {"cell": cell, "layers": layers, "bidirectional": bi, "input_feed": feed, "attention": att, "scaled": scaled}
     for cell in ("gru", "lstm")
     for layers, bi, feed, att, scaled in [
         (1, True, False, "luong-general", True),
@@ -23,7 +23,9 @@ CONFIGS = [
 ]
 
 # ragged rows: full, short, one letter, one padded position, and a row whose letters repeat
-SRC = torch.tensor([[3, 4, 5, 6, 7, 8], [8, 9, 0, 0, 0, 0], [5, 0, 0, 0, 0, 0], [4, 4, 4, 4, 4, 0], [10, 3, 11, 2, 0, 0]])
+SRC = torch.tensor(
+    [[3, 4, 5, 6, 7, 8], [8, 9, 0, 0, 0, 0], [5, 0, 0, 0, 0, 0], [4, 4, 4, 4, 4, 0], [10, 3, 11, 2, 0, 0]]
+)
 
 
 def _model(seed: int = 0, dtype=torch.float64, **kwargs) -> RNNSeq2Seq:

@@ -25,7 +25,6 @@ is :mod:`attnkit.train.quantize`; its names are re-exported here.
 from __future__ import annotations
 
 import contextlib
-
 import ctypes
 import hashlib
 import json
