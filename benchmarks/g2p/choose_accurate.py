@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from attnkit.bench.g2p_tools import decoding_name, valid_scores
 from attnkit.bench.measure import cpu_model
 from attnkit.tasks.g2p import G2P
 from attnkit.train import checkpoint
@@ -32,12 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for beam, int8 in SETTINGS:
-        g2p = G2P.load("accurate", int8=int8)
-        m = g2p.evaluate("valid", beam=beam)
-        rows.append(
-            {"beam": beam, "int8": g2p.int8}
-            | {k: round(m[k], 2) for k in ("wer", "per", "wer_nostress", "per_nostress", "words_per_s")}
-        )
+        rows.append(valid_scores(G2P.load("accurate", int8=int8), beam))
         print(json.dumps(rows[-1]), flush=True)
     best = min(rows, key=lambda r: (r["wer"], r["wer_nostress"], r["beam"]))
     chosen = {"beam": best["beam"], "int8": best["int8"]}
@@ -53,7 +49,7 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        how = ("greedy" if r["beam"] == 1 else f"beam {r['beam']}") + (", int8" if r["int8"] else ", fp32")
+        how = decoding_name(r["beam"], r["int8"])
         lines.append(
             f"| {how} | {r['wer']:.2f} | {r['per']:.2f} | {r['wer_nostress']:.2f} | {r['per_nostress']:.2f} | "
             f"{r['words_per_s']:,.0f} |"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from attnkit.bench.g2p_tools import decoding_name, valid_scores
 from attnkit.bench.measure import cpu_model
 from attnkit.tasks.g2p import G2P
 
@@ -33,11 +34,8 @@ def main() -> None:
     for run in args.runs:
         for beam, int8 in ((1, False), (1, True), (5, False)):
             g2p = G2P.load(run, int8=int8)
-            m = g2p.evaluate("valid", beam=beam)
-            row = {"run": run, "path": g2p.path, "beam": beam, "int8": g2p.int8, "parameters": g2p.parameters()}
-            row |= {k: round(m[k], 2) for k in ("wer", "per", "wer_nostress", "per_nostress", "words_per_s")}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append({"run": run, "path": g2p.path, "parameters": g2p.parameters(), **valid_scores(g2p, beam)})
+            print(json.dumps(rows[-1]), flush=True)
     greedy = [r for r in rows if r["beam"] == 1 and not r["int8"]]
     best = min(greedy, key=lambda r: r["wer"])
     int8 = next(r for r in rows if r["run"] == best["run"] and r["beam"] == 1 and r["int8"])
@@ -60,7 +58,7 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        how = ("greedy" if r["beam"] == 1 else f"beam {r['beam']}") + (", int8" if r["int8"] else ", fp32")
+        how = decoding_name(r["beam"], r["int8"])
         lines.append(
             f"| `{r['run']}` | {how} | {r['parameters']:,} | {r['wer']:.2f} | {r['per']:.2f} | {r['wer_nostress']:.2f} | "
             f"{r['per_nostress']:.2f} | {r['words_per_s']:,.0f} |"

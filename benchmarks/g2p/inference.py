@@ -2,20 +2,23 @@
 whole test split (12,606 words), one thread each, one process after the other on an otherwise idle
 machine:
 
-- attnkit's fast model (the default, ``G2P.load()``; greedy, its default, and beam 5) and its accurate
-  ensemble (``G2P.load("accurate")``; greedy, beam 3, its default, and beam 5), in batches of 256
-  words sorted by length (``G2P.pronounce``), as they decode by default (FastRNN, with int8 products
-  where the checkpoint says so); and the accurate one as it decoded before this work (``--before``:
-  that commit's code and its one shipped model, greedy and beam 5, its default then), the baseline
-  of its speed-up. bfloat16 rows only on a CPU with native bfloat16 (AVX512-BF16 or AMX).
+- attnkit's default, the fast model, as a user runs it: ``attnkit pronounce --file test.words``, one
+  command timed as the peers' are.
+- in Python (``G2P.pronounce``, batches sorted by length), as the models decode by default (FastRNN,
+  with int8 products where the checkpoint says so): the fast model (``G2P.load()``) greedily, its
+  default, and with beam 5; the accurate ensemble (``G2P.load("accurate")``) with beam 3, its
+  default; and the accurate one as it decoded before this work (``--before``: that commit's code and
+  its one shipped model, beam 5, its default then), the baseline of its speed-up. The two accurate
+  rows have one pass fewer (``--passes`` - 1, at least 1). bfloat16 rows only on a CPU with native
+  bfloat16 (AVX512-BF16 or AMX).
 - the fast model exported to ONNX and decoded greedily by ONNX Runtime (``OnnxG2P``).
 - Phonetisaurus (``phonetisaurus-g2pfst``, 1-best, its default beam) and, where installed, Sequitur
   (``g2p.py --apply``), each with the model peers.py chose on validation: one command over the test
   words, model loading included (their only way to run).
 
-The cold number is a fresh process's first pass: it includes starting Python, importing attnkit and
-torch and loading the model, as a peer's command does; the steady number is the best of the later
-passes in that process. WER is scored on the same outputs (attnkit.tasks.g2p.score).
+A Python row's cold number is a fresh process's first pass, from its launch: starting Python,
+importing attnkit and torch, reading the words and loading the model included, as a command's; the
+steady number is the best of the later passes in that process. WER is scored on the same outputs (attnkit.tasks.g2p.score).
 
     OMP_NUM_THREADS=1 python benchmarks/g2p/inference.py [--work runs/peers] [--passes 2]
 
@@ -36,12 +39,11 @@ from pathlib import Path
 
 import torch
 
-from attnkit.bench.g2p_tools import host, phonetisaurus_env, sequitur_g2p, timed, write_data
+from attnkit.bench.g2p_tools import decoding_name, host, phonetisaurus_env, sequitur_g2p, timed, write_data
 from attnkit.data import cmudict
 from attnkit.tasks.g2p import score
 
 HERE = Path(__file__).parent
-WORDS = Path("runs/peers/data/test.words").resolve()  # set by main from --work
 
 CHILD = """
 import json, sys, time
@@ -57,7 +59,6 @@ if kind == "onnx":
 else:
     from attnkit.tasks.g2p import G2P
     g2p = G2P.load() if kind == "before" else G2P.load(name)  # before: that tree's one shipped model
-    g2p.use_fast = kind == "fast"
     run = lambda: g2p.pronounce(words, beam=beam, precision=precision)
 times = []
 for i in range(passes):
@@ -77,13 +78,15 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def attnkit_speed(kind: str, name: str, beam: int, precision: str, passes: int, refs, src: Path | None = None) -> dict:
+def attnkit_speed(
+    kind: str, name: str, beam: int, precision: str, passes: int, refs, words: Path, src: Path | None = None
+) -> dict:
     """One fresh process: its cold first pass (from the parent's launch: interpreter, imports, loading)
     and its later passes, with the WER of its outputs; ``src``: import attnkit from that source tree."""
     env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
     launched = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, kind, name, str(beam), precision, str(passes), str(len(refs)), str(WORDS)],
+        [sys.executable, "-c", CHILD, kind, name, str(beam), precision, str(passes), str(len(refs)), str(words)],
         check=True,
         capture_output=True,
         text=True,
@@ -150,8 +153,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     work = Path(args.work)
     words = len(write_data(work / "data")["test"])
-    global WORDS
-    WORDS = (work / "data" / "test.words").resolve()
+    test_words = (work / "data" / "test.words").resolve()  # the peers' word file, read by every row
     refs = [e.pronunciations for e in cmudict.load("test")][: args.limit]
     peers = {name: peer_speed(name, work, words) for name in ("phonetisaurus", "sequitur")}
     precisions = ("fp32", "bf16") if native_bf16() else ("fp32",)
@@ -168,7 +170,7 @@ def main(argv=None) -> None:
     slow = max(1, args.passes - 1)  # the slow rows: their first pass (cold) and fewer steady ones
     for name, beam, passes in (("fast", 1, args.passes), ("fast", 5, args.passes), ("accurate", 3, slow)):
         for precision in precisions:
-            rows.append(attnkit_speed("fast", name, beam, precision, passes, refs))
+            rows.append(attnkit_speed("fast", name, beam, precision, passes, refs, test_words))
     with tempfile.TemporaryDirectory() as tmp:
         # the accurate ensemble as it decoded before FastRNN and shrinking batches: the baseline of its speed-up
         before = Path(tmp) / "before"
@@ -176,14 +178,15 @@ def main(argv=None) -> None:
             ["git", "worktree", "add", "--detach", str(before), args.before], check=True, capture_output=True
         )
         try:
-            rows.append(attnkit_speed("before", "accurate", 5, "fp32", slow, refs, before / "src"))  # its default then
+            # beam 5: its default then
+            rows.append(attnkit_speed("before", "accurate", 5, "fp32", slow, refs, test_words, before / "src"))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], check=True)
         from attnkit.tasks.g2p import G2P
         from attnkit.tasks.g2p.onnx_export import export
 
         export(G2P.load("fast"), Path(tmp) / "fast-onnx")
-        rows.append(attnkit_speed("onnx", str(Path(tmp) / "fast-onnx"), 1, "fp32", args.passes, refs))
+        rows.append(attnkit_speed("onnx", str(Path(tmp) / "fast-onnx"), 1, "fp32", args.passes, refs, test_words))
     doc = {
         "machine": host(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -215,7 +218,7 @@ def report(doc: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in doc["attnkit"]:
-        search = "greedy" if r["beam"] == 1 else f"beam {r['beam']}"
+        search = decoding_name(r["beam"])
         if r["kind"] == "onnx":
             system, how = "attnkit fast model, ONNX Runtime", f"{search}, fp32"
         else:
@@ -226,7 +229,6 @@ def report(doc: dict) -> str:
             system = f"attnkit {r['model']} model{default}"
             path = {
                 "fast": "FastRNN" + (", int8" if r["int8"] else ", fp32"),
-                "plain": "the model's modules, fp32",
                 "before": f"as decoded before (commit {doc['before']}), fp32",
             }
             how = f"{search}, {path[r['kind']] if r['precision'] == 'fp32' else r['precision']}"

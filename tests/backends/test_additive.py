@@ -26,6 +26,7 @@ from attnkit.backends import additive, explain
 from attnkit.core.functional import prepare
 
 import tolerances
+from additive_grads import run as _run
 
 F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
 
@@ -92,21 +93,6 @@ def _mask(kind, lead, tq, tk, dtype=F64):
         allowed[min(1, tq - 1)] = False
         return allowed
     raise ValueError(kind)
-
-
-def _run(backend, q, k, value, params, **kwargs):
-    """[output, weights, grads of q, k, value and each parameter] for a fixed loss of output (and weights)."""
-    inputs = [q, k, value, *params.values()]
-    for t in inputs:
-        t.grad = None
-    res = attnkit.attention(q, k, value, score="additive", score_params=params, backend=backend, **kwargs)
-    out, weights = res
-    c = torch.linspace(-1, 1, out.shape[-1], dtype=F64)
-    loss = (out.double() * c).sum()
-    if weights is not None:  # the weights' own gradient path, through the saved log-sum-exp
-        loss = loss + (weights.double() * torch.linspace(0, 1, weights.shape[-1], dtype=F64)).sum()
-    loss.backward()
-    return [out.detach(), None if weights is None else weights.detach(), *(t.grad for t in inputs)]
 
 
 def _assert_matches_reference(q, k, value, params, **kwargs):

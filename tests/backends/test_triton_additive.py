@@ -28,6 +28,7 @@ import attnkit
 from attnkit import SCORES, masks
 from attnkit.backends import explain, triton_additive
 from attnkit.core.functional import prepare
+from additive_grads import run as _run
 from tolerances import LOW_PRECISION, LOW_PRECISION_FACTOR, TOLERANCES
 
 if "triton" not in sys.modules and not torch.cuda.is_available():
@@ -85,20 +86,6 @@ def _mask(kind, lead, tq, tk):
         allowed[min(1, lead[0] - 1), ..., min(4, tq - 1), :] = False
         return allowed
     raise ValueError(kind)
-
-
-def _run(backend, q, k, value, params, **kwargs):
-    """[output, weights, grads of q, k, value and each parameter] for a fixed loss of output (and weights)."""
-    inputs = [q, k, value, *params.values()]
-    for t in inputs:
-        t.grad = None
-    out, weights = attnkit.attention(q, k, value, score="additive", score_params=params, backend=backend, **kwargs)
-    loss = (out.double() * torch.linspace(-1, 1, out.shape[-1], dtype=F64, device=out.device)).sum()
-    if weights is not None:  # the weights' own gradient path, through the kernel's dS
-        c = torch.linspace(0, 1, weights.shape[-1], dtype=F64, device=out.device)
-        loss = loss + (weights.double() * c).sum()
-    loss.backward()
-    return [out.detach(), None if weights is None else weights.detach(), *(t.grad for t in inputs)]
 
 
 def _assert_matches_reference(q, k, value, params, **kwargs):

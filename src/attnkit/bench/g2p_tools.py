@@ -18,7 +18,7 @@ from pathlib import Path
 from ..data import cmudict
 from .measure import cpu_model
 
-__all__ = ["host", "phonetisaurus_env", "sequitur_g2p", "timed", "write_data"]
+__all__ = ["decoding_name", "host", "phonetisaurus_env", "sequitur_g2p", "timed", "valid_scores", "write_data"]
 
 
 def write_data(folder: Path) -> dict[str, list[cmudict.Entry]]:
@@ -65,6 +65,21 @@ def sequitur_g2p() -> list[str]:
     if script is None:
         sys.exit("sequitur's g2p.py is not installed in this venv: run benchmarks/g2p/install-peers.sh")
     return [sys.executable, script]
+
+
+def valid_scores(g2p, beam: int) -> dict:
+    """``g2p`` (a :class:`~attnkit.tasks.g2p.G2P`) on the whole validation split at ``beam``: WER / PER
+    with and without stress, and the words decoded per second, rounded to 2 places; its ``beam``
+    and whether it decoded with int8 products."""
+    m = g2p.evaluate("valid", beam=beam)
+    scores = {k: round(m[k], 2) for k in ("wer", "per", "wer_nostress", "per_nostress", "words_per_s")}
+    return {"beam": beam, "int8": g2p.int8, **scores}
+
+
+def decoding_name(beam: int, int8: bool | None = None) -> str:
+    """How a table row decoded: ``greedy`` or ``beam K``, then ``, int8`` or ``, fp32`` unless None."""
+    search = "greedy" if beam == 1 else f"beam {beam}"
+    return search if int8 is None else f"{search}, {'int8' if int8 else 'fp32'}"
 
 
 def host() -> dict:

@@ -17,14 +17,16 @@ What it changes, and why it is the same model:
   each row's final state is read at its last letter. Padded positions are zeroed, as
   ``pad_packed_sequence`` leaves them.
 - **Attention without the general module.** Luong's global attention at inference is a masked
-  softmax over one dot product per source position with the keys projected once per source
-  (:meth:`~attnkit.modules.Attention.project_keys`); two batched products and a softmax.
-- **int8** (``int8=True``): every matrix product with a weight matrix (the recurrences, the
-  deeper layers' input gates, the combination and the output layer) runs as a dynamically
-  quantized int8 product (``torch.ao`` dynamic quantization: int8 weights per output row, the
+  softmax over one dot product per source position (an elementwise product and a sum: faster than a
+  batched (S, M) x (M, 1) product), with the keys projected once per source (W h_j of the general
+  score, over √M where scaled), then one batched product for the context.
+- **int8** (``int8=True``): the decoder's matrix products with a weight matrix (its recurrences, its
+  deeper layers' input gates, the fed-back õ, the combination and the output layer) and the key
+  projection run as dynamically quantized int8 products (``torch.ao`` dynamic quantization: int8 weights per output row, the
   input quantized per call), about 1.8x the float32 throughput on an AVX2 CPU. Outputs then differ
   from float32's in the last digits of the logits, which can flip a close argmax: measure its
-  accuracy, as ``benchmarks/g2p`` does. Where the CPU has no quantized engine
+  accuracy, as ``benchmarks/g2p`` does. The encoder's recurrences stay float32 (too small for int8
+  to pay for quantizing their input, measured). Where the CPU has no quantized engine
   (:func:`int8_available` is False) it is float32.
 
 Supported: cells ``lstm`` and ``gru``, any number of layers, uni- or bidirectional encoders, input
@@ -159,10 +161,11 @@ class FastRNN(nn.Module):
             self.dec_hh = nn.ModuleList(_recurrence(dec, f"l{layer}", int8) for layer in range(cfg.layers))
             # the score's key side, once per source: W h_j (general) or h_j (dot), over √M where scaled
             self.keys = _linear(model.attention.score_params["W"], None, int8) if general else None
-            self.bridge = _linear(model.bridge.weight, model.bridge.bias, False)
+            self.bridge = _linear(
+                model.bridge.weight, model.bridge.bias, False
+            )  # float: its parameters give the device
             self.combine = _linear(model.combine.weight, model.combine.bias, int8)
             self.out = _linear(model.out.weight, model.out.bias, int8)
-        self.register_buffer("_device", torch.zeros(()))  # decode_words reads the device off a parameter or buffer
         self.eval()
 
     @property
@@ -172,11 +175,6 @@ class FastRNN(nn.Module):
     @property
     def enc_hh_b(self) -> list[Tensor]:
         return [getattr(self, f"_hh_b{layer}") for layer in range(self.config.layers)]
-
-    def parameters(self, recurse: bool = True):
-        """The float parameters and the buffers: ``next(model.parameters())`` gives the device."""
-        yield from super().parameters(recurse)
-        yield from self.buffers(recurse)
 
     @torch.no_grad()
     def encode(self, src: Tensor) -> Memory:

@@ -14,7 +14,6 @@ Its modules, each using only those above it:
 # Names outside __all__ are re-exported too (``X as X``), so that every import from before the split
 # keeps working (decode_words is imported by the benchmarks, the experiments and attnkit.bench).
 from .alignment import align, alignment_text
-from .decode import _sorted_batches as _sorted_batches
 from .decode import decode_words as decode_words
 from .decode import positions
 from .doc import MAX_LONGEST as MAX_LONGEST

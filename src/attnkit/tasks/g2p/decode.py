@@ -9,10 +9,10 @@ from torch import nn
 from ...models import TransformerSeq2Seq, beam_search, greedy
 from ...models.ensemble import Ensemble
 
-__all__ = ["decode_words", "positions"]
+__all__ = ["decode_words", "positions", "sorted_batches"]
 
 
-def _sorted_batches(words: list[str], letters, batch_size: int):
+def sorted_batches(words: list[str], letters, batch_size: int):
     """Index batches of ``words`` grouped by length (less padding), with their encoded sources."""
     order = sorted(range(len(words)), key=lambda i: len(words[i]))
     for start in range(0, len(order), batch_size):
@@ -57,7 +57,7 @@ def decode_words(
     done = 0
     if progress is not None:
         progress(done, len(words))
-    for idx, src in _sorted_batches(words, letters, batch_size):
+    for idx, src in sorted_batches(words, letters, batch_size):
         src = src.to(device)
         lengths = {"max_len": steps, "min_len": steps or 0, "cap": cap}
         if nbest is not None:

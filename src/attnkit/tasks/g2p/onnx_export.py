@@ -47,7 +47,8 @@ from ...models.base import Memory
 from ...models.decoding import Hypothesis, length_limit
 from ...models.ensemble import Ensemble, EnsembleMemory, EnsembleState
 from ...models.rnn import RNNSeq2Seq, RNNState
-from .predictor import LengthLimitWarning, Pronunciation, shown
+from .decode import sorted_batches
+from .predictor import LengthLimitWarning, Pronunciation, checked, length_note
 
 __all__ = [
     "ATTENTIONS",
@@ -380,12 +381,7 @@ class OnnxG2P:
         ``probability``. The first bad word is an error naming it (``words[i]``); an output cut at
         its length limit (``cut=True``), or a word longer than any the model was trained on, is a
         :class:`~attnkit.tasks.g2p.LengthLimitWarning` (:meth:`note`)."""
-        clean = []
-        for i, w in enumerate(words):
-            try:
-                clean.append(self.check_word(w))
-            except AttentionError as err:
-                raise AttentionError(f"words[{i}]: {err}") from None
+        clean = checked(words, self.check_word)
         results = []
         for i, (w, h) in enumerate(zip(clean, self.decode(clean, batch_size=batch_size))):
             results.append(Pronunciation(w, h.tokens, h.weights, not h.finished, probability=math.exp(h.score)))
@@ -398,25 +394,16 @@ class OnnxG2P:
         """What a warning says of ``result``, as :meth:`G2P.note <attnkit.tasks.g2p.G2P.note>` says it:
         its output was cut at its length limit, or its word is longer than any the model was trained
         on; None when neither."""
-        word = result.word
-        longer = self.longest is not None and len(word) > self.longest
-        beyond = f", longer than the model's longest training word ({self.longest} letters)" if longer else ""
-        if result.cut:
-            limit = length_limit(len(word), self.cap)
-            return f"{shown(word)} ({len(word):,} letters{beyond}): output cut at the length limit of {limit} phonemes"
-        return f"{shown(word)} ({len(word):,} letters{beyond}): its output is a guess" if longer else None
+        return length_note(result, self.longest, self.cap)
 
     def decode(self, words: list[str], *, batch_size: int = 512) -> list[Hypothesis]:
         """Greedy hypotheses of ``words`` (lower-case, checked) in their order, decoded in batches of
         ``batch_size`` sorted by length, as :func:`~attnkit.tasks.g2p.decode_words` does with
         ``beam=1``: ``tokens`` the phonemes, ``score`` the summed log-probability, ``weights``
         (steps, letters)."""
-        order = sorted(range(len(words)), key=lambda i: len(words[i]))
         out: list[Hypothesis | None] = [None] * len(words)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            src = self.letters.pad([self.letters.encode(words[i]) for i in idx]).numpy()  # (B, S)
-            for i, h in zip(idx, self._greedy(src)):
+        for idx, src in sorted_batches(words, self.letters, batch_size):
+            for i, h in zip(idx, self._greedy(src.numpy())):  # src (B, S)
                 out[i] = h._replace(tokens=tuple(self.phonemes.decode(h.tokens)))
         return out
 

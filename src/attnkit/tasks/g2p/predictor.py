@@ -74,6 +74,30 @@ def shown(word: str, longest: int = 24) -> str:
     return repr(word) if len(word) <= longest else f"{word[:longest]!r}..."
 
 
+def checked(words: list[str], check_word) -> list[str]:
+    """Each word as ``check_word`` reads it; the first bad one is an error naming it (``words[i]``)."""
+    clean = []
+    for i, w in enumerate(words):
+        try:
+            clean.append(check_word(w))
+        except AttentionError as err:
+            raise AttentionError(f"words[{i}]: {err}") from None
+    return clean
+
+
+def length_note(result: Pronunciation, longest: int | None, cap: int | None) -> str | None:
+    """What a :class:`LengthLimitWarning` says of a decoded ``result``: its output was cut at its
+    length limit (at most ``cap``), or its word is longer than the model's ``longest`` training word
+    (its output is a guess); None when neither."""
+    word = result.word
+    longer = longest is not None and len(word) > longest
+    beyond = f", longer than the model's longest training word ({longest} letters)" if longer else ""
+    if result.cut:
+        limit = length_limit(len(word), cap)
+        return f"{shown(word)} ({len(word):,} letters{beyond}): output cut at the length limit of {limit} phonemes"
+    return f"{shown(word)} ({len(word):,} letters{beyond}): its output is a guess" if longer else None
+
+
 class G2P:
     """A trained G2P model ready for inference: ``G2P.load()`` is the fast model shipped with
     attnkit, ``G2P.load("accurate")`` the more accurate and slower one (:data:`NAMED`).
@@ -178,12 +202,7 @@ class G2P:
         beam = (self.beam if nbest is None else max(self.beam, nbest)) if beam is None else beam
         _check_nbest(nbest, mass, beam)
         known = self._known(lexicon, cmudict)
-        clean = []
-        for i, w in enumerate(words):
-            try:
-                clean.append(self.check_word(w))
-            except AttentionError as err:
-                raise AttentionError(f"words[{i}]: {err}") from None
+        clean = checked(words, self.check_word)
         found = [next(((name, d[w]) for name, d in known if w in d), None) for w in clean]
         unknown = [w for w, f in zip(clean, found) if f is None]
         with self._autocast(precision):
@@ -251,17 +270,7 @@ class G2P:
         """What a warning says of ``result``: that its output was cut at its length limit, or that its
         word is longer than any the model was trained on (its output is a guess); None when neither,
         and for a word a lexicon gave (nothing was decoded)."""
-        if result.source != "model":
-            return None
-        word = result.word
-        longer = self.longest is not None and len(word) > self.longest
-        beyond = f", longer than the model's longest training word ({self.longest} letters)" if longer else ""
-        if result.cut:
-            limit = length_limit(len(word), self.cap)
-            return f"{shown(word)} ({len(word):,} letters{beyond}): output cut at the length limit of {limit} phonemes"
-        if longer:
-            return f"{shown(word)} ({len(word):,} letters{beyond}): its output is a guess"
-        return None
+        return None if result.source != "model" else length_note(result, self.longest, self.cap)
 
     def evaluate(
         self,
@@ -350,9 +359,8 @@ def read_decoding(doc) -> tuple[int, bool]:
     if doc is None:
         return BEAM, False
     beam, int8 = (doc.get(k) if isinstance(doc, dict) else None for k in ("beam", "int8"))
-    if not (isinstance(doc, dict) and set(doc) == {"beam", "int8"} and type(beam) is int and 1 <= beam <= MAX_BEAM):
-        raise AttentionError(f"decoding must be {{'beam': an int in 1..{MAX_BEAM}, 'int8': a bool}}, got {doc!r:.200}")
-    if type(int8) is not bool:
+    valid = isinstance(doc, dict) and set(doc) == {"beam", "int8"} and type(int8) is bool
+    if not (valid and type(beam) is int and 1 <= beam <= MAX_BEAM):
         raise AttentionError(f"decoding must be {{'beam': an int in 1..{MAX_BEAM}, 'int8': a bool}}, got {doc!r:.200}")
     return beam, int8
 
