@@ -269,7 +269,8 @@ def _after(mask: masks.Mask | None, past: int) -> masks.Mask | None:
     (``Dense``, ``KeyPadding``, a ``BlockSparse`` layout), the call's rows over every key, as they are."""
     if mask is None or past == 0 or isinstance(mask, (masks.Dense, masks.KeyPadding, masks.BlockSparse)):
         return mask
-    if isinstance(mask, (masks.Causal, masks.SlidingWindow)):
+    if dataclasses.is_dataclass(mask) and any(f.name == "offset" for f in dataclasses.fields(mask)):
+        # a rule whose ``offset`` is the position of query 0 (causal, windows, position biases)
         return dataclasses.replace(mask, offset=mask.offset + past)
     if isinstance(mask, (masks.And, masks.Or)):
         return type(mask)(*(_after(part, past) for part in mask.parts))
