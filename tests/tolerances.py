@@ -25,6 +25,10 @@ TOLERANCES: dict[tuple[str, torch.dtype], tuple[float, float]] = {
     ("additive_fused", torch.float64): (1e-12, 1e-10),
     ("additive_fused", torch.float32): (2e-5, 1e-4),
     ("additive_fused", torch.bfloat16): (2e-2, 2e-2),
+    # blocksparse: SDPA on gathered key blocks, summed per block; bfloat16 against the truth as sdpa
+    ("blocksparse", torch.float64): (1e-10, 1e-8),
+    ("blocksparse", torch.float32): (2e-5, 1e-4),
+    ("blocksparse", torch.bfloat16): (2e-2, 2e-2),
     ("topk_gather", torch.float64): (1e-12, 1e-10),
     ("topk_gather", torch.float32): (2e-5, 1e-4),
     ("topk_gather", torch.bfloat16): (2e-2, 2e-2),

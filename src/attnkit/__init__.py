@@ -17,26 +17,33 @@ import functools
 
 from . import backends
 from .backends import attention
-from .core import NORMALIZERS, SCORES, masks, reinforce_loss
+from .core import NORMALIZERS, SCORES, masks, positions, reinforce_loss
+from .core.linear import FEATURE_MAPS, linear_attention
 from .errors import AttentionError
 from .modules import Attention, AttentionPooling, HierarchicalAttention, KVCache, MultiHeadAttention, capture
+from .modules.linear import LinearAttention, LinearState
 
 __all__ = [
-    "attention",
-    "backends",
-    "SCORES",
+    "FEATURE_MAPS",
+    "G2P",
     "NORMALIZERS",
-    "masks",
-    "reinforce_loss",
-    "AttentionError",
+    "SCORES",
     "Attention",
-    "MultiHeadAttention",
-    "KVCache",
+    "AttentionError",
     "AttentionPooling",
     "HierarchicalAttention",
+    "KVCache",
+    "LinearAttention",
+    "LinearState",
+    "MultiHeadAttention",
+    "attention",
+    "backends",
     "capture",
-    "G2P",
+    "linear_attention",
+    "masks",
+    "positions",
     "pronounce",
+    "reinforce_loss",
 ]
 __version__ = "0.1.0"
 

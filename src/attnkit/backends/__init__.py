@@ -8,9 +8,9 @@ itself on import; the eager reference in :mod:`attnkit.core.functional` is the s
 from .registry import BACKENDS, Backend, Choice, attention, choose, explain, prefer, register
 
 # each registers itself on import
-from . import additive, banded, flex, sdpa, topk, triton_additive  # noqa: E402, F401  (isort: skip)
+from . import additive, banded, blocksparse, flex, sdpa, topk, triton_additive  # noqa: E402, F401  (isort: skip)
 
 # the order automatic dispatch tries them in: the most specialised first, the reference last
-prefer("additive_triton", "banded", "additive_fused", "topk_gather", "flex", "sdpa")
+prefer("additive_triton", "banded", "additive_fused", "topk_gather", "flex", "blocksparse", "sdpa")
 
 __all__ = ["BACKENDS", "Backend", "Choice", "attention", "choose", "explain", "prefer", "register"]

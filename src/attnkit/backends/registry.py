@@ -162,6 +162,12 @@ def attention(query, key, value, *, backend: str = "auto", **kwargs) -> Attentio
             key and value (..., Hkv, Tk, D) with Hkv dividing H; query head h uses key/value head
             h // (H / Hkv). Runs on SDPA's ``enable_gqa`` when the call goes there; other backends
             see key and value repeated to H heads.
+        rotary: an :class:`attnkit.positions.Rotary` (RoPE): query i is rotated at position i, key j
+            at j, before the score (top-left, as the masks); for other positions (decoding after a
+            cache) rotate yourself with ``rope.rotate(x, offset)``. Default None.
+        softcap: a finite number > 0: the score becomes cap · tanh(score / cap) (Gemma 2), with
+            ``scale`` applied inside the tanh; biases (float masks, ALiBi, T5) are added after the
+            cap. Fused backends decline a capped score. Default None. See :mod:`attnkit.positions`.
         backend: "auto" (the first registered backend that supports the call) or a name in
             ``attnkit.backends.BACKENDS`` to force one; :func:`explain` says which and why.
 

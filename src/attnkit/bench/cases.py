@@ -255,6 +255,47 @@ def entmax15(rows=8 * 8 * 512, tk=512) -> Case:
     return sparse("entmax15", rows, tk)
 
 
+def linear(t=16384, h=8, dh=64, b=1) -> Case:
+    """Causal linear attention (elu feature map, O(T)) against causal SDPA (softmax, O(T²))."""
+
+    def qkv():
+        return _tensors((b, h, t, dh), (b, h, t, dh), (b, h, t, dh))
+
+    def ours():
+        q, k, v = qkv()
+        return _stepper(lambda: attnkit.linear_attention(q, k, v, feature_map="elu", causal=True).output, [q, k, v])
+
+    def causal_sdpa():
+        q, k, v = qkv()
+        return _stepper(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
+
+    return Case("linear", {"B": b, "H": h, "T": t, "Dh": dh}, {"attnkit": ours, "causal SDPA": causal_sdpa})
+
+
+def blocksparse(n=8, t=1024, h=8, dh=64, b=1) -> Case:
+    """Packed sequences (a document mask: n sequences of t positions, each attending itself only)
+    against dense masked SDPA; attnkit runs it on the block-sparse backend."""
+
+    def qkv():
+        return _tensors((b, h, n * t, dh), (b, h, n * t, dh), (b, h, n * t, dh))
+
+    def ours():
+        q, k, v = qkv()
+        mask = masks.packed([t] * n)
+        return _stepper(lambda: attnkit.attention(q, k, v, mask=mask).output, [q, k, v])
+
+    def dense_sdpa():
+        q, k, v = qkv()
+        allowed = masks.packed([t] * n).materialize((n * t, n * t))  # (T, T)
+        return _stepper(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed), [q, k, v])
+
+    return Case(
+        "blocksparse",
+        {"B": b, "H": h, "T": n * t, "n": n, "Dh": dh},
+        {"attnkit": ours, "dense masked SDPA": dense_sdpa},
+    )
+
+
 CASES: dict[str, Callable[..., Case]] = {
     "mha": mha,
     "additive": additive,
@@ -263,6 +304,8 @@ CASES: dict[str, Callable[..., Case]] = {
     "topk": topk,
     "sparsemax": sparse,
     "entmax15": entmax15,
+    "linear": linear,
+    "blocksparse": blocksparse,
 }
 
 # the runs of each case: full sizes, and what --quick keeps
@@ -274,6 +317,8 @@ RUNS: dict[str, list[dict[str, int]]] = {
     "topk": [{}],
     "sparsemax": [{}],
     "entmax15": [{}],
+    "linear": [{}],
+    "blocksparse": [{}],
 }
 QUICK_RUNS: dict[str, list[dict[str, int]]] = {
     "mha": [{}],
@@ -283,4 +328,6 @@ QUICK_RUNS: dict[str, list[dict[str, int]]] = {
     "topk": [{}],
     "sparsemax": [{"rows": 8 * 512}],
     "entmax15": [{"rows": 8 * 512}],
+    "linear": [{"t": 4096}],
+    "blocksparse": [{"n": 4, "t": 512}],
 }

@@ -3,9 +3,22 @@
 Nothing here imports the backends, modules, models or command line.
 """
 
-from . import masks
+from . import masks, positions
 from .functional import AttentionResult, Call, prepare, reference
+from .linear import FEATURE_MAPS, linear_attention
 from .normalizers import NORMALIZERS, reinforce_loss
 from .scores import SCORES
 
-__all__ = ["AttentionResult", "Call", "prepare", "reference", "SCORES", "NORMALIZERS", "masks", "reinforce_loss"]
+__all__ = [
+    "FEATURE_MAPS",
+    "NORMALIZERS",
+    "SCORES",
+    "AttentionResult",
+    "Call",
+    "linear_attention",
+    "masks",
+    "positions",
+    "prepare",
+    "reference",
+    "reinforce_loss",
+]

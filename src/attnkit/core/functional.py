@@ -30,6 +30,7 @@ from . import scores as _scores
 from .call import AttentionResult, Call, stand_in
 from .local import as_window, local_p_region
 from .masks import Mask, and_masks, as_mask
+from .positions import Rotary, soft_cap
 
 __all__ = ["AttentionResult", "Call", "prepare", "reference"]  # the first two from .call
 
@@ -71,6 +72,8 @@ def prepare(
     need_weights: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,
+    rotary: Rotary | None = None,
+    softcap: float | None = None,
 ) -> Call:
     """Validate the arguments of :func:`attnkit.attention` into a :class:`Call` (raises AttentionError)."""
     for name, x in (("query", query), ("key", key), ("value", value)):
@@ -78,6 +81,12 @@ def prepare(
     check_bool("need_weights", need_weights)
     check_bool("enable_gqa", enable_gqa)
     query, key, value, score_params = _autocast(query, key, value, score_params)
+    if rotary is not None:  # query i at position i, key j at j (top-left, as the masks)
+        if not isinstance(rotary, Rotary):
+            raise AttentionError(
+                f"rotary must be an attnkit.positions.Rotary or None, got {rotary!r} ({type(rotary).__name__})"
+            )
+        query, key = rotary._rotate(query, 0, "query"), rotary._rotate(key, 0, "key")
     kv, groups = (key, value), 1
     if enable_gqa:  # validate against stand-ins with the query's head count; the Call keeps Hkv heads
         key, value, groups = _grouped(query, key, value)
@@ -116,6 +125,8 @@ def prepare(
         region = and_masks(region, as_window(window))
     if scale is not None:
         query, score_params = _fold_scale(scale, score_fn, query, key, score_params)
+    if softcap is not None:  # after scale=: the scaled score is capped, as Gemma 2's
+        score_fn = soft_cap(score_fn, softcap)
     return Call(query, *kv, score_fn, normalizer, region, gauss, score_params, dropout, need_weights, groups)
 
 
@@ -193,6 +204,12 @@ def _fold_scale(
                     f"{tiny:.3g}, the smallest normal {dtype}, and the scores are divided by it; expected a "
                     f"smaller scale"
                 )
+    elif name.endswith("+softcap"):
+        raise AttentionError(
+            f"scale= cannot rescale the soft-capped score {name!r}: whether it multiplies inside or outside the "
+            f"tanh changes the result; pass the base score and softcap= instead (attention(..., score=base, "
+            f"scale=s, softcap=cap) caps the scaled score, as Gemma 2)"
+        )
     else:
         raise AttentionError(
             f"scale= is defined for the scores dot, scaled_dot, general, cosine, concat and additive, "

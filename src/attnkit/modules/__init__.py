@@ -2,6 +2,7 @@
 
 from .attention import Attention
 from .capture import Recorder, capture
+from .linear import LinearAttention, LinearState
 from .multihead import KVCache, MultiHeadAttention
 from .pooling import AttentionPooling, HierarchicalAttention, HierarchicalResult, MaskedEncoder
 
@@ -11,6 +12,8 @@ __all__ = [
     "HierarchicalAttention",
     "HierarchicalResult",
     "KVCache",
+    "LinearAttention",
+    "LinearState",
     "MaskedEncoder",
     "MultiHeadAttention",
     "Recorder",

@@ -5,12 +5,15 @@ Shape legend: B batch, H heads, Hkv key/value heads, Tq query positions, Tk key 
 positions a cache holds, Dh head dim.
 
 - :class:`KVCache`, the cache itself: appending into storage that doubles when full, ``reorder``
-  for beam search, forks by ``copy``/``deepcopy``, pickling without its weak references.
+  for beam search, forks by ``copy``/``deepcopy``, pickling without its weak references; a rolling
+  cache (``sinks``, ``window``) keeps the first and the last positions only, and their positions.
 - ``_Source``, ``_check_same_source``, ``_check_source_identity``: a cross-attention cache is
   reused only with the very source it was filled from.
 - ``_check_fits``: a filled cache's k and v fit the module and the batch that use it.
 - ``_check_index``: ``KVCache.reorder``'s index.
 - ``_after`` and ``_Later``: the ``mask`` argument shifted for queries after T cached positions.
+- ``_at_kept_keys`` and ``_AtPositions``: a call's mask rules over the absolute positions of the
+  keys a rolling cache kept, not over their columns.
 
 This file does not import the module that uses it: a cache remembers its owner as a weak
 reference to any ``nn.Module``, and ``MultiHeadAttention`` checks that it is the owner.
@@ -27,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..core import masks
-from ..errors import AttentionError, check_bool, check_float_input, shape_str
+from ..errors import AttentionError, check_bool, check_float_input, check_int, shape_str
 
 __all__ = ["KVCache"]
 
@@ -48,10 +51,20 @@ class KVCache:
       them; later calls reuse them, with ``key``/``value`` omitted or the very same tensors (not
       modified in place since): any other key or value raises, as a new source needs a new cache.
 
+    Rolling cache (StreamingLLM, self-attention only): ``KVCache(sinks=k, window=w)`` keeps, after
+    each call, the first ``k`` positions and the last ``w`` ones and drops those in between, so it
+    holds at most k + w positions however long the sequence (``window=None``, the default, keeps
+    everything). A call attends the kept keys and its own; ``positions`` holds the kept keys'
+    absolute positions and ``seen`` counts every position appended (the next query's position),
+    while ``length`` is the number held. Mask rules are evaluated at those positions (tensor masks
+    cover the call's keys: kept + new), so steps with ``mask=masks.streaming(k, w)`` equal one call
+    over the whole sequence with that mask.
+
     The module updates the cache in place (as Hugging Face's ``DynamicCache``), and the cache
     belongs to the module that filled it: another module (another layer) raises. Query i of a call
-    is at position T + i: mask rules (``masks.causal()``, windows, their ``&``/``|``, any
-    :class:`~attnkit.masks.Mask` but a tensor) are shifted by T like the module's own, so
+    is at position T + i (``seen`` + i once a rolling cache dropped some): mask rules
+    (``masks.causal()``, windows, their ``&``/``|``, any :class:`~attnkit.masks.Mask` but a
+    tensor) are shifted by T like the module's own, so
     ``mask=masks.causal()`` steps equal ``causal=True``; tensor masks cover all the keys:
     ``key_padding_mask`` (B, T + Tk_new), ``attn_mask`` and ``mask`` (Tq, T + Tk_new). Beam search
     calls :meth:`reorder` when it reorders its hypotheses; ``copy.copy`` and ``copy.deepcopy`` fork
@@ -68,6 +81,10 @@ class KVCache:
     cross: bool = False
     k: Tensor | None = field(default=None, repr=False)
     v: Tensor | None = field(default=None, repr=False)
+    sinks: int | None = None  # rolling: the first positions always kept (None: 0)
+    window: int | None = None  # rolling: the last positions kept (None: every position)
+    # rolling: positions dropped so far, all between the first ``sinks`` and the last ``window``
+    _dropped: int = field(default=0, init=False, repr=False)
     # storage (B, Hkv, capacity, Dh) whose first T positions are k and v: appending writes into it,
     # doubling it when full, so T steps copy O(T) positions in all, not O(T^2) as torch.cat would
     _storage: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False)
@@ -80,12 +97,25 @@ class KVCache:
         check_bool("cross", self.cross)
         if (self.k is None) != (self.v is None):
             raise AttentionError("KVCache needs both k and v (B, Hkv, T, Dh), or neither (an empty cache)")
+        for name, size in (("sinks", self.sinks), ("window", self.window)):
+            if size is not None:
+                check_int(f"KVCache {name}", size, 0)
+        if self.sinks is not None and self.window is None:
+            raise AttentionError(
+                f"KVCache(sinks={self.sinks}) needs window= too: a cache keeps the first sinks positions and "
+                f"the last window ones (StreamingLLM); without window it keeps every position"
+            )
+        if self.cross and self.window is not None:
+            raise AttentionError(
+                "KVCache(cross=True) holds a fixed source; sinks= and window= (a rolling cache) are for "
+                "self-attention caches, KVCache(sinks=k, window=w)"
+            )
 
     def __copy__(self) -> KVCache:
         """A fork sharing the T positions held (never written again) but not the room to grow: its
         first append reallocates, and the original writes only past T, where the fork does not look."""
         new = dataclasses.replace(self)
-        new._owner, new._source = self._owner, self._source
+        new._owner, new._source, new._dropped = self._owner, self._source, self._dropped
         return new
 
     def __deepcopy__(self, memo) -> KVCache:
@@ -93,7 +123,7 @@ class KVCache:
         new = dataclasses.replace(
             self, k=None if self.k is None else self.k.clone(), v=None if self.v is None else self.v.clone()
         )
-        new._owner, new._source = self._owner, self._source
+        new._owner, new._source, new._dropped = self._owner, self._source, self._dropped
         memo[id(self)] = new
         return new
 
@@ -107,11 +137,30 @@ class KVCache:
         """T, the key positions held (0 while empty)."""
         return 0 if self.k is None else self.k.shape[2]
 
+    @property
+    def seen(self) -> int:
+        """The positions appended so far, kept or dropped: the position of the next query."""
+        return self.length + self._dropped
+
+    @property
+    def positions(self) -> Tensor:
+        """(T,) long: the absolute position of each key held (0 .. T-1 unless a rolling cache dropped some)."""
+        device = None if self.k is None else self.k.device
+        if not self._dropped:
+            return torch.arange(self.length, device=device)
+        first = min(self.sinks or 0, self.length)  # the sinks, then the last positions after the gap
+        start = first + self._dropped
+        return torch.cat([torch.arange(first, device=device), torch.arange(start, self.seen, device=device)])
+
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add keys and values (B, Hkv, Tnew, Dh) after the T held; return all T + Tnew of them.
 
         Written into the storage in place, except where autograd needs the earlier tensors
-        intact (gradients enabled and k, v or the cache requiring them): then a new tensor."""
+        intact (gradients enabled and k, v or the cache requiring them): then a new tensor.
+        A rolling cache returns the T + Tnew keys too, then keeps only the first ``sinks`` and the
+        last ``window`` of them."""
+        if self.window is not None:
+            return self._roll(k, v)
         if self.k is None:
             self.k, self.v, self._storage = k, v, None
             return k, v
@@ -129,6 +178,21 @@ class KVCache:
         self._storage[0][:, :, t : t + n], self._storage[1][:, :, t : t + n] = k, v
         self.k, self.v = self._storage[0][:, :, : t + n], self._storage[1][:, :, : t + n]  # (B, Hkv, T + Tnew, Dh)
         return self.k, self.v
+
+    def _roll(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """A rolling cache's append: the held and new keys and values for this call, of which the
+        first ``sinks`` and last ``window`` are kept (copies of k + w positions at most, no storage)."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)  # (B, Hkv, T + Tnew, Dh)
+        first, t = self.sinks or 0, k.shape[2]
+        drop = t - first - self.window
+        if drop > 0:
+            self.k, self.v = (torch.cat([x[:, :, :first], x[:, :, t - self.window :]], dim=2) for x in (k, v))
+            self._dropped += drop
+        else:
+            self.k, self.v = k, v
+        self._storage = None
+        return k, v
 
     def reorder(self, index: Tensor | Sequence[int]) -> KVCache:
         """Take rows ``index`` (B',) along the batch dim, in place (beam search's reordering); returns self.
@@ -266,8 +330,10 @@ def _after(mask: masks.Mask | None, past: int) -> masks.Mask | None:
     """The ``mask`` argument for queries at positions ``past`` .. ``past`` + Tq - 1 (after a
     self-attention cache's keys): rules over positions shifted by ``past`` (causal and window
     offsets; any other rule through :class:`_Later`); masks given as tensors sized for the call
-    (``Dense``, ``KeyPadding``, a ``BlockSparse`` layout), the call's rows over every key, as they are."""
-    if mask is None or past == 0 or isinstance(mask, (masks.Dense, masks.KeyPadding, masks.BlockSparse)):
+    (``Dense``, ``KeyPadding``, a ``BlockSparse`` layout), the call's rows over every key, and rules
+    of the key position alone (``Sinks``), as they are."""
+    fixed = (masks.Dense, masks.KeyPadding, masks.BlockSparse, masks.Sinks)
+    if mask is None or past == 0 or isinstance(mask, fixed):
         return mask
     if dataclasses.is_dataclass(mask) and any(f.name == "offset" for f in dataclasses.fields(mask)):
         # a rule whose ``offset`` is the position of query 0 (causal, windows, position biases)
@@ -297,3 +363,71 @@ class _Later(masks.Mask):
 
     def bias(self, shape, device=None, dtype=torch.float32):
         return self._rows(self.inner.bias(self._grid(shape), device, dtype))
+
+    def allows(self, i, j):
+        return self.inner.allows(i + self.past, j)
+
+
+def _has_bias(mask: masks.Mask) -> bool:
+    """Whether a rule adds a float bias to the scores (a position bias over i - j)."""
+    if isinstance(mask, _Later):
+        return _has_bias(mask.inner)
+    return type(mask).bias is not masks.Mask.bias
+
+
+def _at_kept_keys(mask: masks.Mask | None, cache: KVCache | None, tq: int) -> masks.Mask | None:
+    """The mask of a call of Tq queries with ``cache``, over the keys it attends: a rolling cache
+    that dropped positions holds keys at ``cache.positions``, then the call's at ``cache.seen`` ..
+    ``cache.seen`` + Tq - 1, so column j is no longer position j. Rules (shifted by ``_after``)
+    are evaluated at those positions (:class:`_AtPositions`); tensor masks cover the call's
+    columns as they are. A rule that adds a position bias raises with any rolling cache (from its
+    first call, before it drops anything). Call it before ``cache.append``."""
+    if mask is None or cache is None or cache.cross or cache.window is None:
+        return mask
+    positions = None
+    if cache._dropped:
+        past = cache.seen
+        positions = torch.cat([cache.positions, torch.arange(past, past + tq, device=cache.k.device)])  # (Tk,)
+    return _on_positions(mask, positions)
+
+
+def _on_positions(mask: masks.Mask, positions: Tensor | None) -> masks.Mask:
+    """``mask``'s rules at key ``positions`` (None: as they are, only checked)."""
+    if isinstance(mask, (masks.Dense, masks.KeyPadding, masks.BlockSparse)):
+        return mask
+    if isinstance(mask, (masks.And, masks.Or)):
+        return type(mask)(*(_on_positions(part, positions) for part in mask.parts))
+    if _has_bias(mask):
+        raise AttentionError(
+            f"{mask!r} adds a position bias over the key columns (MultiHeadAttention's position='alibi' or "
+            f"'t5'), but a rolling KVCache(sinks=, window=) drops keys, after which column j is no longer "
+            f"position j and the bias would be wrong; use KVCache() (every position kept) with a position "
+            f"bias, or position='rope', which a rolling cache keeps exact"
+        )
+    return mask if positions is None else _AtPositions(mask, positions)
+
+
+@dataclass(frozen=True, eq=False)
+class _AtPositions(masks.Mask):
+    """``inner``, a rule over (query index, key position), for keys at the absolute positions
+    ``positions`` (Tk,): what a rolling cache kept, then the call's own."""
+
+    inner: masks.Mask
+    positions: Tensor
+
+    def __repr__(self):
+        return f"{self.inner!r} at key positions {shape_str(self.positions.shape)}"
+
+    def materialize(self, shape, device=None):
+        if shape[-1] != len(self.positions):
+            raise AttentionError(
+                f"scores {shape_str(shape)} have Tk = {shape[-1]} keys but the rolling cache and the call "
+                f"give {len(self.positions)} key positions"
+            )
+        rank = len(shape)
+        i = torch.arange(shape[-2], device=device).reshape(*(1,) * (rank - 2), -1, 1)  # (1.., Tq, 1)
+        j = self.positions.to(device).reshape(*(1,) * (rank - 1), -1)  # (1.., 1, Tk)
+        return self.inner.allows(i, j)
+
+    def allows(self, i, j):
+        return self.inner.allows(i, self.positions.to(j.device)[j])

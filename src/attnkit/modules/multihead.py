@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..backends import BACKENDS, attention
 from ..core import masks
 from ..core import normalizers as _normalizers
+from ..core import positions as _positions
 from ..core import scores as _scores
 from ..core.functional import AttentionResult
 from ..core.local import as_window
@@ -31,6 +32,7 @@ from .attention import score_parameters
 from .cache import (  # _check_index, _Later: importable from this file before cache.py was split off
     KVCache,
     _after,
+    _at_kept_keys,
     _check_fits,
     _check_index,  # noqa: F401
     _check_same_source,
@@ -80,6 +82,16 @@ class MultiHeadAttention(nn.Module):
             Tk projected keys, as torch's; every query may attend it (masks are extended with an
             allowed column, as torch pads them). add_zero_attn: a zero key and value appended last,
             likewise. Each adds a column to the returned weights (Tk + 1 or Tk + 2), as torch's.
+        position: None, or a position method of :mod:`attnkit.positions` for self-attention,
+            query i of a call at position ``past`` + i (``past``: the keys a ``KVCache`` holds),
+            key j at j. ``"rope"``: q and k rotated per head (the first ``rope_dim`` features,
+            default Dh, base ``rope_base``), keys before they enter the cache. ``"alibi"``:
+            ``ALiBi(H)`` added to the scores (with ``causal``: causal ALiBi). ``"t5"``: a learned
+            ``T5RelativeBias`` (submodule ``relative_bias``; ``t5_buckets``, ``t5_max_distance``;
+            bidirectional unless ``causal``). A cross-attention cache raises; extra keys
+            (``add_bias_kv``, ``add_zero_attn``) get no position.
+        softcap: a finite number > 0: every head's score becomes cap · tanh(score / cap) (Gemma 2),
+            before position biases and masks are added. Default None.
 
     ``forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
     is_causal, *, mask, average_weights)``: the positions and meanings of
@@ -133,6 +145,12 @@ class MultiHeadAttention(nn.Module):
         batch_first: bool = True,
         add_bias_kv: bool = False,
         add_zero_attn: bool = False,
+        position: str | None = None,
+        softcap: float | None = None,
+        rope_base: float = 10000.0,
+        rope_dim: int | None = None,
+        t5_buckets: int = 32,
+        t5_max_distance: int = 128,
     ):
         super().__init__()
         check_int("embed_dim", embed_dim)
@@ -193,6 +211,51 @@ class MultiHeadAttention(nn.Module):
                 for name, heads in self.groups.items()
             }
         )  # name -> ParameterDict, each parameter (heads with that score, *spec)
+        self._build_positions(position, softcap, rope_base, rope_dim, t5_buckets, t5_max_distance)
+
+    # the position options' values when absent (a module pickled before they existed has none)
+    position: str | None = None
+    softcap: float | None = None
+    rotary: _positions.Rotary | None = None
+
+    def _build_positions(self, position, softcap, rope_base, rope_dim, t5_buckets, t5_max_distance) -> None:
+        """Check the position options together and build what they need (one place, at construction)."""
+        if position is not None and position not in _positions.POSITIONS:
+            raise AttentionError(
+                f"position={position!r} is unknown; expected None or one of {sorted(_positions.POSITIONS)}"
+            )
+        given = {
+            "rope": {"rope_base": rope_base != 10000.0, "rope_dim": rope_dim is not None},
+            "t5": {"t5_buckets": t5_buckets != 32, "t5_max_distance": t5_max_distance != 128},
+        }
+        for method, options in given.items():
+            stray = [name for name, set_ in options.items() if set_]
+            if stray and position != method:
+                raise AttentionError(
+                    f"{', '.join(stray)} configure position={method!r}, but position={position!r}; pass "
+                    f"position={method!r} or drop them"
+                )
+        self.position = position
+        self.softcap = None if softcap is None else _positions._positive("softcap", softcap, "scores cap · tanh(s/cap)")
+        dh = self.head_dim
+        if position == "rope":
+            base = _positions._positive("rope_base", rope_base, "the angles' base, e.g. 10000.0")
+            if rope_dim is None and dh % 2:
+                raise AttentionError(
+                    f"position='rope' turns feature pairs, but the head dim Dh = embed_dim / num_heads = {dh} is "
+                    f"odd; pass an even rope_dim < {dh} (partial rotary)"
+                )
+            dim = dh if rope_dim is None else check_int("rope_dim", rope_dim, 2, dh)
+            if dim % 2:
+                raise AttentionError(f"rope_dim must be even (features turn in pairs), got {rope_dim}")
+            self.rotary = _positions.Rotary(dim, base)
+        elif position == "t5":
+            try:
+                self.relative_bias = _positions.T5RelativeBias(
+                    self.num_heads, t5_buckets, t5_max_distance, bidirectional=not self.causal
+                )
+            except AttentionError as e:
+                raise AttentionError(f"t5_buckets={t5_buckets!r}, t5_max_distance={t5_max_distance!r}: {e}") from None
 
     def extra_repr(self) -> str:
         region = f", mask={self.region}" if self.region is not None else ""
@@ -202,6 +265,11 @@ class MultiHeadAttention(nn.Module):
         extra += "" if self.batch_first else ", batch_first=False"
         extra += ", add_bias_kv=True" if self.bias_k is not None else ""
         extra += ", add_zero_attn=True" if self.add_zero_attn else ""
+        extra += "" if self.position is None else f", position={self.position!r}"
+        if self.rotary is not None:
+            extra += "" if self.rotary.dim == self.head_dim else f", rope_dim={self.rotary.dim}"
+            extra += "" if self.rotary.base == 10000.0 else f", rope_base={self.rotary.base}"
+        extra += "" if self.softcap is None else f", softcap={self.softcap}"
         return (
             f"{self.embed_dim}, num_heads={self.num_heads}, score={score!r}, normalize={self.normalize}{region}{extra}"
         )
@@ -250,6 +318,14 @@ class MultiHeadAttention(nn.Module):
         causal = masks.causal(past) if self.causal and tq > 1 else None  # one query may attend every key
         return masks.and_masks(causal, window)
 
+    def _position_bias(self, past: int) -> masks.Mask | None:
+        """ALiBi's or T5's bias over scores (B, H, Tq, Tk), query i at position ``past`` + i."""
+        if self.position == "alibi":
+            return _positions.ALiBi(self.num_heads, past)
+        if self.position == "t5":
+            return self.relative_bias.mask(past)
+        return None
+
     def forward(
         self,
         query: Tensor,
@@ -277,6 +353,12 @@ class MultiHeadAttention(nn.Module):
             )
         average = next((a for a in (average_attn_weights, average_weights) if a is not None), True)
         reuse = self._check_cache(cache, query)  # a filled cross-attention cache: no key/value projection
+        if self.position is not None and cache is not None and cache.cross:
+            raise AttentionError(
+                f"position={self.position!r} gives query and key positions in one sequence (self-attention), but "
+                f"cache is a cross-attention cache (KVCache(cross=True)) over another source; use a module without "
+                f"position= for cross-attention"
+            )
         key = query if key is None and not reuse else key
         value = key if value is None else value
         given = (key, value)  # as the caller passed them: a cross-attention cache remembers its source
@@ -296,7 +378,7 @@ class MultiHeadAttention(nn.Module):
                 f"query {shape_str(query.shape)}, key {shape_str(key.shape)} and value {shape_str(value.shape)} "
                 f"(batch first) must share B, and key and value must share Tk"
             )
-        (b, tq, _), past = query.shape, 0 if cache is None or cache.cross else cache.length
+        (b, tq, _), past = query.shape, 0 if cache is None or cache.cross else cache.seen  # query 0's position
         if reuse:
             _check_same_source(cache, key)
             _check_source_identity(cache, *given)
@@ -306,8 +388,11 @@ class MultiHeadAttention(nn.Module):
                 f"key must have Tq = {tq} positions, got key {shape_str(key.shape)} (batch first); for keys of a "
                 f"fixed source (cross-attention) use KVCache(cross=True)"
             )
-        tk = cache.length if reuse else past + key.shape[1]  # every key of the call, cached ones included
+        held = 0 if cache is None else cache.length  # < past where a rolling cache dropped positions
+        tk = held if reuse else held + key.shape[1]  # every key of the call, cached ones included
         region = self._heads_mask(mask, attn_mask, key_padding_mask, is_causal, b, tq, tk, past=past, cached=cache)
+        region = masks.and_masks(region, self._position_bias(past))  # ALiBi, T5: added after the (capped) score
+        region = _at_kept_keys(region, cache, tq)  # a rolling cache's keys: rules at their positions
         if reuse:
             (q,) = self._project(query, self.q_proj)  # (B, H, Tq, Dh)
             k, v = cache.k, cache.v  # (B, Hkv, Tk, Dh)
@@ -320,6 +405,8 @@ class MultiHeadAttention(nn.Module):
                 (q,), (k,), (v,) = (
                     self._project(x, p) for x, p in ((query, self.q_proj), (key, self.k_proj), (value, self.v_proj))
                 )
+            if self.rotary is not None:  # RoPE: the new queries and keys at positions past, past + 1, ..
+                q, k = self.rotary.rotate(q, past), self.rotary.rotate(k, past)  # (B, H | Hkv, T, Dh)
             if cache is not None:  # self-attention: after the cached positions; cross: the source
                 k, v = cache.append(k, v)  # (B, Hkv, Tk, Dh)
                 cache._source = tuple(map(_Source.of, given)) if cache.cross else None
@@ -410,14 +497,16 @@ class MultiHeadAttention(nn.Module):
         parts = []
         for name, heads in self.groups.items():
             sel = slice(None) if len(self.groups) == 1 else heads  # (B, H_g, T, Dh) for this score
+            score = _scores.resolve(name)
+            score = score if self.softcap is None else _positions.soft_cap(score, self.softcap)
             parts.append(
                 attention(
                     q[:, sel],
                     k[:, sel],
                     v[:, sel],
-                    score=_scores.resolve(name),
+                    score=score,
                     normalize=self.normalize,
-                    mask=region,
+                    mask=region if len(self.groups) == 1 else _positions.select_heads(region, heads),
                     score_params=dict(self.score_params[name] if params is None else params[name]),
                     dropout=dropout,
                     need_weights=need_weights,
