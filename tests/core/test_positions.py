@@ -187,6 +187,36 @@ def test_causal_alibi_equals_x_transformers_bias_with_a_causal_mask():
         torch.testing.assert_close(w, w_want, atol=1e-6, rtol=1e-6)  # x-transformers' slopes are float32
 
 
+@pytest.mark.parametrize("heads", [1, 4, 5])
+def test_directional_alibi_leans_each_head_one_way(heads):
+    """Keys left of query i at -m_h (i - j), right of it at -m_(H-1-h) (j - i); the symmetric form
+    where the two agree; a KV cache's offset and a selection of heads keep each head's pair."""
+    m = torch.tensor(positions.alibi_slopes(heads), dtype=D64)
+    tq, tk, offset = 4, 9, 3
+    i = torch.arange(tq)[:, None] + offset
+    j = torch.arange(tk)[None, :]
+    want = torch.where(j <= i, -m[:, None, None] * (i - j), -m.flip(0)[:, None, None] * (j - i))  # (H, Tq, Tk)
+    got = ALiBi(heads, offset, directional=True).bias((1, heads, tq, tk), dtype=D64)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    picked = positions.select_heads(ALiBi(heads, offset, directional=True), [heads - 1])
+    torch.testing.assert_close(picked.bias((1, 1, tq, tk), dtype=D64), want[-1:], atol=0, rtol=0)
+    symmetric = ALiBi(heads, offset).bias((1, heads, tq, tk), dtype=D64)
+    assert torch.equal(symmetric == got, (j <= i).expand_as(got) | (m == m.flip(0))[:, None, None].expand_as(got))
+
+
+def test_directional_alibi_tells_a_sequence_from_its_reverse():
+    """Symmetric ALiBi is reversal-equivariant, so order-blind pooling of its outputs cannot tell
+    a sequence from its reverse; the directional form can."""
+    x = randn(1, 6, 8)
+    outs = {}
+    for directional in (False, True):
+        torch.manual_seed(0)
+        mha = attnkit.MultiHeadAttention(8, 2, position="alibi", alibi_directional=directional).double()
+        outs[directional] = (mha(x).output.sum(1), mha(x.flip(1)).output.sum(1))
+    torch.testing.assert_close(*outs[False], atol=1e-12, rtol=0)
+    assert (outs[True][0] - outs[True][1]).abs().max() > 1e-3
+
+
 def test_alibi_is_finite_in_half_precision_far_away():
     bias = ALiBi(2, offset=10**7).bias((1, 2, 2, 3), dtype=torch.float16)
     assert bias.isfinite().all() and bias.min() == torch.finfo(torch.float16).min

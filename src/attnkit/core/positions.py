@@ -217,11 +217,19 @@ class ALiBi(Mask):
     H numbers m_h (default :func:`alibi_slopes`); a 0 leaves its head without a bias (as
     x-transformers' ``total_heads`` > ``heads``). ``offset`` is the position of query 0, moved by a
     KV cache as the causal mask's.
+
+    ``directional``: head h's keys to the left (j <= i) get slope m_h and those to the right slope
+    m_(H-1-h), the slopes in reverse order, so each head leans one way. The symmetric form cannot
+    tell a sequence from its reverse: an encoder that has only it, read by a cross-attention without
+    positions, gives "stop" and "pots" the same output; the directional form can. (Not in the ALiBi
+    paper, which is causal; one asymmetric choice among several, kept linear in the distance.)
     """
 
     heads: int
     offset: int = 0
     slopes: tuple[float, ...] | None = None
+    directional: bool = False
+    right_slopes: tuple[float, ...] | None = None  # keys j > i, when not the default's (set by select_heads)
 
     def __post_init__(self):
         check_int("ALiBi heads", self.heads)
@@ -233,14 +241,30 @@ class ALiBi(Mask):
             if not ok:
                 raise AttentionError(f"ALiBi slopes must be {self.heads} finite numbers (one per head), got {s!r}")
             object.__setattr__(self, "slopes", tuple(float(m) for m in s))
+        check_bool("ALiBi directional", self.directional)
+        if self.right_slopes is not None:
+            r = tuple(float(m) for m in self.right_slopes)
+            if len(r) != self.heads or not all(math.isfinite(m) for m in r):
+                raise AttentionError(
+                    f"ALiBi right_slopes must be {self.heads} finite numbers, got {self.right_slopes!r}"
+                )
+            object.__setattr__(self, "right_slopes", r)
 
     def __repr__(self):
         slopes = "" if self.slopes is None else f", slopes={self.slopes}"
-        return f"ALiBi(heads={self.heads}, offset={self.offset}{slopes})"
+        directional = ", directional=True" if self.directional else ""
+        return f"ALiBi(heads={self.heads}, offset={self.offset}{slopes}{directional})"
 
     def slope_values(self) -> tuple[float, ...]:
         """m_h of every head: ``slopes`` or the default :func:`alibi_slopes`."""
         return self.slopes if self.slopes is not None else tuple(alibi_slopes(self.heads))
+
+    def right_slope_values(self) -> tuple[float, ...]:
+        """The slope of every head for keys to the right of the query (j > i)."""
+        if self.right_slopes is not None:
+            return self.right_slopes
+        left = self.slope_values()
+        return tuple(reversed(left)) if self.directional else left
 
     def materialize(self, shape, device=None):
         return torch.ones((1, 1), dtype=torch.bool, device=device)  # (1, 1): every pair may attend
@@ -251,7 +275,13 @@ class ALiBi(Mask):
         i, j = _grid(shape, self.offset, device)
         distance = (i - j).abs().to(wide)  # (Tq, Tk)
         slopes = torch.tensor(self.slope_values(), dtype=wide, device=device)  # (H,)
-        bias = 0.0 - slopes[:, None, None] * distance  # (H, Tq, Tk); 0.0 - : no -0.0 on the diagonal
+        right = self.right_slope_values()
+        if right != self.slope_values():  # directional: left keys at m_h, right keys at m_(H-1-h)
+            right = torch.tensor(right, dtype=wide, device=device)  # (H,)
+            slopes = torch.where(j <= i, slopes[:, None, None], right[:, None, None])  # (H, Tq, Tk)
+        else:
+            slopes = slopes[:, None, None]  # (H, 1, 1)
+        bias = 0.0 - slopes * distance  # (H, Tq, Tk); 0.0 - : no -0.0 on the diagonal
         info = torch.finfo(dtype)  # far keys in half precision: a large finite bias, not -inf
         return bias.clamp(info.min, info.max).to(dtype)
 
@@ -323,6 +353,13 @@ class RelativeBias(Mask):
             f"RelativeBias(heads={self.heads}, num_buckets={self.num_buckets}, max_distance={self.max_distance}, "
             f"{direction}, offset={self.offset})"
         )
+
+    def right_slope_values(self) -> tuple[float, ...]:
+        """The slope of every head for keys to the right of the query (j > i)."""
+        if self.right_slopes is not None:
+            return self.right_slopes
+        left = self.slope_values()
+        return tuple(reversed(left)) if self.directional else left
 
     def materialize(self, shape, device=None):
         return torch.ones((1, 1), dtype=torch.bool, device=device)  # (1, 1): every pair may attend
@@ -408,8 +445,10 @@ def select_heads(mask: Mask | None, heads: Sequence[int]) -> Mask | None:
     mask is the same for every head and is returned as it is (inside ``&``, ``|`` and wrappers)."""
     heads = list(heads)
     if isinstance(mask, ALiBi):
-        slopes = mask.slope_values()
-        return ALiBi(len(heads), mask.offset, tuple(slopes[h] for h in heads))
+        left, right = mask.slope_values(), mask.right_slope_values()
+        return ALiBi(
+            len(heads), mask.offset, tuple(left[h] for h in heads), right_slopes=tuple(right[h] for h in heads)
+        )
     if isinstance(mask, RelativeBias):
         return replace(mask, table=mask.table[:, heads])  # (N, len(heads))
     if isinstance(mask, (And, Or)):

@@ -86,7 +86,8 @@ class MultiHeadAttention(nn.Module):
             query i of a call at position ``past`` + i (``past``: the keys a ``KVCache`` holds),
             key j at j. ``"rope"``: q and k rotated per head (the first ``rope_dim`` features,
             default Dh, base ``rope_base``), keys before they enter the cache. ``"alibi"``:
-            ``ALiBi(H)`` added to the scores (with ``causal``: causal ALiBi). ``"t5"``: a learned
+            ``ALiBi(H)`` added to the scores (with ``causal``: causal ALiBi; ``alibi_directional``:
+            its directional form, for an encoder read without positions). ``"t5"``: a learned
             ``T5RelativeBias`` (submodule ``relative_bias``; ``t5_buckets``, ``t5_max_distance``;
             bidirectional unless ``causal``). A cross-attention cache raises; extra keys
             (``add_bias_kv``, ``add_zero_attn``) get no position.
@@ -151,6 +152,7 @@ class MultiHeadAttention(nn.Module):
         rope_dim: int | None = None,
         t5_buckets: int = 32,
         t5_max_distance: int = 128,
+        alibi_directional: bool = False,
     ):
         super().__init__()
         check_int("embed_dim", embed_dim)
@@ -211,14 +213,17 @@ class MultiHeadAttention(nn.Module):
                 for name, heads in self.groups.items()
             }
         )  # name -> ParameterDict, each parameter (heads with that score, *spec)
-        self._build_positions(position, softcap, rope_base, rope_dim, t5_buckets, t5_max_distance)
+        self._build_positions(position, softcap, rope_base, rope_dim, t5_buckets, t5_max_distance, alibi_directional)
 
     # the position options' values when absent (a module pickled before they existed has none)
     position: str | None = None
     softcap: float | None = None
     rotary: _positions.Rotary | None = None
+    alibi_directional: bool = False
 
-    def _build_positions(self, position, softcap, rope_base, rope_dim, t5_buckets, t5_max_distance) -> None:
+    def _build_positions(
+        self, position, softcap, rope_base, rope_dim, t5_buckets, t5_max_distance, alibi_directional=False
+    ) -> None:
         """Check the position options together and build what they need (one place, at construction)."""
         if position is not None and position not in _positions.POSITIONS:
             raise AttentionError(
@@ -227,6 +232,7 @@ class MultiHeadAttention(nn.Module):
         given = {
             "rope": {"rope_base": rope_base != 10000.0, "rope_dim": rope_dim is not None},
             "t5": {"t5_buckets": t5_buckets != 32, "t5_max_distance": t5_max_distance != 128},
+            "alibi": {"alibi_directional": alibi_directional is not False},
         }
         for method, options in given.items():
             stray = [name for name, set_ in options.items() if set_]
@@ -236,6 +242,7 @@ class MultiHeadAttention(nn.Module):
                     f"position={method!r} or drop them"
                 )
         self.position = position
+        self.alibi_directional = check_bool("alibi_directional", alibi_directional)
         self.softcap = None if softcap is None else _positions._positive("softcap", softcap, "scores cap · tanh(s/cap)")
         dh = self.head_dim
         if position == "rope":
@@ -266,6 +273,7 @@ class MultiHeadAttention(nn.Module):
         extra += ", add_bias_kv=True" if self.bias_k is not None else ""
         extra += ", add_zero_attn=True" if self.add_zero_attn else ""
         extra += "" if self.position is None else f", position={self.position!r}"
+        extra += ", alibi_directional=True" if self.alibi_directional else ""
         if self.rotary is not None:
             extra += "" if self.rotary.dim == self.head_dim else f", rope_dim={self.rotary.dim}"
             extra += "" if self.rotary.base == 10000.0 else f", rope_base={self.rotary.base}"
@@ -321,7 +329,7 @@ class MultiHeadAttention(nn.Module):
     def _position_bias(self, past: int) -> masks.Mask | None:
         """ALiBi's or T5's bias over scores (B, H, Tq, Tk), query i at position ``past`` + i."""
         if self.position == "alibi":
-            return _positions.ALiBi(self.num_heads, past)
+            return _positions.ALiBi(self.num_heads, past, directional=self.alibi_directional)
         if self.position == "t5":
             return self.relative_bias.mask(past)
         return None
