@@ -10,15 +10,18 @@ its verdict (:data:`VERDICTS`) from the JSON's numbers by a rule written in its 
 - ``parameters`` (:mod:`.parameters`): attention needs fewer parameters for the same quality.
 - ``scaling`` (:mod:`.scaling`): dividing dot products by √d_k keeps the softmax from saturating.
 - ``parallel`` (:mod:`.parallel`): self-attention trains faster than an RNN.
+- ``extrapolation`` (:mod:`.extrapolation`): trained on short inputs, a Transformer reads longer ones
+  best with ALiBi (a paper's claim, Press et al. 2022, not the notes').
 """
 
 from __future__ import annotations
 
-from . import alignment, bottleneck, hardsoft, parallel, parameters, scaling
+from . import alignment, bottleneck, extrapolation, hardsoft, parallel, parameters, scaling
 from .base import CONDITIONS, FAILS, HOLDS, VERDICTS, Experiment, Notes
 
 __all__ = ["CONDITIONS", "EXPERIMENTS", "FAILS", "HOLDS", "VERDICTS", "Experiment", "Notes"]
 
 EXPERIMENTS: dict[str, Experiment] = {
-    e.name: e for e in map(Experiment.of, (alignment, bottleneck, hardsoft, parallel, parameters, scaling))
+    e.name: e
+    for e in map(Experiment.of, (alignment, bottleneck, hardsoft, parallel, parameters, scaling, extrapolation))
 }

@@ -55,10 +55,16 @@ def numbered(names: list[str], per_line: int = 3) -> str:
 
 @dataclass(frozen=True)
 class Notes:
-    """Where the notes make the claim: a file of ``shared/seeds/`` and its words, quoted as written."""
+    """Where the notes make the claim: a file of ``shared/seeds/`` and its words, quoted as written;
+    for a claim the notes do not make, ``paper``: the citation of the paper that does (``seed`` empty)."""
 
     seed: str
     words: str
+    paper: str | None = None
+
+    def source(self) -> str:
+        """Where the words are from, for the report."""
+        return self.paper or f"`seeds/{self.seed}`"
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,8 @@ class Experiment:
         m = doc["machine"]
         lines = [f"# {self.name}: {self.claim}", "", f"A {doc['size']} run (`attnkit experiment {self.name}"]
         lines[-1] += {"quick": " --quick`).", "full": "`).", "custom": "` with its own config)."}[doc["size"]]
-        lines += ["", "**The notes:**", ""]
-        lines += [f"> {n.words} (`seeds/{n.seed}`)" for n in self.notes]
+        lines += ["", "**The paper:**" if all(n.paper for n in self.notes) else "**The notes:**", ""]
+        lines += [f"> {n.words} ({n.source()})" for n in self.notes]
         lines += ["", "**Method.**", "", *[f"- {line}" for line in self.method(config)]]
         lines += [
             (

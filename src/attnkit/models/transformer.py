@@ -4,8 +4,19 @@ Shape legend: B batch, S source positions, T target positions, D model dim, V ta
 
 Encoder layer: x += SelfAttention(LN(x)); x += FF(LN(x)). Decoder layer: y += CausalSelfAttention(LN(y));
 y += CrossAttention(LN(y), memory); y += FF(LN(y)). Layer norm comes first in each block (pre-LN,
-which trains without a long warm-up); sinusoidal positions are added to scaled embeddings.
-The alignment a model reports is the last decoder layer's cross-attention, averaged over heads.
+which trains without a long warm-up). The alignment a model reports is the last decoder layer's
+cross-attention, averaged over heads.
+
+Token order (``TransformerConfig.position``, :data:`POSITIONS`): ``sinusoidal`` (Vaswani et al.
+2017, the default) or ``learned`` (a trained (max_len, D) table) positions are added to the scaled
+embeddings, so a source or target is at most ``max_len`` long; ``rope`` (rotary, Su et al. 2021),
+``alibi`` (linear distance biases, Press et al. 2022) and ``t5`` (bucketed relative biases, Raffel
+et al. 2020) add nothing to the embeddings and act inside every encoder and decoder
+*self*-attention (cross-attention compares a target position with source positions: it gets none),
+so the model reads any length (:attr:`TransformerSeq2Seq.max_positions` is None). The encoder's
+ALiBi is the directional form (``ALiBi(directional=True)``: each head's left and right slopes
+differ): with the symmetric form, as cross-attention reads no positions, a model would read a
+spelling and its reverse alike (the decoder could not tell which end comes first).
 
 Step-by-step decoding keeps a :class:`DecoderCache`: per decoder layer, the self-attention's keys and
 values of the prefix (one position appended per step) and the cross-attention's keys and values of
@@ -27,7 +38,12 @@ from ..modules import KVCache, MultiHeadAttention
 from . import limits
 from .base import Decoded, Memory, source_padding
 
-__all__ = ["DecoderCache", "TransformerConfig", "TransformerSeq2Seq"]
+__all__ = ["ABSOLUTE", "POSITIONS", "DecoderCache", "TransformerConfig", "TransformerSeq2Seq"]
+
+ABSOLUTE = ("sinusoidal", "learned")  # added to the embeddings, from a table of max_len positions
+RELATIVE = ("rope", "alibi", "t5")  # inside each self-attention (MultiHeadAttention's ``position``), no table
+POSITIONS = ABSOLUTE + RELATIVE  # the values of TransformerConfig.position
+T5_BUCKETS = 32  # MultiHeadAttention's default t5_buckets: a (buckets, H) bias table per self-attention
 
 
 @dataclass
@@ -40,8 +56,9 @@ class TransformerConfig:
     encoder_layers: int = 3
     decoder_layers: int = 3
     dropout: float = 0.1  # on sublayer outputs, attention weights and the feed-forward block
-    max_len: int = 128  # longest source or target the positional table covers
+    max_len: int = 128  # longest source or target the positional table covers (absolute positions only)
     score: str = "scaled_dot"  # a name in SCORES, for every attention; "dot" is the unscaled ablation
+    position: str = "sinusoidal"  # how token order enters, one of POSITIONS (older checkpoints: sinusoidal)
 
     def __post_init__(self):
         for name in (
@@ -66,6 +83,8 @@ class TransformerConfig:
             raise AttentionError(f"heads={self.heads} must divide d_model={self.d_model}")
         check_probability("dropout", self.dropout)
         resolve(self.score)  # a known name, before any layer is built
+        if self.position not in POSITIONS:
+            raise AttentionError(f"position={self.position!r} is unknown; expected one of {list(POSITIONS)}")
         shown = ("src_vocab", "tgt_vocab", "d_model", "ff_dim", "encoder_layers", "decoder_layers", "max_len")
         limits.check_size(self, shown)
 
@@ -76,10 +95,12 @@ class TransformerConfig:
         feed_forward = limits.linear_size(d, self.ff_dim) + limits.linear_size(self.ff_dim, d)
         encoder = limits.attention_size(d) + feed_forward + 4 * d  # and two layer norms
         decoder = 2 * limits.attention_size(d) + feed_forward + 6 * d
+        table = self.max_len if self.position in ABSOLUTE else 0  # the positions' table
+        biases = T5_BUCKETS * self.heads if self.position == "t5" else 0  # per self-attention
         return (
-            (self.src_vocab + self.tgt_vocab + self.max_len) * d  # embeddings, the positions' table
-            + self.encoder_layers * encoder
-            + self.decoder_layers * decoder
+            (self.src_vocab + self.tgt_vocab + table) * d  # embeddings
+            + self.encoder_layers * (encoder + biases)
+            + self.decoder_layers * (decoder + biases)
             + 4 * d  # the final layer norms
             + limits.linear_size(d, self.tgt_vocab)
         )
@@ -95,6 +116,15 @@ def sinusoids(length: int, dim: int) -> Tensor:
     return table
 
 
+def relative(position: str | None, encoder: bool = False) -> dict:
+    """The ``MultiHeadAttention`` keywords of a self-attention under ``position``: its
+    ``position=`` for a relative method, none for an absolute one (or None); an encoder's ALiBi
+    is directional (its keys left and right of a query at different slopes)."""
+    if position not in RELATIVE:
+        return {}
+    return {"position": position, **({"alibi_directional": True} if encoder and position == "alibi" else {})}
+
+
 class FeedForward(nn.Sequential):
     def __init__(self, d: int, inner: int, dropout: float):
         super().__init__(nn.Linear(d, inner), nn.ReLU(), nn.Dropout(dropout), nn.Linear(inner, d))
@@ -102,12 +132,21 @@ class FeedForward(nn.Sequential):
 
 class EncoderLayer(nn.Module):
     """x += SelfAttention(LN(x)); x += FF(LN(x)): one pre-LN encoder layer (also the layer of the
-    Transformer classifier)."""
+    Transformer classifier). ``position``: a relative method of :data:`POSITIONS` for its
+    self-attention (None, or an absolute one: none)."""
 
-    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float, score: str = "scaled_dot"):
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        ff_dim: int,
+        dropout: float,
+        score: str = "scaled_dot",
+        position: str | None = None,
+    ):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(d_model, heads, score=score, dropout=dropout)
+        self.attn = MultiHeadAttention(d_model, heads, score=score, dropout=dropout, **relative(position, encoder=True))
         self.ff = FeedForward(d_model, ff_dim, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -122,7 +161,10 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, score=cfg.score, dropout=cfg.dropout, causal=True)
+        self.self_attn = MultiHeadAttention(
+            cfg.d_model, cfg.heads, score=cfg.score, dropout=cfg.dropout, causal=True, **relative(cfg.position)
+        )
+        # cross-attention compares target with source positions: no position method
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, score=cfg.score, dropout=cfg.dropout)
         self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
@@ -182,9 +224,14 @@ class TransformerSeq2Seq(nn.Module):
         self.memory_dim = cfg.d_model
         self.src_embed = nn.Embedding(cfg.src_vocab, cfg.d_model, padding_idx=0)
         self.tgt_embed = nn.Embedding(cfg.tgt_vocab, cfg.d_model, padding_idx=0)
-        self.register_buffer("positions", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
+        if cfg.position == "sinusoidal":  # not in the state dict: rebuilt from the config
+            self.register_buffer("positions", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
+        elif cfg.position == "learned":  # (max_len, D), at the scale of the sinusoids' entries (RMS 1/√2)
+            self.position_embed = nn.Embedding(cfg.max_len, cfg.d_model)
+            nn.init.normal_(self.position_embed.weight, std=0.5**0.5)
         self.encoder = nn.ModuleList(
-            EncoderLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, cfg.score) for _ in range(cfg.encoder_layers)
+            EncoderLayer(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, cfg.score, cfg.position)
+            for _ in range(cfg.encoder_layers)
         )
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
@@ -195,16 +242,29 @@ class TransformerSeq2Seq(nn.Module):
             nn.init.normal_(table.weight, std=cfg.d_model**-0.5)
             nn.init.zeros_(table.weight[0])  # padding
 
+    @property
+    def max_positions(self) -> int | None:
+        """The longest source or target the model reads: ``max_len`` with absolute positions,
+        None (any length) with relative ones."""
+        return self.config.max_len if self.config.position in ABSOLUTE else None
+
     def _embed(self, table: nn.Embedding, ids: Tensor, name: str, start: int = 0) -> Tensor:
-        """``ids`` (B, T) at positions ``start`` .. ``start`` + T - 1 -> (B, T, D)."""
-        if start + ids.shape[1] > self.config.max_len:
-            at = f" at positions from {start}" if start else ""
-            raise AttentionError(
-                f"{name} has shape {tuple(ids.shape)}{at} but the model's positions end at "
-                f"max_len={self.config.max_len}"
-            )
-        positions = self.positions[start : start + ids.shape[1]]  # (T, D)
-        x = table(ids) * math.sqrt(self.config.d_model) + positions  # (B, T, D)
+        """``ids`` (B, T) at positions ``start`` .. ``start`` + T - 1 -> (B, T, D), with the absolute
+        positions added (relative ones act in the self-attentions)."""
+        x = table(ids) * math.sqrt(self.config.d_model)  # (B, T, D)
+        position = self.config.position
+        if position in ABSOLUTE:
+            if start + ids.shape[1] > self.config.max_len:
+                at = f" at positions from {start}" if start else ""
+                raise AttentionError(
+                    f"{name} has shape {tuple(ids.shape)}{at} but the model's positions end at "
+                    f"max_len={self.config.max_len}"
+                )
+            if position == "sinusoidal":
+                x = x + self.positions[start : start + ids.shape[1]]  # (T, D) broadcast over B
+            else:
+                at = torch.arange(start, start + ids.shape[1], device=ids.device)  # (T,)
+                x = x + self.position_embed(at)  # (T, D) broadcast over B
         return self.drop(x)
 
     def encode(self, src: Tensor) -> Memory:

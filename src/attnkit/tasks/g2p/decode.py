@@ -22,9 +22,10 @@ def sorted_batches(words: list[str], letters, batch_size: int):
 
 def positions(model: nn.Module) -> int | None:
     """The longest source or output ``model`` holds: a Transformer's ``max_len`` (an ensemble's
-    smallest); None for an RNN, which has no table of positions."""
+    smallest); None for an RNN, or a Transformer with relative positions, which have no table of
+    positions (:attr:`~attnkit.models.TransformerSeq2Seq.max_positions`)."""
     members = model.members if isinstance(model, Ensemble) else [model]
-    tables = [m.config.max_len for m in members if isinstance(m, TransformerSeq2Seq)]
+    tables = [m.max_positions for m in members if isinstance(m, TransformerSeq2Seq) and m.max_positions is not None]
     return min(tables) if tables else None
 
 
