@@ -5,19 +5,12 @@ import json
 import re
 
 import pytest
+from test_experiments import numbers_in
 
 from attnkit.cli import main
 from attnkit.errors import AttentionError
 from attnkit.experiments import CONDITIONS, EXPERIMENTS, FAILS, HOLDS, base, extrapolation
 from attnkit.viz.static import curves
-
-
-def numbers_in(doc) -> set[float]:
-    if isinstance(doc, dict):
-        return set().union(*map(numbers_in, doc.values())) if doc else set()
-    if isinstance(doc, list):
-        return set().union(*map(numbers_in, doc)) if doc else set()
-    return {float(doc)} if isinstance(doc, int | float) and not isinstance(doc, bool) else set()
 
 
 def test_the_quick_run_draws_and_judges_from_its_json(tmp_path, monkeypatch, capsys, one_thread):

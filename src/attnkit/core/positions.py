@@ -354,13 +354,6 @@ class RelativeBias(Mask):
             f"{direction}, offset={self.offset})"
         )
 
-    def right_slope_values(self) -> tuple[float, ...]:
-        """The slope of every head for keys to the right of the query (j > i)."""
-        if self.right_slopes is not None:
-            return self.right_slopes
-        left = self.slope_values()
-        return tuple(reversed(left)) if self.directional else left
-
     def materialize(self, shape, device=None):
         return torch.ones((1, 1), dtype=torch.bool, device=device)  # (1, 1): every pair may attend
 
