@@ -162,55 +162,73 @@ def dot_keras(b=8, t=512, d=256) -> Case:
     return case.peer("keras.Attention", "keras", keras_dot)
 
 
-def window_mask(w: int) -> masks.Mask:
+def window_mask(w: int, sym: bool = False) -> masks.Mask:
     """The window case's rule: query i attends keys i-w..i (w + 1 keys, fewer near the start),
     exactly what ``LocalAttention(window_size=w, causal=True, look_backward=1,
     exact_windowsize=True)`` attends (it blocks key j when i > j + w), so every contender does the
-    same work."""
-    return masks.causal() & masks.sliding_window(w, 0)
+    same work. ``sym``: keys i-w..i+w (2w + 1 keys, fewer near either end), what
+    ``LocalAttention(window_size=w, causal=False, look_backward=1, look_forward=1,
+    exact_windowsize=True)`` attends (it blocks key j when j - w > i or i > j + w)."""
+    return masks.sliding_window(w, w) if sym else masks.causal() & masks.sliding_window(w, 0)
 
 
-def window_allowed(t: int, w: int) -> Tensor:
+def window_allowed(t: int, w: int, sym: bool = False) -> Tensor:
     """:func:`window_mask` as the dense (T, T) bool matrix (True = may attend) given to SDPA."""
     i = torch.arange(t)
-    return (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - w)  # (T, T)
+    last = i[:, None] + (w if sym else 0)  # (T, 1): the last key query i attends
+    return (i[None, :] <= last) & (i[None, :] >= i[:, None] - w)  # (T, T)
 
 
-def local_attention(w: int):
+def local_attention(w: int, sym: bool = False):
     """The ``local-attention`` peer doing :func:`window_mask`'s work: blocks of w keys, each query
-    sees its block and the one before, cut to keys i-w..i."""
+    sees its block and the one before (``sym``: and the one after), cut to keys i-w..i (i+w)."""
     from local_attention import LocalAttention
 
     return LocalAttention(
-        window_size=w, causal=True, look_backward=1, exact_windowsize=True, use_rotary_pos_emb=False, autopad=True
+        window_size=w,
+        causal=not sym,
+        look_backward=1,
+        look_forward=1 if sym else 0,
+        exact_windowsize=True,
+        use_rotary_pos_emb=False,
+        autopad=True,
     )
 
 
-def window(t=16384, w=256, h=8, dh=64, b=1) -> Case:
-    """Causal sliding window (query i attends keys i-w..i) against dense masked SDPA and local-attention."""
+def window(t=16384, w=256, h=8, dh=64, b=1, sym=False) -> Case:
+    """Causal sliding window (query i attends keys i-w..i) against dense masked SDPA and local-attention.
+
+    ``sym=True``: the symmetric window of :func:`window_sym` (keys i-w..i+w)."""
 
     def qkv():
         return _tensors((b, h, t, dh), (b, h, t, dh), (b, h, t, dh))
 
     def ours():
         q, k, v = qkv()
-        mask = window_mask(w)
+        mask = window_mask(w, sym)
         return _stepper(lambda: attnkit.attention(q, k, v, mask=mask).output, [q, k, v])
 
     def dense_sdpa():
         q, k, v = qkv()
-        allowed = window_allowed(t, w)  # (T, T)
+        allowed = window_allowed(t, w, sym)  # (T, T)
         return _stepper(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed), [q, k, v])
 
     def local_attention_pkg():
         q, k, v = qkv()
-        la = local_attention(w)
+        la = local_attention(w, sym)
         return _stepper(lambda: la(q, k, v), [q, k, v])
 
     case = Case(
-        "window", {"B": b, "H": h, "T": t, "w": w, "Dh": dh}, {"attnkit": ours, "dense masked SDPA": dense_sdpa}
+        "window_sym" if sym else "window",
+        {"B": b, "H": h, "T": t, "w": w, "Dh": dh},
+        {"attnkit": ours, "dense masked SDPA": dense_sdpa},
     )
     return case.peer("local-attention", "local_attention", local_attention_pkg)
+
+
+def window_sym(t=8192, w=256, h=8, dh=64, b=1) -> Case:
+    """Symmetric sliding window (query i attends keys i-w..i+w) against dense masked SDPA and local-attention."""
+    return window(t, w, h, dh, b, sym=True)
 
 
 def topk(t=4096, k=8, h=8, dh=64, b=1) -> Case:
@@ -301,6 +319,7 @@ CASES: dict[str, Callable[..., Case]] = {
     "additive": additive,
     "dot": dot_keras,
     "window": window,
+    "window_sym": window_sym,
     "topk": topk,
     "sparsemax": sparse,
     "entmax15": entmax15,
@@ -314,6 +333,7 @@ RUNS: dict[str, list[dict[str, int]]] = {
     "additive": [{}],
     "dot": [{}],
     "window": [{"t": 4096}, {"t": 8192}, {"t": 16384}],
+    "window_sym": [{"t": 8192}],
     "topk": [{}],
     "sparsemax": [{}],
     "entmax15": [{}],
@@ -325,6 +345,7 @@ QUICK_RUNS: dict[str, list[dict[str, int]]] = {
     "additive": [{"b": 2}],
     "dot": [{}],
     "window": [{"t": 4096}],
+    "window_sym": [{"t": 4096}],
     "topk": [{}],
     "sparsemax": [{"rows": 8 * 512}],
     "entmax15": [{"rows": 8 * 512}],
