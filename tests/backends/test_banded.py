@@ -13,15 +13,15 @@ from __future__ import annotations
 import re
 
 import pytest
+import tolerances
 import torch
+from saved_bytes import saved_bytes
 
 import attnkit
 from attnkit import NORMALIZERS, SCORES, AttentionError, masks
 from attnkit.backends import BACKENDS, banded, explain
 from attnkit.bench.cases import local_attention, window_allowed, window_mask
 from attnkit.core.functional import prepare
-
-import tolerances
 
 F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
 # (atol, rtol) against the reference run in the same dtype, from the one table (bfloat16: forward only)
@@ -179,16 +179,9 @@ def test_sample_log_prob_is_per_query_and_is_the_drawn_keys_log_probability():
 def _saved_bytes(backend, t):
     """Bytes of the tensors autograd saves for the backward of one call at T = t."""
     q, k, v = _inputs((1, 2), t, t, F32, d=16, dv=16)
-    total = 0
-
-    def pack(x):
-        nonlocal total
-        total += x.numel() * x.element_size()
-        return x
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        attnkit.attention(q, k, v, mask=masks.causal() & masks.sliding_window(31, 0), backend=backend)
-    return total
+    return saved_bytes(
+        lambda: attnkit.attention(q, k, v, mask=masks.causal() & masks.sliding_window(31, 0), backend=backend)
+    )
 
 
 def test_saved_memory_grows_linearly_in_t():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import tolerances
 import torch
+from saved_bytes import saved_bytes
 
 import attnkit
 from attnkit import NORMALIZERS, SCORES, masks
@@ -104,16 +105,7 @@ def test_dropout_is_unbiased():
 def _saved_bytes(backend, t):
     """Bytes of the tensors autograd saves for the backward of one top-4 call at Tq = Tk = t."""
     q, k, v = _inputs((1, 2), t, t, F32, d=16)
-    total = 0
-
-    def pack(x):
-        nonlocal total
-        total += x.numel() * x.element_size()
-        return x
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        attnkit.attention(q, k, v, normalize=NORMALIZERS["topk"](k=4), backend=backend)
-    return total
+    return saved_bytes(lambda: attnkit.attention(q, k, v, normalize=NORMALIZERS["topk"](k=4), backend=backend))
 
 
 def test_saved_memory_grows_linearly_in_t():
