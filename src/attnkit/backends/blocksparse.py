@@ -96,8 +96,8 @@ def supports(call: Call) -> str | None:
 
 
 def layout(call: Call) -> tuple[Tensor, int]:
-    """The call's block layout (*L, nq, nk) bool (*L broadcastable to the scores' leading dims, at
-    least one dim) and Bq."""
+    """The call's block layout ``(*L, nq, nk)`` bool (``*L`` broadcastable to the scores' leading
+    dims, at least one dim) and Bq."""
     shape = call.scores_shape
     tq, tk = shape[-2:]
     bq = block_size(tq, tk)

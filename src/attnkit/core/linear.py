@@ -23,7 +23,7 @@ Feature maps (``FEATURE_MAPS[name]`` is the class, ``FEATURE_MAPS["performer"](6
 - ``elu``: φ(x) = elu(x) + 1 (Katharopoulos et al., 2020), m = Dh.
 - ``relu``: φ(x) = relu(x), m = Dh (a query whose features meet no key's gets output 0).
 - ``performer``: FAVOR+ positive orthogonal random features (Choromanski et al., 2021),
-  φ(x) = exp(ωᵀx' - |x'|²/2) / √m with x' = x·Dh^-1/4, so E[φ(q)·φ(k)] = exp(qᵀk / √Dh): linear
+  φ(x) = exp(ωᵀx' - ‖x'‖²/2) / √m with x' = x·Dh^-1/4, so E[φ(q)·φ(k)] = exp(qᵀk / √Dh): linear
   attention with it estimates softmax attention, better as m grows (:class:`Performer`).
 
 >>> q, k, v = torch.randn(3, 2, 4, 10, 8).unbind(0)  # (B, H, T, Dh) each
@@ -108,7 +108,7 @@ class Relu(FeatureMap):
 
 
 def orthogonal_gaussian(nb_features: int, dim: int, generator: torch.Generator, lead: tuple[int, ...] = ()) -> Tensor:
-    """ω (*lead, m, dim), float64 on the CPU: FAVOR+'s orthogonal random features. Rows come in
+    """ω ``(*lead, m, dim)``, float64 on the CPU: FAVOR+'s orthogonal random features. Rows come in
     blocks of ``dim`` orthonormal directions (the Q of a Gaussian matrix's QR, the last block cut to
     m mod dim rows), each row then given the norm of an independent Gaussian row, chi-distributed
     with ``dim`` degrees of freedom (Choromanski et al., 2021; performer-pytorch's ``scaling=0``)."""
@@ -123,7 +123,7 @@ def orthogonal_gaussian(nb_features: int, dim: int, generator: torch.Generator, 
 class Performer(FeatureMap):
     """FAVOR+ positive orthogonal random features (Choromanski et al., 2021).
 
-    φ(x) = exp(ωᵀx' - |x'|²/2) / √m, x' = x·Dh^-1/4, ω the rows of ``projection`` (..., m, Dh): then
+    φ(x) = exp(ωᵀx' - ‖x'‖²/2) / √m, x' = x·Dh^-1/4, ω the rows of ``projection`` (..., m, Dh): then
     E[φ(q)·φ(k)] = exp(qᵀk / √Dh), softmax's kernel, and linear attention with φ estimates softmax
     attention (the error falls as 1/√m). Leading dims of the projection (e.g. (H, m, Dh), one per
     head) broadcast against the input's.
@@ -131,7 +131,7 @@ class Performer(FeatureMap):
     Numerically stabilised as performer-pytorch does, by subtracting a max from the exponent before
     exp: each query row's own max, and one max over all the (real) keys and features per leading
     index. Both factors cancel in linear attention's ratio (and are detached: gradients are exact).
-    Here the max is of the whole exponent (ωᵀx' - |x'|²/2), so the largest feature is 1/√m.
+    Here the max is of the whole exponent (ωᵀx' - ‖x'‖²/2), so the largest feature is 1/√m.
 
     ``Performer(dim, nb_features=256, seed=0)`` draws ω with a ``torch.Generator`` seeded with
     ``seed``, on the CPU in float64 (the same ω on every machine), kept as a buffer;
@@ -185,7 +185,7 @@ class Performer(FeatureMap):
         return self.nb_features
 
     def _exponent(self, x: Tensor) -> Tensor:
-        """ωᵀx' - |x'|²/2, x' = x·Dh^-1/4: (..., T, Dh) -> (..., T, m)."""
+        """ωᵀx' - ‖x'‖²/2, x' = x·Dh^-1/4: (..., T, Dh) -> (..., T, m)."""
         if x.shape[-1] != self.dim:
             raise AttentionError(
                 f"feature_map Performer(dim={self.dim}) got an input of shape {shape_str(x.shape)}, but "

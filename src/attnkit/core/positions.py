@@ -11,7 +11,7 @@ j at position j (a self-attention :class:`~attnkit.KVCache` sets ``offset`` to t
   f + R/2) of position p turn by the angle p · base^(-2f/R), so qᵀk depends on the positions'
   difference only: Hugging Face Llama's rotate-half layout. ``interleaved=True`` pairs features
   (2f, 2f + 1) instead, as GPT-J and x-transformers.
-- :class:`ALiBi` (Press et al. 2022) adds -m_h · |i + offset - j| to head h's scores, with
+- :class:`ALiBi` (Press et al. 2022) adds -m_h · ``|i + offset - j|`` to head h's scores, with
   x-transformers' slopes m_h. A :class:`~attnkit.masks.Mask` that blocks nothing: causal ALiBi is
   ``ALiBi(H) & masks.causal()``.
 - :class:`T5RelativeBias` (Raffel et al. 2020) adds a learned bias per head and bucket of the
@@ -210,7 +210,7 @@ def alibi_slopes(heads: int) -> list[float]:
 
 @dataclass(frozen=True, repr=False)
 class ALiBi(Mask):
-    """Attention with linear biases: head h's scores get -m_h · |i + offset - j|.
+    """Attention with linear biases: head h's scores get -m_h · ``|i + offset - j|``.
 
     Blocks nothing (it materializes all True); ``ALiBi(H) & masks.causal()`` is the causal form,
     ``ALiBi(H)`` alone the bidirectional one (symmetric in i - j, as x-transformers'). ``slopes``:

@@ -13,7 +13,7 @@ N+7 up: inputs up to twice as long as any seen in training, and outputs longer t
 methods' table (``max_len``) covers every validation word, so their longer positions exist but
 were never trained (``learned``) or never seen (``sinusoidal``). Cross-attention reads no positions
 under the relative methods, so the encoder's ALiBi is its directional form (each head's keys to the
-left and right at different slopes): the symmetric form (-m |i - j|) would make the ``alibi`` model
+left and right at different slopes): the symmetric form (``-m |i - j|``) would make the ``alibi`` model
 read a spelling and its reverse alike (in a pilot, 45-47% PER on short words against 15-18% for
 ``sinusoidal``), a handicap of an encoder-decoder that the paper's decoder-only models do not have.
 
