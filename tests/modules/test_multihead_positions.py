@@ -42,6 +42,16 @@ def columns(full_w, t, end, extra):
 MODIFIERS = [(p, c) for p in ("rope", "alibi", "t5", None) for c in (None, 2.0) if (p, c) != (None, None)]
 
 
+def hf_causal(peer, rotary, x):
+    """A Hugging Face attention layer's causal call on x (B, T, D) at positions 0 .. T - 1, with its
+    own rotary embedding and an additive causal mask: (output, weights)."""
+    b, t = x.shape[:2]
+    cos, sin = rotary(x, torch.arange(t)[None].expand(b, t))
+    blocked = torch.ones(t, t, dtype=torch.bool).triu(1)
+    additive = torch.zeros(t, t, dtype=x.dtype).masked_fill(blocked, torch.finfo(x.dtype).min)[None, None]
+    return peer(x, (cos, sin), additive)
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("position, softcap", MODIFIERS)
 def test_steps_with_a_cache_equal_the_full_call(position, softcap, config):
@@ -119,10 +129,7 @@ def test_rope_module_equals_hugging_face_llama_attention():
         for ours, theirs in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"), ("out_proj", "o_proj")):
             getattr(mha, ours).weight.copy_(getattr(peer, theirs).weight)
     x = x_of(t=6)
-    cos, sin = llama.LlamaRotaryEmbedding(config)(x, torch.arange(6)[None].expand(2, 6))
-    blocked = torch.ones(6, 6, dtype=torch.bool).triu(1)
-    additive = torch.zeros(6, 6, dtype=D64).masked_fill(blocked, torch.finfo(D64).min)[None, None]
-    want, w_want = peer(x, (cos, sin), additive)
+    want, w_want = hf_causal(peer, llama.LlamaRotaryEmbedding(config), x)
     got, w = mha(x, need_weights=True, average_weights=False)
     # Hugging Face computes the angles in float32, we in float64
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
@@ -181,10 +188,7 @@ def test_soft_capped_rope_module_equals_gemma2_attention():
             getattr(peer, name).weight.copy_(getattr(mha, name).weight)  # large scores: the cap bites
         mha.out_proj.weight.copy_(peer.o_proj.weight)
     x = x_of(t=6)
-    cos, sin = gemma2.Gemma2RotaryEmbedding(config)(x, torch.arange(6)[None].expand(2, 6))
-    blocked = torch.ones(6, 6, dtype=torch.bool).triu(1)
-    additive = torch.zeros(6, 6, dtype=D64).masked_fill(blocked, torch.finfo(D64).min)[None, None]
-    want, w_want = peer(x, (cos, sin), additive)
+    want, w_want = hf_causal(peer, gemma2.Gemma2RotaryEmbedding(config), x)
     got, w = mha(x, need_weights=True, average_weights=False)
     torch.testing.assert_close(w, w_want, atol=1e-6, rtol=1e-6)  # float32 angles and softmax in Gemma 2
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)

@@ -83,7 +83,7 @@ class MultiHeadAttention(nn.Module):
             allowed column, as torch pads them). add_zero_attn: a zero key and value appended last,
             likewise. Each adds a column to the returned weights (Tk + 1 or Tk + 2), as torch's.
         position: None, or a position method of :mod:`attnkit.positions` for self-attention,
-            query i of a call at position ``past`` + i (``past``: the keys a ``KVCache`` holds),
+            query i of a call at position ``past`` + i (``past``: the positions a ``KVCache`` has seen),
             key j at j. ``"rope"``: q and k rotated per head (the first ``rope_dim`` features,
             default Dh, base ``rope_base``), keys before they enter the cache. ``"alibi"``:
             ``ALiBi(H)`` added to the scores (with ``causal``: causal ALiBi; ``alibi_directional``:
