@@ -35,7 +35,9 @@ from .positions import Rotary, soft_cap
 __all__ = ["AttentionResult", "Call", "prepare", "reference"]  # the first two from .call
 
 
-def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
+def _check_qkv(query: Tensor, key: Tensor, value: Tensor, gqa_hint: bool = True) -> None:
+    """Ranks, dtypes, the keys' and values' Tk and broadcasting leading dims (``gqa_hint``: the
+    broadcast error names ``enable_gqa``, for callers that take it)."""
     check_rank("query", query, 2, "(..., Tq, Dq)")
     check_rank("key", key, 2, "(..., Tk, Dk)")
     check_rank("value", value, 2, "(..., Tk, Dv)")
@@ -52,8 +54,12 @@ def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
     except RuntimeError:
         raise AttentionError(
             f"leading (batch) dims do not broadcast: query {shape_str(query.shape)}, key "
-            f"{shape_str(key.shape)}, value {shape_str(value.shape)} (for key/value with fewer heads "
-            f"than the query, grouped-query attention, pass enable_gqa=True)"
+            f"{shape_str(key.shape)}, value {shape_str(value.shape)}"
+            + (
+                " (for key/value with fewer heads than the query, grouped-query attention, pass enable_gqa=True)"
+                if gqa_hint
+                else ""
+            )
         ) from None
 
 

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from ..errors import AttentionError, check_bool, check_float_input, check_int, check_rank, check_real_device, shape_str
 from .call import AttentionResult
+from .functional import _check_qkv
 from .masks import KeyPadding, Mask
 
 __all__ = [
@@ -281,34 +282,17 @@ def _key_valid(key_padding, lead: tuple[int, ...], tk: int) -> Tensor | None:
 
 
 def _check(query: Tensor, key: Tensor, value: Tensor) -> tuple[int, ...]:
-    """Validate query, key and value; return their broadcast leading dims."""
-    for name, x, shape in (
-        ("query", query, "(..., Tq, Dh)"),
-        ("key", key, "(..., Tk, Dh)"),
-        ("value", value, "(..., Tk, Dv)"),
-    ):
-        check_rank(name, x, 2, shape)
+    """Validate query, key and value (as :func:`attnkit.attention` does, and Dk = Dq: φ maps both);
+    return their broadcast leading dims."""
+    for name, x in (("query", query), ("key", key), ("value", value)):
         check_real_device(name, x)
-    check_float_input("query", query)
-    check_float_input("key", key, query.dtype, "query")
-    check_float_input("value", value, query.dtype, "query")
+    _check_qkv(query, key, value, gqa_hint=False)
     if key.shape[-1] != query.shape[-1]:
         raise AttentionError(
             f"key has shape {shape_str(key.shape)} but expected (..., Tk, Dh={query.shape[-1]}) to match query "
             f"{shape_str(query.shape)}: the feature map φ is applied to both"
         )
-    if value.shape[-2] != key.shape[-2]:
-        raise AttentionError(
-            f"value has shape {shape_str(value.shape)} but expected (..., Tk={key.shape[-2]}, Dv) to match key "
-            f"{shape_str(key.shape)}"
-        )
-    try:
-        return tuple(torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2]))
-    except RuntimeError:
-        raise AttentionError(
-            f"leading (batch) dims do not broadcast: query {shape_str(query.shape)}, key {shape_str(key.shape)}, "
-            f"value {shape_str(value.shape)}"
-        ) from None
+    return tuple(torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2]))
 
 
 def check_eps(eps) -> float:
